@@ -1,0 +1,132 @@
+//! Reading a diffusers `config.json` strictly: every key must be one this build understands
+//! (keys starting with `_` are diffusers metadata), every value in its allowed range.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// A model folder's parsed `config.json`.
+#[derive(Clone, Debug)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    /// `_class_name`, e.g. `LuminaNextDiT2DModel`.
+    pub class_name: Option<String>,
+    /// Every key, metadata included, as written.
+    pub raw: Map<String, Value>,
+}
+
+impl ConfigFile {
+    /// Reads `dir/config.json`.
+    pub fn read_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(Error::MissingConfig {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Self::read(&path)
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            reason: format!("invalid JSON: {e}"),
+        })?;
+        let Value::Object(raw) = value else {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                reason: "expected a JSON object".into(),
+            });
+        };
+        let class_name = raw
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Self {
+            path: path.to_path_buf(),
+            class_name,
+            raw,
+        })
+    }
+
+    /// Deserializes the non-metadata keys into `T` (which denies unknown fields); the error
+    /// names the file and the offending key.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        let fields: Map<String, Value> = self
+            .raw
+            .iter()
+            .filter(|(k, _)| !k.starts_with('_'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+            let path = e.path().to_string();
+            let reason = if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("`{path}`: {}", e.inner())
+            };
+            Error::Config {
+                path: self.path.clone(),
+                reason,
+            }
+        })
+    }
+
+    /// Parses and validates: a value out of range is reported against this file.
+    pub fn parse_valid<T: DeserializeOwned + Validate>(&self) -> Result<T> {
+        let cfg: T = self.parse()?;
+        cfg.validate().map_err(|e| Error::Config {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+}
+
+/// Range checks of a configuration.
+pub trait Validate {
+    fn validate(&self) -> Result<()>;
+}
+
+/// `value >= min` or an [`Error::InvalidConfig`] naming `field`.
+pub(crate) fn at_least(field: &'static str, value: usize, min: usize) -> Result<()> {
+    if value < min {
+        return Err(Error::invalid_config(
+            field,
+            value,
+            format!("must be >= {min}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A finite, strictly positive float.
+pub(crate) fn positive(field: &'static str, value: f64) -> Result<()> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(Error::invalid_config(
+            field,
+            value,
+            "must be finite and > 0",
+        ));
+    }
+    Ok(())
+}
+
+/// `value % divisor == 0`.
+pub(crate) fn divisible(field: &'static str, value: usize, divisor: usize, by: &str) -> Result<()> {
+    if divisor == 0 || value % divisor != 0 {
+        return Err(Error::invalid_config(
+            field,
+            value,
+            format!("must be a multiple of {by} ({divisor})"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! A transformer and its conditioning, seen as a velocity field: what the samplers integrate.
+//!
+//! Per evaluation it picks the RoPE factors for t (time-aware scaling), runs the conditional
+//! and — when guidance is active — the unconditional caption as one batch, keeps the velocity
+//! channels (dropping a learned σ), and combines them with the guidance rule. The model is only
+//! read; every per-call knob travels in the [`DitInput`].
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+use crate::models::{DitInput, Transformer};
+use crate::sample::{Guidance, RopeSchedule, TimePoint, VelocityField};
+
+/// Caption features (B, L, Dcap) and their mask (B, L), non-zero = real token.
+#[derive(Clone, Debug)]
+pub struct Caption {
+    pub features: Tensor,
+    pub mask: Tensor,
+}
+
+impl Caption {
+    pub fn new(features: Tensor, mask: Tensor) -> Result<Self> {
+        let (b, l, _) = features.dims3()?;
+        if mask.dims() != [b, l] {
+            return Err(Error::input("caption mask", format!("shape [{b}, {l}]"), format!("{:?}", mask.dims())));
+        }
+        Ok(Self { features, mask })
+    }
+
+    /// Right-pads with masked zero tokens to `len` tokens.
+    fn padded_to(&self, len: usize) -> Result<Self> {
+        let l = self.features.dim(1)?;
+        if l >= len {
+            return Ok(self.clone());
+        }
+        Ok(Self {
+            features: self.features.pad_with_zeros(1, 0, len - l)?,
+            mask: self.mask.to_dtype(DType::U8)?.pad_with_zeros(1, 0, len - l)?,
+        })
+    }
+
+    /// Stacks two captions along the batch, padding the shorter.
+    fn stack(a: &Caption, b: &Caption) -> Result<Caption> {
+        let len = a.features.dim(1)?.max(b.features.dim(1)?);
+        let (a, b) = (a.padded_to(len)?, b.padded_to(len)?);
+        Ok(Caption {
+            features: Tensor::cat(&[&a.features, &b.features.to_dtype(a.features.dtype())?], 0)?,
+            mask: Tensor::cat(&[&a.mask.to_dtype(DType::U8)?, &b.mask.to_dtype(DType::U8)?], 0)?,
+        })
+    }
+}
+
+/// The denoiser of one generation: model, conditioning and the per-evaluation rules.
+pub struct Denoiser<'a> {
+    pub model: &'a Transformer,
+    pub cond: Caption,
+    /// The negative / empty caption; required when `guidance` is not [`Guidance::None`].
+    pub uncond: Option<Caption>,
+    pub guidance: Guidance,
+    pub rope: RopeSchedule,
+    /// Proportional attention (see [`DitInput::base_sequence_length`]).
+    pub base_sequence_length: Option<usize>,
+}
+
+impl Denoiser<'_> {
+    fn forward(&self, x: &Tensor, t: f64, caption: &Caption) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let ts = Tensor::full(t as f32, b, x.device())?;
+        let input = DitInput::new(x, &ts, &caption.features, &caption.mask)
+            .with_rope(self.rope.at(t))
+            .with_base_sequence_length(self.base_sequence_length);
+        let v = self.model.forward(&input)?;
+        // keep the velocity; a learn_sigma model appends σ channels after it
+        Ok(v.narrow(1, 0, x.dim(1)?)?)
+    }
+}
+
+impl VelocityField for Denoiser<'_> {
+    fn velocity(&self, x: &Tensor, at: TimePoint) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        if self.cond.features.dim(0)? != b {
+            return Err(Error::input("caption batch", b.to_string(), self.cond.features.dim(0)?.to_string()));
+        }
+        if !self.guidance.active(at) {
+            return self.forward(x, at.t, &self.cond);
+        }
+        let uncond = self
+            .uncond
+            .as_ref()
+            .ok_or_else(|| Error::input("unconditional caption", "one, since guidance is on", "none"))?;
+        // One batch of 2B: [x; x] with [cond; uncond], as upstream does.
+        let both = Caption::stack(&self.cond, uncond)?;
+        let v = self.forward(&Tensor::cat(&[x, x], 0)?, at.t, &both)?;
+        self.guidance.combine(&v.narrow(0, 0, b)?, &v.narrow(0, b, b)?)
+    }
+}

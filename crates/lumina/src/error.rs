@@ -1,0 +1,99 @@
+//! The one error type of the library. Every variant names what the user can act on: the file,
+//! the tensor key, the expected and the actual shape, the allowed range.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // === Files and folders ===
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{dir} has no config.json (expected a diffusers model folder such as `transformer/`)")]
+    MissingConfig { dir: PathBuf },
+
+    #[error("{dir} has no weights: expected `*.safetensors` or a `*.safetensors.index.json`")]
+    NoWeights { dir: PathBuf },
+
+    #[error("{path}: not a valid safetensors file ({reason})")]
+    Safetensors { path: PathBuf, reason: String },
+
+    // === Configuration ===
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    #[error("{path}: unknown model class `{class}` (this build knows: {known})")]
+    UnknownModelClass {
+        path: PathBuf,
+        class: String,
+        known: String,
+    },
+
+    #[error("invalid config: {field} = {value} ({reason})")]
+    InvalidConfig {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    // === Weights ===
+    #[error("tensor `{key}` is missing from {files}")]
+    MissingTensor { key: String, files: String },
+
+    #[error("tensor `{key}` in {file}: expected shape {expected:?}, got {got:?}")]
+    TensorShape {
+        key: String,
+        file: PathBuf,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+
+    #[error("tensor `{key}` in {file}: unsupported stored dtype {dtype}")]
+    TensorDtype {
+        key: String,
+        file: PathBuf,
+        dtype: String,
+    },
+
+    // === Call arguments ===
+    #[error("{what}: expected {expected}, got {got}")]
+    Input {
+        what: &'static str,
+        expected: String,
+        got: String,
+    },
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// A bad call argument; `expected` and `got` are shown verbatim.
+    pub fn input(what: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
+        Self::Input {
+            what,
+            expected: expected.into(),
+            got: got.into(),
+        }
+    }
+
+    /// A config value outside its allowed range.
+    pub fn invalid_config(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::InvalidConfig {
+            field,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! What a model folder holds: for a diffusers pipeline folder (`model_index.json`) or a single
+//! model folder (`config.json`), each component's class, config, parameter count, stored
+//! dtypes, and — for the models this build implements — the tensors it lacks, misshapes or
+//! leaves unused. Nothing is computed and no weight data is read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::ConfigFile;
+use crate::error::{Error, Result};
+use crate::models::{Transformer, TransformerConfig, KNOWN_CLASSES};
+use crate::weights::{WeightFiles, Weights};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Inspection {
+    pub path: PathBuf,
+    /// `_class_name` of `model_index.json`, for a pipeline folder.
+    pub pipeline_class: Option<String>,
+    pub components: Vec<Component>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Component {
+    /// The component's name in `model_index.json` (`transformer`, `vae`, …), or the folder name.
+    pub name: String,
+    pub path: PathBuf,
+    /// The library `model_index.json` names (`diffusers`, `transformers`).
+    pub library: Option<String>,
+    pub class_name: Option<String>,
+    /// The component's config file, as written.
+    pub config: Option<Map<String, Value>>,
+    pub weights: Option<WeightSummary>,
+    /// Present when this build implements the class.
+    pub keys: Option<KeyAudit>,
+    /// What could not be looked at, and why.
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightSummary {
+    pub files: Vec<PathBuf>,
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+    /// Parameters stored in each dtype.
+    pub dtypes: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KeyAudit {
+    pub missing: Vec<String>,
+    /// (key, expected shape, stored shape).
+    pub misshapen: Vec<(String, Vec<usize>, Vec<usize>)>,
+    pub unused: Vec<String>,
+}
+
+impl KeyAudit {
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty() && self.misshapen.is_empty() && self.unused.is_empty()
+    }
+}
+
+/// Config files a diffusers/transformers component folder may hold, in lookup order.
+const CONFIG_FILES: [&str; 3] = [
+    "config.json",
+    "scheduler_config.json",
+    "tokenizer_config.json",
+];
+
+/// Inspects a pipeline folder or a model folder.
+pub fn inspect(dir: &Path) -> Result<Inspection> {
+    let index = dir.join("model_index.json");
+    if index.is_file() {
+        return inspect_pipeline(dir, &index);
+    }
+    if dir.join("config.json").is_file() {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(Inspection {
+            path: dir.to_path_buf(),
+            pipeline_class: None,
+            components: vec![inspect_component(&name, dir, None)],
+        });
+    }
+    if !dir.is_dir() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+        });
+    }
+    Err(Error::MissingConfig {
+        dir: dir.to_path_buf(),
+    })
+}
+
+fn inspect_pipeline(dir: &Path, index: &Path) -> Result<Inspection> {
+    let file = ConfigFile::read(index)?;
+    let mut components = Vec::new();
+    for (name, value) in &file.raw {
+        if name.starts_with('_') {
+            continue;
+        }
+        // `"vae": ["diffusers", "AutoencoderKL"]`; `[null, null]` marks an absent component.
+        let Some([library, class]) = value
+            .as_array()
+            .and_then(|a| <&[Value; 2]>::try_from(a.as_slice()).ok())
+        else {
+            continue;
+        };
+        let (Some(library), Some(class)) = (library.as_str(), class.as_str()) else {
+            continue;
+        };
+        let path = dir.join(name);
+        let mut component = inspect_component(name, &path, Some(library));
+        component.class_name = Some(class.to_string());
+        components.push(component);
+    }
+    Ok(Inspection {
+        path: dir.to_path_buf(),
+        pipeline_class: file.class_name,
+        components,
+    })
+}
+
+fn inspect_component(name: &str, path: &Path, library: Option<&str>) -> Component {
+    let mut component = Component {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        library: library.map(str::to_string),
+        class_name: None,
+        config: None,
+        weights: None,
+        keys: None,
+        notes: Vec::new(),
+    };
+    if !path.is_dir() {
+        component
+            .notes
+            .push(format!("missing folder {}", path.display()));
+        return component;
+    }
+    let config = CONFIG_FILES
+        .iter()
+        .map(|f| path.join(f))
+        .find(|p| p.is_file())
+        .map(|p| ConfigFile::read(&p));
+    match config {
+        Some(Ok(file)) => {
+            component.class_name = file.class_name.clone();
+            component.config = Some(file.raw);
+        }
+        Some(Err(e)) => component.notes.push(e.to_string()),
+        None => {}
+    }
+    let has_safetensors = std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        })
+        .unwrap_or(false);
+    if !has_safetensors {
+        let has_bin = std::fs::read_dir(path)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".bin"))
+            })
+            .unwrap_or(false);
+        if has_bin {
+            component
+                .notes
+                .push("weights only as PyTorch .bin; convert them to safetensors".into());
+        }
+        return component;
+    }
+    match WeightFiles::open_dir(path) {
+        Ok(files) => {
+            component.weights = Some(summarize(&files));
+            if let Some(class) = component.class_name.clone() {
+                audit_keys(&mut component, &class, files);
+            }
+        }
+        Err(e) => component.notes.push(e.to_string()),
+    }
+    component
+}
+
+fn summarize(files: &WeightFiles) -> WeightSummary {
+    let mut summary = WeightSummary {
+        files: files.paths().map(Path::to_path_buf).collect(),
+        tensors: 0,
+        parameters: 0,
+        bytes: 0,
+        dtypes: BTreeMap::new(),
+    };
+    for key in files.keys() {
+        let Some(info) = files.info(key) else {
+            continue;
+        };
+        let n: u64 = info.shape.iter().map(|&d| d as u64).product();
+        summary.tensors += 1;
+        summary.parameters += n;
+        summary.bytes += n * info.dtype.size_in_bytes() as u64;
+        *summary
+            .dtypes
+            .entry(format!("{:?}", info.dtype).to_lowercase())
+            .or_default() += n;
+    }
+    summary
+}
+
+/// Builds the model in audit mode: every tensor it asks for is checked against the files.
+fn audit_keys(component: &mut Component, class: &str, files: WeightFiles) {
+    if !KNOWN_CLASSES.iter().any(|(known, _)| *known == class) {
+        component.notes.push(format!(
+            "no key audit: this build does not implement {class}"
+        ));
+        return;
+    }
+    let cfg = match TransformerConfig::read_dir(&component.path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            component.notes.push(e.to_string());
+            return;
+        }
+    };
+    let weights = Weights::audit(files, &Device::Cpu);
+    if let Err(e) = Transformer::load(&cfg, &weights) {
+        component
+            .notes
+            .push(format!("building the model failed: {e}"));
+        return;
+    }
+    let mut audit = KeyAudit::default();
+    for p in weights.problems() {
+        match p.got {
+            None => audit.missing.push(p.key),
+            Some(got) => audit.misshapen.push((p.key, p.expected, got)),
+        }
+    }
+    audit.unused = weights.unused_keys();
+    component.keys = Some(audit);
+}

@@ -1,0 +1,150 @@
+//! The call arguments of a transformer forward, shared by both model families.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+use crate::rope::RopeFactors;
+
+/// One denoiser evaluation. Resolution knobs (`rope`, `base_sequence_length`) are arguments of
+/// the call, never model state, so one loaded model serves every size and every solver step.
+#[derive(Clone, Copy, Debug)]
+pub struct DitInput<'a> {
+    /// Noisy latents x_t, (B, C, H, W).
+    pub latents: &'a Tensor,
+    /// t per sample, (B,), in the project's convention: 0 = pure noise, 1 = data.
+    pub timesteps: &'a Tensor,
+    /// Caption features, (B, L, Dcap).
+    pub caption: &'a Tensor,
+    /// (B, L), non-zero = real token. Any dtype.
+    pub caption_mask: &'a Tensor,
+    /// RoPE extrapolation factors (identity by default).
+    pub rope: RopeFactors,
+    /// Proportional attention: when set, self-attention over N tokens uses the scale
+    /// `sqrt(log_base(N) / Dh)` instead of `1 / sqrt(Dh)` (diffusers `base_sequence_length`).
+    pub base_sequence_length: Option<usize>,
+}
+
+impl<'a> DitInput<'a> {
+    pub fn new(
+        latents: &'a Tensor,
+        timesteps: &'a Tensor,
+        caption: &'a Tensor,
+        caption_mask: &'a Tensor,
+    ) -> Self {
+        Self {
+            latents,
+            timesteps,
+            caption,
+            caption_mask,
+            rope: RopeFactors::IDENTITY,
+            base_sequence_length: None,
+        }
+    }
+
+    pub fn with_rope(self, rope: RopeFactors) -> Self {
+        Self { rope, ..self }
+    }
+
+    pub fn with_base_sequence_length(self, base: Option<usize>) -> Self {
+        Self {
+            base_sequence_length: base,
+            ..self
+        }
+    }
+
+    /// Checks every argument against the model's expectations; returns (B, H, W).
+    pub(crate) fn check(
+        &self,
+        in_channels: usize,
+        patch: usize,
+        caption_dim: usize,
+    ) -> Result<(usize, usize, usize)> {
+        let dims = self.latents.dims();
+        let &[b, c, h, w] = dims else {
+            return Err(Error::input(
+                "latents",
+                "shape (B, C, H, W)",
+                format!("{dims:?}"),
+            ));
+        };
+        if c != in_channels {
+            return Err(Error::input(
+                "latent channels",
+                in_channels.to_string(),
+                c.to_string(),
+            ));
+        }
+        if h == 0 || w == 0 || h % patch != 0 || w % patch != 0 {
+            return Err(Error::input(
+                "latent height and width",
+                format!("non-zero multiples of the patch size {patch}"),
+                format!("{h}x{w}"),
+            ));
+        }
+        if self.timesteps.dims() != [b] {
+            return Err(Error::input(
+                "timesteps",
+                format!("shape [{b}]"),
+                format!("{:?}", self.timesteps.dims()),
+            ));
+        }
+        let cap = self.caption.dims();
+        if cap.len() != 3 || cap[0] != b || cap[2] != caption_dim {
+            return Err(Error::input(
+                "caption features",
+                format!("shape [{b}, L, {caption_dim}]"),
+                format!("{cap:?}"),
+            ));
+        }
+        if self.caption_mask.dims() != [b, cap[1]] {
+            return Err(Error::input(
+                "caption mask",
+                format!("shape [{b}, {}]", cap[1]),
+                format!("{:?}", self.caption_mask.dims()),
+            ));
+        }
+        for (what, t) in [
+            ("latents", self.latents),
+            ("timesteps", self.timesteps),
+            ("caption features", self.caption),
+        ] {
+            if !t.dtype().is_float() {
+                return Err(Error::input(
+                    what,
+                    "a float tensor",
+                    format!("{:?}", t.dtype()),
+                ));
+            }
+        }
+        self.rope.validate()?;
+        if let Some(base) = self.base_sequence_length {
+            if base < 2 {
+                return Err(Error::input(
+                    "base_sequence_length",
+                    ">= 2",
+                    base.to_string(),
+                ));
+            }
+        }
+        Ok((b, h, w))
+    }
+
+    /// Real caption tokens per sample (the mask's row sums).
+    pub(crate) fn caption_lengths(&self) -> Result<Vec<usize>> {
+        let keep = self.caption_mask.ne(0u8)?.to_dtype(DType::U32)?.sum(1)?;
+        Ok(keep
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|n| n as usize)
+            .collect())
+    }
+
+    /// Softmax scale of self-attention over `n` tokens of head width `head_dim`.
+    pub(crate) fn self_attention_scale(&self, n: usize, head_dim: usize) -> f64 {
+        let plain = 1.0 / (head_dim as f64).sqrt();
+        match self.base_sequence_length {
+            Some(base) => ((n as f64).ln() / (base as f64).ln()).sqrt() * plain,
+            None => plain,
+        }
+    }
+}

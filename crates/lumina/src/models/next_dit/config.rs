@@ -1,0 +1,151 @@
+//! Next-DiT configuration, with diffusers' `LuminaNextDiT2DModel` field names and defaults.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{at_least, divisible, positive, Validate};
+use crate::error::{Error, Result};
+use crate::nn::swiglu_hidden;
+
+/// The `config.json` of a diffusers `LuminaNextDiT2DModel`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NextDitConfig {
+    /// Latent side at training resolution (pipelines derive the native image size from it).
+    pub sample_size: usize,
+    pub patch_size: usize,
+    pub in_channels: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_attention_heads: usize,
+    /// Key/value heads (GQA); `None` means one per query head.
+    pub num_kv_heads: Option<usize>,
+    pub multiple_of: usize,
+    pub ffn_dim_multiplier: Option<f64>,
+    pub norm_eps: f64,
+    /// The final layer predicts 2·C channels; the second half (a learned σ) is unused.
+    pub learn_sigma: bool,
+    /// LayerNorm over the whole projected query/key width, before the head split.
+    pub qk_norm: bool,
+    /// Caption feature width (Gemma-2B hidden size for the released model).
+    pub cross_attention_dim: usize,
+    /// Stored by diffusers, unused by the forward.
+    pub scaling_factor: f64,
+}
+
+impl Default for NextDitConfig {
+    /// diffusers' constructor defaults (`lumina_nextdit2d.py`).
+    fn default() -> Self {
+        Self {
+            sample_size: 128,
+            patch_size: 2,
+            in_channels: 4,
+            hidden_size: 2304,
+            num_layers: 32,
+            num_attention_heads: 32,
+            num_kv_heads: None,
+            multiple_of: 256,
+            ffn_dim_multiplier: None,
+            norm_eps: 1e-5,
+            learn_sigma: true,
+            qk_norm: true,
+            cross_attention_dim: 2048,
+            scaling_factor: 1.0,
+        }
+    }
+}
+
+impl NextDitConfig {
+    /// Lumina-Next-SFT / Lumina-Next-T2I 2B (`NextDiT_2B_GQA_patch2`; diffusers
+    /// `scripts/convert_lumina_to_diffusers.py`): 24 layers, 2304 wide, 32 heads, 8 kv heads.
+    pub fn next_dit_2b() -> Self {
+        Self {
+            num_layers: 24,
+            num_kv_heads: Some(8),
+            ..Self::default()
+        }
+    }
+
+    /// A tiny model for tests: 2 layers, 64 wide, 4 heads of 16, 2 kv heads.
+    pub fn tiny() -> Self {
+        Self {
+            sample_size: 16,
+            hidden_size: 64,
+            num_layers: 2,
+            num_attention_heads: 4,
+            num_kv_heads: Some(2),
+            multiple_of: 16,
+            cross_attention_dim: 32,
+            ..Self::default()
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_kv_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn out_channels(&self) -> usize {
+        if self.learn_sigma {
+            2 * self.in_channels
+        } else {
+            self.in_channels
+        }
+    }
+
+    /// Width of the timestep/caption conditioning vector: min(hidden, 1024).
+    pub fn cond_dim(&self) -> usize {
+        self.hidden_size.min(1024)
+    }
+
+    /// SwiGLU hidden width: int(8·dim/3), times the multiplier, rounded up to `multiple_of`.
+    pub fn ffn_hidden(&self) -> usize {
+        swiglu_hidden(
+            8 * self.hidden_size / 3,
+            self.multiple_of,
+            self.ffn_dim_multiplier,
+        )
+    }
+}
+
+impl Validate for NextDitConfig {
+    fn validate(&self) -> Result<()> {
+        at_least("patch_size", self.patch_size, 1)?;
+        at_least("in_channels", self.in_channels, 1)?;
+        at_least("num_attention_heads", self.num_attention_heads, 1)?;
+        at_least("hidden_size", self.hidden_size, 1)?;
+        divisible(
+            "hidden_size",
+            self.hidden_size,
+            self.num_attention_heads,
+            "num_attention_heads",
+        )?;
+        if self.head_dim() % 4 != 0 {
+            return Err(Error::invalid_config(
+                "hidden_size",
+                self.hidden_size,
+                format!(
+                    "2D RoPE needs a head dim divisible by 4, got {}",
+                    self.head_dim()
+                ),
+            ));
+        }
+        at_least("num_kv_heads", self.kv_heads(), 1)?;
+        divisible(
+            "num_attention_heads",
+            self.num_attention_heads,
+            self.kv_heads(),
+            "num_kv_heads",
+        )?;
+        at_least("multiple_of", self.multiple_of, 1)?;
+        if let Some(m) = self.ffn_dim_multiplier {
+            positive("ffn_dim_multiplier", m)?;
+        }
+        positive("norm_eps", self.norm_eps)?;
+        at_least("cross_attention_dim", self.cross_attention_dim, 1)?;
+        at_least("sample_size", self.sample_size, 1)?;
+        Ok(())
+    }
+}

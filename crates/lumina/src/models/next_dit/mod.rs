@@ -1,0 +1,144 @@
+//! Next-DiT, the Lumina-Next transformer (diffusers `LuminaNextDiT2DModel`).
+//!
+//! Upstream: diffusers `models/transformers/lumina_nextdit2d.py` (58eb52c); Lumina-T2X
+//! `lumina_next_t2i/models/model.py` `NextDiT` (1c60696). Reference: lumina_reference.md §3.
+
+mod block;
+mod config;
+
+use candle_core::{DType, Tensor};
+
+pub use block::NextDitBlock;
+pub use config::NextDitConfig;
+
+use super::input::DitInput;
+use super::patch::{patchify, unpatchify, PatchOrder};
+use crate::config::Validate;
+use crate::error::{Error, Result};
+use crate::nn::{key_bias, LayerNorm, Linear, NormOut, TimestepEmbedder};
+use crate::rope::next_dit_table;
+use crate::weights::{Init, Weights};
+
+/// `time_caption_embed`: t embedding plus an embedding of the masked-mean caption.
+struct TimeCaptionEmbed {
+    timestep_embedder: TimestepEmbedder,
+    caption_norm: LayerNorm,
+    caption_proj: Linear,
+}
+
+impl TimeCaptionEmbed {
+    fn load(w: &Weights, cfg: &NextDitConfig) -> Result<Self> {
+        let (cap, cond) = (cfg.cross_attention_dim, cfg.cond_dim());
+        let c = w.pp("caption_embedder");
+        Ok(Self {
+            timestep_embedder: TimestepEmbedder::load(&w.pp("timestep_embedder"), cond)?,
+            caption_norm: LayerNorm::load(&c.pp(0), cap, 1e-5)?,
+            // zero-initialised upstream: the caption enters the adaLN vector gradually
+            caption_proj: Linear::load(&c.pp(1), cap, cond, true, Init::Zeros)?,
+        })
+    }
+
+    /// (B,), (B, L, Dcap), (B, L) → (B, Dc).
+    fn forward(&self, t: &Tensor, caption: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let time = self.timestep_embedder.forward(t, caption.dtype())?; // (B, Dc)
+        let m = mask.ne(0u8)?.to_dtype(DType::F32)?.unsqueeze(2)?; // (B, L, 1)
+        let sum = caption.to_dtype(DType::F32)?.broadcast_mul(&m)?.sum(1)?; // (B, Dcap)
+        let pooled = sum.broadcast_div(&m.sum(1)?)?.to_dtype(caption.dtype())?; // (B, Dcap)
+        let cap = self
+            .caption_proj
+            .forward(&self.caption_norm.forward(&pooled)?)?; // (B, Dc)
+        Ok((time + cap)?)
+    }
+}
+
+/// The Lumina-Next diffusion transformer.
+pub struct NextDit {
+    cfg: NextDitConfig,
+    dtype: DType,
+    patch_embedder: Linear,
+    time_caption_embed: TimeCaptionEmbed,
+    layers: Vec<NextDitBlock>,
+    norm_out: NormOut,
+}
+
+impl NextDit {
+    pub fn load(cfg: &NextDitConfig, w: &Weights) -> Result<Self> {
+        cfg.validate()?;
+        let (d, p) = (cfg.hidden_size, cfg.patch_size);
+        // Upstream pads variable-size batches with this token; the diffusers forward never
+        // does. Checked so the checkpoint audit is exact.
+        w.get("pad_token", &[d], Init::Normal { std: 0.02 })?;
+        let patch_in = p * p * cfg.in_channels;
+        let layers = (0..cfg.num_layers)
+            .map(|i| NextDitBlock::load(&w.pp("layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            dtype: w.dtype(),
+            patch_embedder: Linear::load(
+                &w.pp("patch_embedder").pp("proj"),
+                patch_in,
+                d,
+                true,
+                Init::XavierUniform,
+            )?,
+            time_caption_embed: TimeCaptionEmbed::load(&w.pp("time_caption_embed"), cfg)?,
+            layers,
+            norm_out: NormOut::load(
+                &w.pp("norm_out"),
+                d,
+                cfg.cond_dim(),
+                p * p * cfg.out_channels(),
+                w.dtype(),
+            )?,
+        })
+    }
+
+    pub fn config(&self) -> &NextDitConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The velocity (and, with `learn_sigma`, the unused σ channels after it):
+    /// (B, C, H, W) → (B, C_out, H, W).
+    pub fn forward(&self, inp: &DitInput) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let p = cfg.patch_size;
+        let (_, h, w) = inp.check(cfg.in_channels, p, cfg.cross_attention_dim)?;
+        if let Some(row) = inp.caption_lengths()?.iter().position(|&n| n == 0) {
+            return Err(Error::input(
+                "caption mask",
+                "at least one real token per row",
+                format!("row {row} is all padding"),
+            ));
+        }
+        let latents = inp.latents.to_dtype(self.dtype)?;
+        let caption = inp.caption.to_dtype(self.dtype)?;
+        let n = (h / p) * (w / p);
+
+        let x = self
+            .patch_embedder
+            .forward(&patchify(&latents, p, PatchOrder::ChannelFirst)?)?; // (B, N, D)
+        let (cos, sin) = next_dit_table(h / p, w / p, cfg.head_dim(), inp.rope, latents.device())?; // (N, Dh/2)
+        let temb = self
+            .time_caption_embed
+            .forward(inp.timesteps, &caption, inp.caption_mask)?; // (B, Dc)
+        let caption_bias = key_bias(inp.caption_mask)?; // (B, 1, 1, L)
+        let ctx = block::BlockContext {
+            rope: (&cos, &sin),
+            caption: &caption,
+            caption_bias: &caption_bias,
+            temb: &temb,
+            self_scale: inp.self_attention_scale(n, cfg.head_dim()),
+        };
+        let mut x = x;
+        for layer in &self.layers {
+            x = layer.forward(&x, &ctx)?; // (B, N, D)
+        }
+        let x = self.norm_out.forward(&x, &temb)?; // (B, N, p·p·C_out)
+        unpatchify(&x, h, w, p) // (B, C_out, H, W)
+    }
+}

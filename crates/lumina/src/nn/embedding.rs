@@ -1,0 +1,74 @@
+//! Timestep embedding shared by Next-DiT and Lumina-Image-2.0.
+
+use candle_core::{DType, Tensor};
+
+use super::Linear;
+use crate::error::{Error, Result};
+use crate::weights::{Init, Weights};
+
+/// Width of the sinusoidal timestep features.
+pub const TIMESTEP_FEATURES: usize = 256;
+const MAX_PERIOD: f32 = 10_000.0;
+
+/// Sinusoidal features of `t` (B,) → (B, 256), **cos half first**, t used as is (no ×1000):
+/// f_k = exp(−ln(10000)·k/128). Computed in f32 like diffusers' `Timesteps(256,
+/// flip_sin_to_cos=True, downscale_freq_shift=0)`, then cast to `dtype`.
+pub fn timestep_features(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let ts = t
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()
+        .map_err(|_| Error::input("timesteps", "a 1-D tensor (B,)", format!("{:?}", t.dims())))?;
+    let half = TIMESTEP_FEATURES / 2;
+    let neg_log = -MAX_PERIOD.ln();
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (neg_log * k as f32 / half as f32).exp())
+        .collect();
+    let mut out = Vec::with_capacity(ts.len() * TIMESTEP_FEATURES);
+    for &t in &ts {
+        out.extend(freqs.iter().map(|f| (t * f).cos()));
+        out.extend(freqs.iter().map(|f| (t * f).sin()));
+    }
+    Ok(Tensor::from_vec(out, (ts.len(), TIMESTEP_FEATURES), t.device())?.to_dtype(dtype)?)
+}
+
+/// `linear_2(silu(linear_1(features(t))))` (diffusers `TimestepEmbedding`).
+#[derive(Clone, Debug)]
+pub struct TimestepEmbedder {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl TimestepEmbedder {
+    /// Upstream initialises both linears N(0, 0.02) (reference §2.9).
+    pub fn load(w: &Weights, dim: usize) -> Result<Self> {
+        let init = Init::Normal { std: 0.02 };
+        Ok(Self {
+            linear_1: Linear::load(&w.pp("linear_1"), TIMESTEP_FEATURES, dim, true, init)?,
+            linear_2: Linear::load(&w.pp("linear_2"), dim, dim, true, init)?,
+        })
+    }
+
+    /// `t` (B,) → (B, Dc).
+    pub fn forward(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
+        let feats = timestep_features(t, dtype)?; // (B, 256)
+        self.linear_2
+            .forward(&self.linear_1.forward(&feats)?.silu()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn features_are_cos_then_sin_of_unscaled_t() -> Result<()> {
+        let t = Tensor::new(&[0.5f32], &Device::Cpu)?;
+        let f = timestep_features(&t, DType::F32)?.to_vec2::<f32>()?;
+        assert!((f[0][0] - 0.5f32.cos()).abs() < 1e-7);
+        assert!((f[0][128] - 0.5f32.sin()).abs() < 1e-7);
+        let f1 = (-(10_000f32.ln()) / 128.0).exp();
+        assert!((f[0][129] - (0.5 * f1).sin()).abs() < 1e-7);
+        Ok(())
+    }
+}

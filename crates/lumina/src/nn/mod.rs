@@ -1,0 +1,29 @@
+//! Layers shared by the Lumina transformers. Each mirrors a diffusers module and loads from the
+//! same checkpoint keys.
+
+mod attention;
+mod embedding;
+mod feed_forward;
+mod linear;
+mod modulation;
+mod norm;
+pub mod ops;
+
+pub use attention::{attention, key_bias};
+pub use embedding::{timestep_features, TimestepEmbedder, TIMESTEP_FEATURES};
+pub use feed_forward::{swiglu_hidden, FeedForward};
+pub use linear::Linear;
+pub use modulation::{gated_residual, scale, Modulation, NormOut, RmsNormZero};
+pub use norm::{LayerNorm, RmsNorm};
+
+use candle_core::{DType, Tensor};
+
+/// Whether two tensors hold exactly the same values (used to detect weights a checkpoint
+/// stores twice).
+pub(crate) fn same_values(a: &Tensor, b: &Tensor) -> crate::error::Result<bool> {
+    if a.dims() != b.dims() {
+        return Ok(false);
+    }
+    let diff = (a - b)?.abs()?.flatten_all()?.max(0)?;
+    Ok(diff.to_dtype(DType::F32)?.to_scalar::<f32>()? == 0.0)
+}

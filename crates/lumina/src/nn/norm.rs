@@ -1,0 +1,66 @@
+//! RMSNorm and LayerNorm as the diffusers Lumina modules use them.
+
+use candle_core::{DType, Tensor};
+
+use super::ops;
+use crate::error::Result;
+use crate::weights::{Init, Weights};
+
+/// RMSNorm with a learnable weight (diffusers `RMSNorm`, elementwise_affine).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.get("weight", &[dim], Init::Ones)?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// LayerNorm over the last axis; affine (weight, bias) or not.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Affine LayerNorm loading `weight` and `bias`.
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.get("weight", &[dim], Init::Ones)?,
+            bias: w.get("bias", &[dim], Init::Zeros)?,
+            eps,
+        })
+    }
+
+    /// LayerNorm without learnable parameters (`elementwise_affine=False`).
+    pub fn plain(dim: usize, eps: f64, dtype: DType, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            weight: Tensor::ones(dim, dtype, device)?,
+            bias: Tensor::zeros(dim, dtype, device)?,
+            eps,
+        })
+    }
+
+    /// Same weight, bias and eps.
+    pub fn params_equal(&self, other: &Self) -> Result<bool> {
+        Ok(self.eps == other.eps
+            && super::same_values(&self.weight, &other.weight)?
+            && super::same_values(&self.bias, &other.bias)?)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}

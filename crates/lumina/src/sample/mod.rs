@@ -1,0 +1,21 @@
+//! Flow-matching sampling: time grids, fixed-grid ODE solvers, classifier-free guidance and
+//! time-aware RoPE, as pure functions over a [`VelocityField`].
+//!
+//! Nothing here knows a model: a pipeline wraps its model and conditioning into a
+//! `VelocityField`, picks a [`Schedule`], a [`Solver`], a [`Guidance`] and a [`RopeSchedule`],
+//! and calls [`sample`]. Randomness enters only through [`noise::gaussian`] and an RNG the
+//! caller seeds.
+
+mod field;
+mod guidance;
+pub mod noise;
+mod rope_schedule;
+mod schedule;
+mod solver;
+pub mod time;
+
+pub use field::{TimePoint, VelocityField};
+pub use guidance::{Guidance, Renorm, Truncation};
+pub use rope_schedule::RopeSchedule;
+pub use schedule::{check_grid, grid_from_sigmas, shift_time, DynamicShift, Schedule};
+pub use solver::{sample, sample_with, Solver, StepDone};

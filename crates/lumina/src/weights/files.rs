@@ -1,0 +1,244 @@
+//! Memory-mapped safetensors files of one model folder: single file, several files, or a
+//! sharded checkpoint with a `*.safetensors.index.json`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Where a tensor lives and what it looks like on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub file: PathBuf,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// The safetensors files of a model, memory-mapped, with an index from key to file.
+pub struct WeightFiles {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    index: BTreeMap<String, (usize, TensorInfo)>,
+}
+
+/// File names diffusers and transformers write for an unsharded model, in lookup order.
+const SINGLE_FILE_NAMES: [&str; 2] = ["diffusion_pytorch_model.safetensors", "model.safetensors"];
+
+impl WeightFiles {
+    /// Opens the weights of a model folder. A `*.safetensors.index.json` wins; else the
+    /// canonical single file; else every `*.safetensors` in the folder.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let entries = list_dir(dir)?;
+        let mut indexes: Vec<&PathBuf> = entries
+            .iter()
+            .filter(|p| file_name(p).ends_with(".safetensors.index.json"))
+            .collect();
+        // Variant files (`*.fp16.safetensors…`) are alternatives, not shards: prefer the plain one.
+        indexes.sort_by_key(|p| (file_name(p).matches('.').count(), file_name(p).to_string()));
+        if let Some(index) = indexes.first() {
+            return Self::open_index(index);
+        }
+        for name in SINGLE_FILE_NAMES {
+            let path = dir.join(name);
+            if path.is_file() {
+                return Self::open(&[path]);
+            }
+        }
+        let shards: Vec<PathBuf> = entries
+            .into_iter()
+            .filter(|p| file_name(p).ends_with(".safetensors"))
+            .collect();
+        if shards.is_empty() {
+            return Err(Error::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Self::open(&shards)
+    }
+
+    /// Opens a sharded checkpoint from its index; every key the index names must be in the
+    /// shard it names.
+    pub fn open_index(index_path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index_path).map_err(|source| Error::Io {
+            path: index_path.to_path_buf(),
+            source,
+        })?;
+        let bad = |reason: String| Error::Config {
+            path: index_path.to_path_buf(),
+            reason,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let mut shard_names = BTreeSet::new();
+        let mut expected = BTreeMap::new();
+        for (key, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("weight_map[`{key}`] is not a file name")))?;
+            shard_names.insert(file.to_string());
+            expected.insert(key.clone(), dir.join(file));
+        }
+        let shards: Vec<PathBuf> = shard_names.iter().map(|f| dir.join(f)).collect();
+        let files = Self::open(&shards)?;
+        for (key, file) in expected {
+            match files.info(&key) {
+                Some(info) if info.file == file => {}
+                _ => {
+                    return Err(Error::MissingTensor {
+                        key,
+                        files: format!(
+                            "{} (the index {} says it is there)",
+                            file.display(),
+                            index_path.display()
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// Opens the given safetensors files; a key present in two files is an error.
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = BTreeMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let st = open_mmap(path)?;
+            for (key, view) in st.tensors() {
+                let dtype = DType::try_from(view.dtype()).map_err(|_| Error::TensorDtype {
+                    key: key.clone(),
+                    file: path.clone(),
+                    dtype: format!("{:?}", view.dtype()),
+                })?;
+                let info = TensorInfo {
+                    file: path.clone(),
+                    dtype,
+                    shape: view.shape().to_vec(),
+                };
+                if let Some((_, first)) = index.insert(key.clone(), (i, info)) {
+                    return Err(Error::Safetensors {
+                        path: path.clone(),
+                        reason: format!(
+                            "tensor `{key}` is also in {}; pass one variant of the weights",
+                            first.file.display()
+                        ),
+                    });
+                }
+            }
+            files.push((path.clone(), st));
+        }
+        Ok(Self { files, index })
+    }
+
+    pub fn info(&self, key: &str) -> Option<&TensorInfo> {
+        self.index.get(key).map(|(_, info)| info)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+
+    /// A short description of the files, for error messages.
+    pub fn describe(&self) -> String {
+        let names: Vec<String> = self.paths().map(|p| p.display().to_string()).collect();
+        names.join(", ")
+    }
+
+    /// Reads one tensor in its stored dtype.
+    pub fn load(&self, key: &str, device: &Device) -> Result<Tensor> {
+        let (i, _) = self.index.get(key).ok_or_else(|| Error::MissingTensor {
+            key: key.to_string(),
+            files: self.describe(),
+        })?;
+        let (path, st) = &self.files[*i];
+        st.load(key, device).map_err(|e| Error::Safetensors {
+            path: path.clone(),
+            reason: format!("tensor `{key}`: {e}"),
+        })
+    }
+}
+
+fn open_mmap(path: &Path) -> Result<MmapedSafetensors> {
+    if !path.is_file() {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on nobody
+    // truncating the file while the model is loaded. The header and every tensor's byte range
+    // are validated by `safetensors` before any access.
+    unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: truncation(path).unwrap_or_else(|| root_cause(&e)),
+    })
+}
+
+/// "truncated: …" when the header promises more bytes than the file holds (an interrupted
+/// download or copy — the common way to get a broken checkpoint).
+fn truncation(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let header_len = u64::from_le_bytes(len);
+    // safetensors caps headers at 100 MB: a larger length means "not safetensors", not "cut"
+    if header_len > 100_000_000 {
+        return None;
+    }
+    if 8 + header_len > size {
+        return Some(format!(
+            "truncated: the header alone needs {} bytes, the file has {size}",
+            8 + header_len
+        ));
+    }
+    let mut header = vec![0u8; usize::try_from(header_len).ok()?];
+    file.read_exact(&mut header).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let data_end = json
+        .as_object()?
+        .values()
+        .filter_map(|v| v.get("data_offsets")?.as_array()?.get(1)?.as_u64())
+        .max()?;
+    let needed = 8 + header_len + data_end;
+    (needed > size)
+        .then(|| format!("truncated: the header describes {needed} bytes, the file has {size}"))
+}
+
+/// candle wraps errors with the path again; keep only the innermost message.
+fn root_cause(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithPath { inner, .. } => root_cause(inner),
+        candle_core::Error::WithBacktrace { inner, .. } => root_cause(inner),
+        other => other.to_string(),
+    }
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        entries.push(entry.map_err(io)?.path());
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+fn file_name(p: &Path) -> &str {
+    p.file_name().and_then(|n| n.to_str()).unwrap_or("")
+}

@@ -1,0 +1,331 @@
+//! Where model parameters come from: checkpoint files, or a seeded random draw.
+//!
+//! [`Weights`] is a cheap, clonable view with a key prefix — `w.pp("layers").pp(3)` is
+//! `cd layers/3` — so the module tree of every model mirrors its checkpoint keys. Every request
+//! is recorded, which gives `lumina inspect` its missing/unused key audit for free.
+
+mod files;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+
+pub use files::{TensorInfo, WeightFiles};
+
+use crate::error::{Error, Result};
+
+/// How upstream initialises a parameter when training from scratch
+/// (Lumina-T2X `lumina_next_t2i/models/model.py` `initialize_weights`, reference §2.9).
+/// Loading from a checkpoint ignores it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    Normal {
+        std: f64,
+    },
+    /// Xavier/Glorot uniform over (fan_out, fan_in) = the stored (out, in) shape.
+    XavierUniform,
+}
+
+/// A weight that was asked for but is absent or of the wrong shape (audit mode only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightProblem {
+    pub key: String,
+    pub expected: Vec<usize>,
+    /// `None` when the key is missing, else the stored shape.
+    pub got: Option<Vec<usize>>,
+}
+
+enum Source {
+    Files(WeightFiles),
+    /// Every parameter drawn at random — matrices Xavier-scaled, norm weights near 1, biases and
+    /// gates non-zero — so that every path of a model matters (what the fixtures do). For
+    /// benchmarks and tests of the model code, not a training initialisation.
+    Random(Mutex<StdRng>),
+    /// Every parameter a zero-stride zero view: builds any model without memory, to count
+    /// parameters or check shapes.
+    Zeros,
+    /// Upstream's training initialisation ([`Init`]), every parameter a trainable [`Var`].
+    Init {
+        rng: Mutex<StdRng>,
+        vars: Mutex<Vec<(String, Var)>>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Missing or misshapen tensors are errors.
+    Strict,
+    /// Missing or misshapen tensors are recorded and replaced by zero-stride zeros: the model
+    /// is built without reading (or allocating) any weight data.
+    Audit,
+}
+
+struct Store {
+    source: Source,
+    dtype: DType,
+    device: Device,
+    mode: Mode,
+    /// Every key asked for, with the shape the model expects.
+    requested: Mutex<BTreeMap<String, Vec<usize>>>,
+    problems: Mutex<Vec<WeightProblem>>,
+}
+
+/// A prefix view of a parameter store.
+#[derive(Clone)]
+pub struct Weights {
+    store: Arc<Store>,
+    prefix: String,
+}
+
+impl Weights {
+    /// The weights of a diffusers model folder (safetensors, sharded or not), converted to
+    /// `dtype` on load.
+    pub fn from_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self::from_files(WeightFiles::open_dir(dir)?, dtype, device))
+    }
+
+    pub fn from_files(files: WeightFiles, dtype: DType, device: &Device) -> Self {
+        Self::new(Source::Files(files), dtype, device, Mode::Strict)
+    }
+
+    /// Like [`Weights::from_files`] but tolerant: problems are collected (see
+    /// [`Weights::problems`]) and no tensor data is read.
+    pub fn audit(files: WeightFiles, device: &Device) -> Self {
+        Self::new(Source::Files(files), DType::F32, device, Mode::Audit)
+    }
+
+    /// Seeded random parameters (see [`Source::Random`]).
+    pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
+        let rng = Mutex::new(StdRng::seed_from_u64(seed));
+        Self::new(Source::Random(rng), dtype, device, Mode::Strict)
+    }
+
+    /// Parameters without memory (see [`Source::Zeros`]).
+    pub fn zeros(dtype: DType, device: &Device) -> Self {
+        Self::new(Source::Zeros, dtype, device, Mode::Strict)
+    }
+
+    /// Upstream's training initialisation, seeded; every parameter is a trainable variable
+    /// (see [`Weights::vars`]).
+    pub fn init(seed: u64, dtype: DType, device: &Device) -> Self {
+        let source = Source::Init {
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            vars: Mutex::default(),
+        };
+        Self::new(source, dtype, device, Mode::Strict)
+    }
+
+    fn new(source: Source, dtype: DType, device: &Device, mode: Mode) -> Self {
+        let store = Store {
+            source,
+            dtype,
+            device: device.clone(),
+            mode,
+            requested: Mutex::default(),
+            problems: Mutex::default(),
+        };
+        Self {
+            store: Arc::new(store),
+            prefix: String::new(),
+        }
+    }
+
+    /// Push a key segment: `w.pp("layers").pp(0).get("gate", ..)` reads `layers.0.gate`.
+    pub fn pp(&self, segment: impl ToString) -> Self {
+        let segment = segment.to_string();
+        let prefix = if self.prefix.is_empty() {
+            segment
+        } else {
+            format!("{}.{segment}", self.prefix)
+        };
+        Self {
+            store: self.store.clone(),
+            prefix,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.store.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.store.device
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Whether the store holds `name` (always true for random weights).
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.store.source {
+            Source::Files(files) => files.info(&self.key(name)).is_some(),
+            Source::Random(_) | Source::Zeros | Source::Init { .. } => true,
+        }
+    }
+
+    /// The parameter `name` under this prefix, checked against `shape`, in the compute dtype.
+    pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let key = self.key(name);
+        lock(&self.store.requested).insert(key.clone(), shape.to_vec());
+        let store = &*self.store;
+        match &store.source {
+            Source::Random(rng) => random_tensor(&mut lock(rng), shape, init, &key, store),
+            Source::Zeros => zeros_view(shape, store),
+            Source::Init { rng, vars } => {
+                let t = init_tensor(&mut lock(rng), shape, init, store)?;
+                let var = Var::from_tensor(&t)?;
+                let t = var.as_tensor().clone();
+                lock(vars).push((key, var));
+                Ok(t)
+            }
+            Source::Files(files) => {
+                let problem = match files.info(&key) {
+                    None => Some(None),
+                    Some(info) if info.shape != shape => Some(Some(info.shape.clone())),
+                    Some(_) => None,
+                };
+                match (problem, store.mode) {
+                    (None, Mode::Strict) => {
+                        let t = files.load(&key, &store.device)?;
+                        Ok(t.to_dtype(store.dtype)?)
+                    }
+                    (None, Mode::Audit) => zeros_view(shape, store),
+                    (Some(got), Mode::Audit) => {
+                        lock(&store.problems).push(WeightProblem {
+                            key,
+                            expected: shape.to_vec(),
+                            got,
+                        });
+                        zeros_view(shape, store)
+                    }
+                    (Some(None), Mode::Strict) => Err(Error::MissingTensor {
+                        key,
+                        files: files.describe(),
+                    }),
+                    (Some(Some(got)), Mode::Strict) => Err(Error::TensorShape {
+                        file: files.info(&key).map(|i| i.file.clone()).unwrap_or_default(),
+                        key,
+                        expected: shape.to_vec(),
+                        got,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Tensors that were asked for but absent or misshapen (audit mode).
+    pub fn problems(&self) -> Vec<WeightProblem> {
+        lock(&self.store.problems).clone()
+    }
+
+    /// Stored keys that no module asked for, sorted.
+    pub fn unused_keys(&self) -> Vec<String> {
+        let Source::Files(files) = &self.store.source else {
+            return Vec::new();
+        };
+        let requested = lock(&self.store.requested);
+        files
+            .keys()
+            .filter(|k| !requested.contains_key(*k))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The files behind this store, if any.
+    pub fn files(&self) -> Option<&WeightFiles> {
+        match &self.store.source {
+            Source::Files(files) => Some(files),
+            Source::Random(_) | Source::Zeros | Source::Init { .. } => None,
+        }
+    }
+
+    /// Parameters asked for so far: the size of the model built from this store.
+    pub fn parameter_count(&self) -> u64 {
+        lock(&self.store.requested)
+            .values()
+            .map(|shape| shape.iter().map(|&d| d as u64).product::<u64>())
+            .sum()
+    }
+
+    /// The trainable variables created so far, in creation order (upstream-init weights only).
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        match &self.store.source {
+            Source::Init { vars, .. } => lock(vars).clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The paths of the files behind this store.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files()
+            .map(|f| f.paths().map(Path::to_path_buf).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A zero tensor of `shape` that owns one element (stride 0 everywhere).
+fn zeros_view(shape: &[usize], store: &Store) -> Result<Tensor> {
+    let zero = Tensor::zeros((), store.dtype, &store.device)?;
+    Ok(zero.broadcast_as(shape)?)
+}
+
+fn random_tensor(
+    rng: &mut StdRng,
+    shape: &[usize],
+    init: Init,
+    key: &str,
+    store: &Store,
+) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let is_norm = key.contains("norm") && shape.len() == 1;
+    let values: Vec<f32> = match (init, shape.len()) {
+        // Norm weights near 1 keep activations in range while still mattering.
+        (Init::Ones, _) => (0..n).map(|_| 1.0 + 0.1 * normal(rng)).collect(),
+        _ if is_norm => (0..n).map(|_| 1.0 + 0.1 * normal(rng)).collect(),
+        (_, 2) => {
+            let bound = (6.0 / (shape[0] + shape[1]) as f32).sqrt();
+            (0..n).map(|_| rng.gen_range(-bound..bound)).collect()
+        }
+        // Biases, gates, zero-initialised vectors: small but non-zero.
+        _ => (0..n).map(|_| 0.2 * normal(rng)).collect(),
+    };
+    Ok(Tensor::from_vec(values, shape, &store.device)?.to_dtype(store.dtype)?)
+}
+
+fn init_tensor(rng: &mut StdRng, shape: &[usize], init: Init, store: &Store) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = match init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Normal { std } => (0..n).map(|_| std as f32 * normal(rng)).collect(),
+        Init::XavierUniform => {
+            let (fan_out, fan_in) = match shape {
+                [o, i] => (*o, *i),
+                _ => (n, n),
+            };
+            let bound = (6.0 / (fan_in + fan_out).max(1) as f32).sqrt();
+            (0..n).map(|_| rng.gen_range(-bound..=bound)).collect()
+        }
+    };
+    Ok(Tensor::from_vec(values, shape, &store.device)?.to_dtype(store.dtype)?)
+}
+
+fn normal(rng: &mut StdRng) -> f32 {
+    StandardNormal.sample(rng)
+}

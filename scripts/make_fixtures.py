@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Extra transformer parity cases, made with diffusers on tiny random models.
+
+The shared fixtures (../shared/fixtures) cover a few configurations; these cover the others a
+port must get right in general: odd token grids, patch size 1, learn_sigma and qk_norm off,
+num_kv_heads null, other GQA ratios, ffn multipliers, batches of three with uneven (right- or
+left-padded) captions, position interpolation and NTK factors, proportional attention,
+Lumina2 out_channels and uniform-length batches (no joint mask).
+
+Layout per case, identical to the shared fixtures:
+    <out>/<family>/<case>/{call.json, io.safetensors, transformer/}
+
+Run (needs torch and diffusers; CI never runs it, the output is committed):
+    python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch diffusers safetensors
+    /tmp/refenv/bin/python scripts/make_fixtures.py crates/lumina/tests/fixtures
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import diffusers.models.attention
+import torch
+from diffusers import Lumina2Transformer2DModel, LuminaNextDiT2DModel
+from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+from safetensors.torch import save_file
+
+TOLERANCE = 1e-4
+# diffusers computes the FFN SiLU in f32 even in an f64 model; make the f64 reference exact.
+diffusers.models.attention.FP32SiLU.forward = lambda self, x: torch.nn.functional.silu(x)
+
+
+def randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Every weight random so that every path matters, with the statistics of the shared
+    fixtures: matrices N(0, 1/fan_in), norm weights 1 ± 0.1, gates N(0, 0.5²), other vectors
+    N(0, 0.05²)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif name.endswith("gate"):
+                p.copy_(0.5 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.05 * noise)
+            else:
+                p.copy_(noise / p.shape[1] ** 0.5)
+
+
+def caption_mask(lengths, width, left=False):
+    mask = torch.zeros(len(lengths), width, dtype=torch.int64)
+    for i, n in enumerate(lengths):
+        if left:
+            mask[i, width - n :] = 1
+        else:
+            mask[i, :n] = 1
+    return mask
+
+
+def tolerance(out32: torch.Tensor, out64: torch.Tensor) -> tuple[float, float]:
+    """The bar: 1e-4, or 3x torch's own f32-vs-f64 gap on an ill-conditioned case."""
+    gap = float((out32.double() - out64).abs().max())
+    return max(TOLERANCE, float(f"{3 * gap:.0e}")), gap
+
+
+def write_case(root: Path, family: str, name: str, model, call: dict, io: dict, out64) -> None:
+    case = root / family / name
+    case.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(case / "transformer", safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in io.items()}, str(case / "io.safetensors"))
+    tol, gap = tolerance(io["output"], out64)
+    call = {**call, "timestep_convention": "0 = pure noise, 1 = data", "tolerance_max_abs": tol,
+            "torch_f32_vs_f64_max_abs": float(f"{gap:.3e}")}
+    (case / "call.json").write_text(json.dumps(call, indent=2) + "\n")
+    print(f"{family}/{name}: output {tuple(io['output'].shape)}, f32-f64 gap {gap:.1e}, tolerance {tol:.0e}")
+
+
+def next_case(root, name, seed, config, latent_hw, lengths, width, linear=1.0, ntk=1.0, base=None, left=False):
+    gen = torch.Generator().manual_seed(seed)
+    model = LuminaNextDiT2DModel(**config).eval()
+    randomize(model, gen)
+    b, (h, w) = len(lengths), latent_hw
+    x = torch.randn(b, config["in_channels"], h, w, generator=gen)
+    t = torch.rand(b, generator=gen)
+    cap = torch.randn(b, width, config["cross_attention_dim"], generator=gen)
+    mask = caption_mask(lengths, width, left)
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    rope = get_2d_rotary_pos_embed_lumina(head_dim, 384, 384, linear_factor=linear, ntk_factor=ntk)
+    kwargs = {} if base is None else {"base_sequence_length": base}
+    with torch.no_grad():
+        out = model(x, t, cap, mask, rope, cross_attention_kwargs=kwargs, return_dict=False)[0]
+        out64 = model.double()(x.double(), t.double(), cap.double(), mask, rope.to(torch.complex128),
+                               cross_attention_kwargs=kwargs, return_dict=False)[0]
+    model.float()
+    call = {"model": "LuminaNextDiT2DModel", "rope_grid": 384, "linear_factor": linear, "ntk_factor": ntk, "base_sequence_length": base}
+    io = {"hidden_states": x, "timestep": t, "encoder_hidden_states": cap, "encoder_mask": mask, "output": out}
+    write_case(root, "nextdit", name, model, call, io, out64)
+
+
+def lumina2_case(root, name, seed, config, latent_hw, lengths, width):
+    gen = torch.Generator().manual_seed(seed)
+    model = Lumina2Transformer2DModel(**config).eval()
+    randomize(model, gen)
+    b, (h, w) = len(lengths), latent_hw
+    x = torch.randn(b, config["in_channels"], h, w, generator=gen)
+    t = torch.rand(b, generator=gen)
+    cap = torch.randn(b, width, config["cap_feat_dim"], generator=gen)
+    mask = caption_mask(lengths, width)
+    with torch.no_grad():
+        out = model(x, t, cap, mask, return_dict=False)[0]
+        out64 = model.double()(x.double(), t.double(), cap.double(), mask, return_dict=False)[0]
+    model.float()
+    io = {"hidden_states": x, "timestep": t, "encoder_hidden_states": cap, "encoder_mask": mask, "output": out}
+    write_case(root, "lumina2", name, model, {"model": "Lumina2Transformer2DModel"}, io, out64)
+
+
+def main(root: Path) -> None:
+    next_base = dict(sample_size=16, patch_size=2, in_channels=4, hidden_size=48, num_layers=2,
+                     num_attention_heads=4, num_kv_heads=2, multiple_of=16, ffn_dim_multiplier=None,
+                     norm_eps=1e-5, learn_sigma=True, qk_norm=True, cross_attention_dim=24, scaling_factor=1.0)
+    # odd 3x5 token grid, GQA 4:1, ffn multiplier, batch of 3 with uneven captions, PI factor
+    next_case(root, "odd_grid_gqa4_batch3_pi", 1,
+              {**next_base, "hidden_size": 64, "num_attention_heads": 8, "num_kv_heads": 2, "ffn_dim_multiplier": 1.3},
+              (6, 10), [7, 3, 5], 8, linear=1.5)
+    # patch 1 on an odd grid, learn_sigma and qk_norm off, kv heads null (= heads), NTK + prop. attention
+    next_case(root, "patch1_plain_ntk_prop", 2,
+              {**next_base, "patch_size": 1, "learn_sigma": False, "qk_norm": False, "num_kv_heads": None},
+              (5, 7), [4, 6], 6, ntk=3.0, base=20)
+    # MHA, wider heads, left-padded captions (the Gemma tokenizer's default side), 3 layers
+    next_case(root, "mha_left_padded", 3,
+              {**next_base, "hidden_size": 48, "num_attention_heads": 3, "num_kv_heads": 3, "num_layers": 3,
+               "cross_attention_dim": 40, "multiple_of": 32},
+              (8, 8), [2, 9, 5], 9, left=True)
+    # both factors at once, 4 layers, a 16x12 latent
+    next_case(root, "both_factors_deep", 4, {**next_base, "num_layers": 3},
+              (16, 12), [5, 5], 5, linear=2.0, ntk=2.0, base=64)
+
+    l2_base = dict(sample_size=16, patch_size=2, in_channels=4, out_channels=None, hidden_size=48, num_layers=2,
+                   num_refiner_layers=1, num_attention_heads=4, num_kv_heads=2, multiple_of=16,
+                   ffn_dim_multiplier=None, norm_eps=1e-5, scaling_factor=1.0, axes_dim_rope=[4, 4, 4],
+                   axes_lens=[64, 64, 64], cap_feat_dim=24)
+    # batch of 3 uneven captions, odd 3x5 grid, GQA 4:1, ffn multiplier, 2 refiner layers, out 8 channels
+    lumina2_case(root, "odd_grid_gqa4_batch3", 5,
+                 {**l2_base, "hidden_size": 64, "num_attention_heads": 8, "num_kv_heads": 2, "axes_dim_rope": [2, 2, 4],
+                  "ffn_dim_multiplier": 0.7, "num_refiner_layers": 2, "num_layers": 1, "out_channels": 8},
+                 (6, 10), [7, 2, 4], 9)
+    # patch 1, MHA, equal caption lengths (no joint mask), other axis split
+    lumina2_case(root, "patch1_mha_uniform", 6,
+                 {**l2_base, "patch_size": 1, "num_kv_heads": 4, "axes_dim_rope": [2, 6, 4]},
+                 (5, 7), [6, 6], 8)
+    # 3 main layers, one full caption row, one short
+    lumina2_case(root, "deep_full_and_short", 7, {**l2_base, "num_layers": 3, "cap_feat_dim": 16},
+                 (8, 8), [10, 1], 10)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "crates/lumina/tests/fixtures"))
