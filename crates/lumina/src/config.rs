@@ -95,6 +95,57 @@ pub trait Validate {
     fn validate(&self) -> Result<()>;
 }
 
+/// The sizes both transformer families share, checked in one place.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DitDims {
+    pub sample_size: usize,
+    pub patch_size: usize,
+    pub in_channels: usize,
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub num_kv_heads: usize,
+    pub multiple_of: usize,
+    pub ffn_dim_multiplier: Option<f64>,
+    pub norm_eps: f64,
+}
+
+impl DitDims {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Width of the timestep/caption conditioning vector: min(hidden, 1024).
+    pub fn cond_dim(&self) -> usize {
+        self.hidden_size.min(1024)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        at_least("sample_size", self.sample_size, 1)?;
+        at_least("patch_size", self.patch_size, 1)?;
+        at_least("in_channels", self.in_channels, 1)?;
+        at_least("num_attention_heads", self.num_attention_heads, 1)?;
+        at_least("hidden_size", self.hidden_size, 1)?;
+        divisible(
+            "hidden_size",
+            self.hidden_size,
+            self.num_attention_heads,
+            "num_attention_heads",
+        )?;
+        at_least("num_kv_heads", self.num_kv_heads, 1)?;
+        divisible(
+            "num_attention_heads",
+            self.num_attention_heads,
+            self.num_kv_heads,
+            "num_kv_heads",
+        )?;
+        at_least("multiple_of", self.multiple_of, 1)?;
+        if let Some(m) = self.ffn_dim_multiplier {
+            positive("ffn_dim_multiplier", m)?;
+        }
+        positive("norm_eps", self.norm_eps)
+    }
+}
+
 /// `value >= min` or an [`Error::InvalidConfig`] naming `field`.
 pub(crate) fn at_least(field: &'static str, value: usize, min: usize) -> Result<()> {
     if value < min {
@@ -108,7 +159,7 @@ pub(crate) fn at_least(field: &'static str, value: usize, min: usize) -> Result<
 }
 
 /// A finite, strictly positive float.
-pub(crate) fn positive(field: &'static str, value: f64) -> Result<()> {
+fn positive(field: &'static str, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0) {
         return Err(Error::invalid_config(
             field,
@@ -120,7 +171,7 @@ pub(crate) fn positive(field: &'static str, value: f64) -> Result<()> {
 }
 
 /// `value % divisor == 0`.
-pub(crate) fn divisible(field: &'static str, value: usize, divisor: usize, by: &str) -> Result<()> {
+fn divisible(field: &'static str, value: usize, divisor: usize, by: &str) -> Result<()> {
     if divisor == 0 || value % divisor != 0 {
         return Err(Error::invalid_config(
             field,

@@ -22,7 +22,11 @@ impl Caption {
     pub fn new(features: Tensor, mask: Tensor) -> Result<Self> {
         let (b, l, _) = features.dims3()?;
         if mask.dims() != [b, l] {
-            return Err(Error::input("caption mask", format!("shape [{b}, {l}]"), format!("{:?}", mask.dims())));
+            return Err(Error::input(
+                "caption mask",
+                format!("shape [{b}, {l}]"),
+                format!("{:?}", mask.dims()),
+            ));
         }
         Ok(Self { features, mask })
     }
@@ -35,7 +39,10 @@ impl Caption {
         }
         Ok(Self {
             features: self.features.pad_with_zeros(1, 0, len - l)?,
-            mask: self.mask.to_dtype(DType::U8)?.pad_with_zeros(1, 0, len - l)?,
+            mask: self
+                .mask
+                .to_dtype(DType::U8)?
+                .pad_with_zeros(1, 0, len - l)?,
         })
     }
 
@@ -45,7 +52,10 @@ impl Caption {
         let (a, b) = (a.padded_to(len)?, b.padded_to(len)?);
         Ok(Caption {
             features: Tensor::cat(&[&a.features, &b.features.to_dtype(a.features.dtype())?], 0)?,
-            mask: Tensor::cat(&[&a.mask.to_dtype(DType::U8)?, &b.mask.to_dtype(DType::U8)?], 0)?,
+            mask: Tensor::cat(
+                &[&a.mask.to_dtype(DType::U8)?, &b.mask.to_dtype(DType::U8)?],
+                0,
+            )?,
         })
     }
 }
@@ -79,18 +89,22 @@ impl VelocityField for Denoiser<'_> {
     fn velocity(&self, x: &Tensor, at: TimePoint) -> Result<Tensor> {
         let b = x.dim(0)?;
         if self.cond.features.dim(0)? != b {
-            return Err(Error::input("caption batch", b.to_string(), self.cond.features.dim(0)?.to_string()));
+            return Err(Error::input(
+                "caption batch",
+                b.to_string(),
+                self.cond.features.dim(0)?.to_string(),
+            ));
         }
         if !self.guidance.active(at) {
             return self.forward(x, at.t, &self.cond);
         }
-        let uncond = self
-            .uncond
-            .as_ref()
-            .ok_or_else(|| Error::input("unconditional caption", "one, since guidance is on", "none"))?;
+        let uncond = self.uncond.as_ref().ok_or_else(|| {
+            Error::input("unconditional caption", "one, since guidance is on", "none")
+        })?;
         // One batch of 2B: [x; x] with [cond; uncond], as upstream does.
         let both = Caption::stack(&self.cond, uncond)?;
         let v = self.forward(&Tensor::cat(&[x, x], 0)?, at.t, &both)?;
-        self.guidance.combine(&v.narrow(0, 0, b)?, &v.narrow(0, b, b)?)
+        self.guidance
+            .combine(&v.narrow(0, 0, b)?, &v.narrow(0, b, b)?)
     }
 }

@@ -6,7 +6,9 @@ mod common;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use lumina::rope::RopeFactors;
-use lumina::sample::{noise, sample, Guidance, RopeSchedule, Schedule, Solver, TimePoint, VelocityField};
+use lumina::sample::{
+    noise, sample, Guidance, RopeSchedule, Schedule, Solver, TimePoint, VelocityField,
+};
 use lumina::{Caption, Denoiser, DitInput, Transformer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -16,20 +18,40 @@ use common::{fixture_root, max_abs_diff};
 const FAMILIES: [&str; 2] = ["nextdit", "lumina2"];
 
 fn model(family: &str) -> Result<Transformer> {
-    Ok(Transformer::load_dir(&fixture_root().join(family).join("tiny_square/transformer"), DType::F32, &Device::Cpu)?)
+    Ok(Transformer::load_dir(
+        &fixture_root().join(family).join("tiny_square/transformer"),
+        DType::F32,
+        &Device::Cpu,
+    )?)
 }
 
 /// A caption of `lens[i]` real tokens per row, right-padded to the longest.
 fn caption(lens: &[usize], seed: u64) -> Result<Caption> {
     let longest = lens.iter().copied().max().unwrap_or(0);
     let mut rng = StdRng::seed_from_u64(seed);
-    let features = noise::gaussian(&[lens.len(), longest, 32], DType::F32, &Device::Cpu, &mut rng)?;
-    let mask: Vec<u8> = lens.iter().flat_map(|&n| (0..longest).map(move |j| u8::from(j < n))).collect();
-    Ok(Caption::new(features, Tensor::from_vec(mask, (lens.len(), longest), &Device::Cpu)?)?)
+    let features = noise::gaussian(
+        &[lens.len(), longest, 32],
+        DType::F32,
+        &Device::Cpu,
+        &mut rng,
+    )?;
+    let mask: Vec<u8> = lens
+        .iter()
+        .flat_map(|&n| (0..longest).map(move |j| u8::from(j < n)))
+        .collect();
+    Ok(Caption::new(
+        features,
+        Tensor::from_vec(mask, (lens.len(), longest), &Device::Cpu)?,
+    )?)
 }
 
 fn latents(b: usize) -> Result<Tensor> {
-    Ok(noise::gaussian(&[b, 4, 8, 8], DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(9))?)
+    Ok(noise::gaussian(
+        &[b, 4, 8, 8],
+        DType::F32,
+        &Device::Cpu,
+        &mut StdRng::seed_from_u64(9),
+    )?)
 }
 
 fn forward(m: &Transformer, x: &Tensor, t: f32, c: &Caption, rope: RopeFactors) -> Result<Tensor> {
@@ -39,7 +61,11 @@ fn forward(m: &Transformer, x: &Tensor, t: f32, c: &Caption, rope: RopeFactors) 
 }
 
 fn at(t: f64) -> TimePoint {
-    TimePoint { t, step: 0, steps: 10 }
+    TimePoint {
+        t,
+        step: 0,
+        steps: 10,
+    }
 }
 
 #[test]
@@ -48,7 +74,14 @@ fn guided_velocity_equals_separate_cond_and_uncond_calls() -> Result<()> {
         let m = model(family)?;
         let (cond, uncond) = (caption(&[5, 3], 1)?, caption(&[1, 1], 2)?);
         let guidance = Guidance::Full { scale: 4.0 };
-        let d = Denoiser { model: &m, cond: cond.clone(), uncond: Some(uncond.clone()), guidance, rope: RopeSchedule::default(), base_sequence_length: None };
+        let d = Denoiser {
+            model: &m,
+            cond: cond.clone(),
+            uncond: Some(uncond.clone()),
+            guidance,
+            rope: RopeSchedule::default(),
+            base_sequence_length: None,
+        };
         let x = latents(2)?;
         let got = d.velocity(&x, at(0.4))?;
         let c = forward(&m, &x, 0.4, &cond, RopeFactors::IDENTITY)?;
@@ -56,8 +89,16 @@ fn guided_velocity_equals_separate_cond_and_uncond_calls() -> Result<()> {
         let want = guidance.combine(&c, &u)?;
         assert!(max_abs_diff(&got, &want)? < 1e-5, "{family}");
         // without guidance the velocity is the conditional one, velocity channels only
-        let plain = Denoiser { guidance: Guidance::None, uncond: None, ..d };
-        assert_eq!(max_abs_diff(&plain.velocity(&x, at(0.4))?, &c)?, 0.0, "{family}");
+        let plain = Denoiser {
+            guidance: Guidance::None,
+            uncond: None,
+            ..d
+        };
+        assert_eq!(
+            max_abs_diff(&plain.velocity(&x, at(0.4))?, &c)?,
+            0.0,
+            "{family}"
+        );
     }
     Ok(())
 }
@@ -66,15 +107,46 @@ fn guided_velocity_equals_separate_cond_and_uncond_calls() -> Result<()> {
 fn time_aware_rope_switches_factors_per_evaluation() -> Result<()> {
     let m = model("nextdit")?;
     let cond = caption(&[4], 3)?;
-    let rope = RopeSchedule::TimeAware { scale: 2.0, watershed: 0.5 };
-    let d = Denoiser { model: &m, cond: cond.clone(), uncond: None, guidance: Guidance::None, rope, base_sequence_length: None };
+    let rope = RopeSchedule::TimeAware {
+        scale: 2.0,
+        watershed: 0.5,
+    };
+    let d = Denoiser {
+        model: &m,
+        cond: cond.clone(),
+        uncond: None,
+        guidance: Guidance::None,
+        rope,
+        base_sequence_length: None,
+    };
     let x = latents(1)?;
-    let early = forward(&m, &x, 0.2, &cond, RopeFactors { linear_factor: 2.0, ntk_factor: 1.0 })?;
-    let late = forward(&m, &x, 0.7, &cond, RopeFactors { linear_factor: 1.0, ntk_factor: 2.0 })?;
+    let early = forward(
+        &m,
+        &x,
+        0.2,
+        &cond,
+        RopeFactors {
+            linear_factor: 2.0,
+            ntk_factor: 1.0,
+        },
+    )?;
+    let late = forward(
+        &m,
+        &x,
+        0.7,
+        &cond,
+        RopeFactors {
+            linear_factor: 1.0,
+            ntk_factor: 2.0,
+        },
+    )?;
     assert_eq!(max_abs_diff(&d.velocity(&x, at(0.2))?, &early)?, 0.0);
     assert_eq!(max_abs_diff(&d.velocity(&x, at(0.7))?, &late)?, 0.0);
     let unscaled = forward(&m, &x, 0.2, &cond, RopeFactors::IDENTITY)?;
-    assert!(max_abs_diff(&early, &unscaled)? > 1e-4, "the factors must matter");
+    assert!(
+        max_abs_diff(&early, &unscaled)? > 1e-4,
+        "the factors must matter"
+    );
     Ok(())
 }
 
@@ -86,19 +158,38 @@ fn sampling_a_real_model_is_seeded_and_reproducible() -> Result<()> {
             model: &m,
             cond: caption(&[6], 4)?,
             uncond: Some(caption(&[1], 5)?),
-            guidance: Guidance::FirstChannels { scale: 4.0, channels: 3 },
+            guidance: Guidance::FirstChannels {
+                scale: 4.0,
+                channels: 3,
+            },
             rope: RopeSchedule::default(),
             base_sequence_length: Some(16),
         };
         let grid = Schedule::Shifted { shift: 4.0 }.grid(4)?;
         let run = |seed| -> Result<Tensor> {
-            let x0 = noise::gaussian(&[1, 4, 8, 8], DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(seed))?;
+            let x0 = noise::gaussian(
+                &[1, 4, 8, 8],
+                DType::F32,
+                &Device::Cpu,
+                &mut StdRng::seed_from_u64(seed),
+            )?;
             Ok(sample(&d, x0, &grid, Solver::Midpoint)?)
         };
         let a = run(11)?;
-        assert_eq!(max_abs_diff(&a, &run(11)?)?, 0.0, "{family}: same seed, same sample");
-        assert!(max_abs_diff(&a, &run(12)?)? > 1e-3, "{family}: another seed, another sample");
-        assert!(a.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()));
+        assert_eq!(
+            max_abs_diff(&a, &run(11)?)?,
+            0.0,
+            "{family}: same seed, same sample"
+        );
+        assert!(
+            max_abs_diff(&a, &run(12)?)? > 1e-3,
+            "{family}: another seed, another sample"
+        );
+        assert!(a
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite()));
     }
     Ok(())
 }
@@ -106,8 +197,19 @@ fn sampling_a_real_model_is_seeded_and_reproducible() -> Result<()> {
 #[test]
 fn guidance_without_an_unconditional_caption_is_an_error() -> Result<()> {
     let m = model("lumina2")?;
-    let d = Denoiser { model: &m, cond: caption(&[3], 1)?, uncond: None, guidance: Guidance::Full { scale: 3.0 }, rope: RopeSchedule::default(), base_sequence_length: None };
-    let err = d.velocity(&latents(1)?, at(0.1)).err().map(|e| e.to_string()).unwrap_or_default();
+    let d = Denoiser {
+        model: &m,
+        cond: caption(&[3], 1)?,
+        uncond: None,
+        guidance: Guidance::Full { scale: 3.0 },
+        rope: RopeSchedule::default(),
+        base_sequence_length: None,
+    };
+    let err = d
+        .velocity(&latents(1)?, at(0.1))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("unconditional caption"), "{err}");
     Ok(())
 }

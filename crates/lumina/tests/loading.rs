@@ -326,11 +326,23 @@ fn upstream_initialisation_predicts_zero_velocity() -> Result<()> {
 #[test]
 fn released_presets_have_the_reference_parameter_counts() -> Result<()> {
     let next = Weights::zeros(DType::BF16, &Device::Cpu);
-    Transformer::load(&TransformerConfig::NextDit(lumina::NextDitConfig::next_dit_2b()), &next)?;
-    assert_eq!(next.parameter_count(), 24 * 72_875_296 + 39_168 + 2_304 + 1_312_768 + 2_102_272 + 2_435_360);
+    Transformer::load(
+        &TransformerConfig::NextDit(lumina::NextDitConfig::next_dit_2b()),
+        &next,
+    )?;
+    assert_eq!(
+        next.parameter_count(),
+        24 * 72_875_296 + 39_168 + 2_304 + 1_312_768 + 2_102_272 + 2_435_360
+    );
     let l2 = Weights::zeros(DType::BF16, &Device::Cpu);
-    Transformer::load(&TransformerConfig::Lumina2(lumina::Lumina2Config::lumina_image_2()), &l2)?;
+    Transformer::load(
+        &TransformerConfig::Lumina2(lumina::Lumina2Config::lumina_image_2()),
+        &l2,
+    )?;
     let blocks = 28 * 87_312_576 + 2 * 77_866_176;
-    assert_eq!(l2.parameter_count(), blocks + 149_760 + 1_312_768 + 5_313_024 + 2_509_120);
+    assert_eq!(
+        l2.parameter_count(),
+        blocks + 149_760 + 1_312_768 + 5_313_024 + 2_509_120
+    );
     Ok(())
 }

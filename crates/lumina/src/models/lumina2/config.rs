@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{at_least, divisible, positive, Validate};
+use crate::config::{at_least, DitDims, Validate};
 use crate::error::{Error, Result};
 use crate::nn::swiglu_hidden;
 
@@ -87,8 +87,22 @@ impl Lumina2Config {
         }
     }
 
+    pub(crate) fn dims(&self) -> DitDims {
+        DitDims {
+            sample_size: self.sample_size,
+            patch_size: self.patch_size,
+            in_channels: self.in_channels,
+            hidden_size: self.hidden_size,
+            num_attention_heads: self.num_attention_heads,
+            num_kv_heads: self.num_kv_heads,
+            multiple_of: self.multiple_of,
+            ffn_dim_multiplier: self.ffn_dim_multiplier,
+            norm_eps: self.norm_eps,
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.dims().head_dim()
     }
 
     pub fn out_channels(&self) -> usize {
@@ -96,7 +110,7 @@ impl Lumina2Config {
     }
 
     pub fn cond_dim(&self) -> usize {
-        self.hidden_size.min(1024)
+        self.dims().cond_dim()
     }
 
     /// SwiGLU hidden width: 4·dim, times the multiplier, rounded up to `multiple_of`.
@@ -111,38 +125,17 @@ impl Lumina2Config {
 
 impl Validate for Lumina2Config {
     fn validate(&self) -> Result<()> {
-        at_least("patch_size", self.patch_size, 1)?;
-        at_least("in_channels", self.in_channels, 1)?;
+        self.dims().validate()?;
         at_least("out_channels", self.out_channels(), 1)?;
-        at_least("num_attention_heads", self.num_attention_heads, 1)?;
-        at_least("hidden_size", self.hidden_size, 1)?;
-        divisible(
-            "hidden_size",
-            self.hidden_size,
-            self.num_attention_heads,
-            "num_attention_heads",
-        )?;
-        at_least("num_kv_heads", self.num_kv_heads, 1)?;
-        divisible(
-            "num_attention_heads",
-            self.num_attention_heads,
-            self.num_kv_heads,
-            "num_kv_heads",
-        )?;
-        let sum: usize = self.axes_dim_rope.iter().sum();
-        if sum != self.head_dim() {
-            return Err(Error::invalid_config(
-                "axes_dim_rope",
-                format!("{:?}", self.axes_dim_rope),
-                format!("must sum to the head dim {}", self.head_dim()),
-            ));
+        at_least("cap_feat_dim", self.cap_feat_dim, 1)?;
+        let axes = || format!("{:?}", self.axes_dim_rope);
+        if self.axes_dim_rope.iter().sum::<usize>() != self.head_dim() {
+            let reason = format!("must sum to the head dim {}", self.head_dim());
+            return Err(Error::invalid_config("axes_dim_rope", axes(), reason));
         }
         if self.axes_dim_rope.iter().any(|d| d % 2 != 0) {
-            return Err(Error::invalid_config(
-                "axes_dim_rope",
-                format!("{:?}", self.axes_dim_rope),
-                "every axis width must be even (RoPE rotates pairs)",
-            ));
+            let reason = "every axis width must be even (RoPE rotates pairs)";
+            return Err(Error::invalid_config("axes_dim_rope", axes(), reason));
         }
         if self.axes_lens.contains(&0) {
             return Err(Error::invalid_config(
@@ -151,13 +144,6 @@ impl Validate for Lumina2Config {
                 "must be >= 1",
             ));
         }
-        at_least("multiple_of", self.multiple_of, 1)?;
-        if let Some(m) = self.ffn_dim_multiplier {
-            positive("ffn_dim_multiplier", m)?;
-        }
-        positive("norm_eps", self.norm_eps)?;
-        at_least("cap_feat_dim", self.cap_feat_dim, 1)?;
-        at_least("sample_size", self.sample_size, 1)?;
         Ok(())
     }
 }

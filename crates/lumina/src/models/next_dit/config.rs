@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{at_least, divisible, positive, Validate};
+use crate::config::{at_least, DitDims, Validate};
 use crate::error::{Error, Result};
 use crate::nn::swiglu_hidden;
 
@@ -79,8 +79,22 @@ impl NextDitConfig {
         }
     }
 
+    pub(crate) fn dims(&self) -> DitDims {
+        DitDims {
+            sample_size: self.sample_size,
+            patch_size: self.patch_size,
+            in_channels: self.in_channels,
+            hidden_size: self.hidden_size,
+            num_attention_heads: self.num_attention_heads,
+            num_kv_heads: self.kv_heads(),
+            multiple_of: self.multiple_of,
+            ffn_dim_multiplier: self.ffn_dim_multiplier,
+            norm_eps: self.norm_eps,
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.dims().head_dim()
     }
 
     pub fn kv_heads(&self) -> usize {
@@ -97,7 +111,7 @@ impl NextDitConfig {
 
     /// Width of the timestep/caption conditioning vector: min(hidden, 1024).
     pub fn cond_dim(&self) -> usize {
-        self.hidden_size.min(1024)
+        self.dims().cond_dim()
     }
 
     /// SwiGLU hidden width: int(8·dim/3), times the multiplier, rounded up to `multiple_of`.
@@ -112,40 +126,18 @@ impl NextDitConfig {
 
 impl Validate for NextDitConfig {
     fn validate(&self) -> Result<()> {
-        at_least("patch_size", self.patch_size, 1)?;
-        at_least("in_channels", self.in_channels, 1)?;
-        at_least("num_attention_heads", self.num_attention_heads, 1)?;
-        at_least("hidden_size", self.hidden_size, 1)?;
-        divisible(
-            "hidden_size",
-            self.hidden_size,
-            self.num_attention_heads,
-            "num_attention_heads",
-        )?;
+        self.dims().validate()?;
         if self.head_dim() % 4 != 0 {
+            let reason = format!(
+                "2D RoPE needs a head dim divisible by 4, got {}",
+                self.head_dim()
+            );
             return Err(Error::invalid_config(
                 "hidden_size",
                 self.hidden_size,
-                format!(
-                    "2D RoPE needs a head dim divisible by 4, got {}",
-                    self.head_dim()
-                ),
+                reason,
             ));
         }
-        at_least("num_kv_heads", self.kv_heads(), 1)?;
-        divisible(
-            "num_attention_heads",
-            self.num_attention_heads,
-            self.kv_heads(),
-            "num_kv_heads",
-        )?;
-        at_least("multiple_of", self.multiple_of, 1)?;
-        if let Some(m) = self.ffn_dim_multiplier {
-            positive("ffn_dim_multiplier", m)?;
-        }
-        positive("norm_eps", self.norm_eps)?;
-        at_least("cross_attention_dim", self.cross_attention_dim, 1)?;
-        at_least("sample_size", self.sample_size, 1)?;
-        Ok(())
+        at_least("cross_attention_dim", self.cross_attention_dim, 1)
     }
 }
