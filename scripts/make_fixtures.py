@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Extra transformer parity cases, made with diffusers on tiny random models.
+"""Extra parity cases, made with diffusers on tiny random models: transformer forwards and
+whole text-to-image pipeline calls.
 
 The shared fixtures (../shared/fixtures) cover a few configurations; these cover the others a
 port must get right in general: odd token grids, patch size 1, learn_sigma and qk_norm off,
@@ -7,12 +8,16 @@ num_kv_heads null, other GQA ratios, ffn multipliers, batches of three with unev
 left-padded) captions, position interpolation and NTK factors, proportional attention,
 Lumina2 out_channels and uniform-length batches (no joint mask).
 
-Layout per case, identical to the shared fixtures:
-    <out>/<family>/<case>/{call.json, io.safetensors, transformer/}
+Pipeline cases cover negative prompts, non-square sizes, two prompts of different lengths,
+guidance off, CFG truncation, renormalisation off, a static-shift and a shift != 1 scheduler.
 
-Run (needs torch and diffusers; CI never runs it, the output is committed):
-    python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch diffusers safetensors
-    /tmp/refenv/bin/python scripts/make_fixtures.py crates/lumina/tests/fixtures
+Layout per case, identical to the shared fixtures:
+    <out>/<family>/<case>/{call.json, io.safetensors, transformer/ | pipeline/}
+
+Run (needs torch, diffusers, transformers; CI never runs it, the output is committed):
+    python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch diffusers transformers safetensors
+    /tmp/refenv/bin/python scripts/make_fixtures.py transformers crates/lumina/tests/fixtures
+    /tmp/refenv/bin/python scripts/make_fixtures.py pipelines crates/lumina-pipelines/tests/fixtures
 """
 
 import json
@@ -153,6 +158,112 @@ def main(root: Path) -> None:
                  (8, 8), [10, 1], 10)
 
 
+# ---------------------------------------------------------------- pipelines
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+WORD_TOKENIZER = SHARED / "pipeline_next" / "two_prompts" / "pipeline" / "tokenizer"
+
+
+def word_tokenizer(side: str):
+    """The shared fixtures' word-level tokenizer under transformers' Gemma tokenizer class,
+    padding on `side` (the class default is left)."""
+    from tokenizers import Tokenizer
+    from transformers import GemmaTokenizerFast
+
+    tok = GemmaTokenizerFast(tokenizer_object=Tokenizer.from_file(str(WORD_TOKENIZER / "tokenizer.json")),
+                             bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+                             mask_token="<mask>")
+    tok.padding_side = side
+    return tok
+
+
+def tiny_vae(scaling, shift, gen):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(4, 4, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
+                        norm_num_groups=2, sample_size=32, scaling_factor=scaling, shift_factor=shift).eval()
+    with torch.no_grad():
+        for _, p in vae.named_parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5))
+    return vae
+
+
+def pipeline_case(root, family, name, seed, call, scheduler_kwargs):
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, LuminaPipeline
+    from transformers import Gemma2Config, Gemma2Model, GemmaConfig, GemmaModel
+
+    gen = torch.Generator().manual_seed(seed)
+    if family == "pipeline_next":
+        transformer = LuminaNextDiT2DModel(sample_size=4, patch_size=2, in_channels=4, hidden_size=32, num_layers=2,
+                                           num_attention_heads=2, num_kv_heads=1, multiple_of=16, learn_sigma=True,
+                                           qk_norm=True, cross_attention_dim=16).eval()
+        encoder = GemmaModel(GemmaConfig(vocab_size=90, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                         pad_token_id=0, bos_token_id=2, eos_token_id=1)).eval()
+        vae, tok, cls = tiny_vae(0.13025, None, gen), word_tokenizer("left"), LuminaPipeline
+    else:
+        transformer = Lumina2Transformer2DModel(sample_size=4, patch_size=2, in_channels=4, hidden_size=32,
+                                                num_layers=2, num_refiner_layers=1, num_attention_heads=2,
+                                                num_kv_heads=1, multiple_of=16, axes_dim_rope=[4, 6, 6],
+                                                axes_lens=[300, 64, 64], cap_feat_dim=16).eval()
+        encoder = Gemma2Model(Gemma2Config(vocab_size=90, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                           query_pre_attn_scalar=8, sliding_window=6, pad_token_id=0,
+                                           bos_token_id=2, eos_token_id=1), ).eval()
+        vae, tok, cls = tiny_vae(0.3611, 0.1159, gen), word_tokenizer("right"), Lumina2Pipeline
+    randomize(transformer, gen)
+    with torch.no_grad():
+        for key, p in encoder.named_parameters():
+            if "norm" in key:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    scheduler = FlowMatchEulerDiscreteScheduler(**scheduler_kwargs)
+    pipe = cls(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=tok)
+    pipe.set_progress_bar_config(disable=True)
+
+    prompts = call["prompt"]
+    b = len(prompts)
+    h, w = call["height"] // 8, call["width"] // 8
+    init = torch.randn(b, 4, h, w, generator=gen)
+    do_cfg = call["guidance_scale"] > 1
+    if family == "pipeline_next":
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_cfg, negative_prompt=call.get("negative_prompt"),
+                                                clean_caption=True)
+    else:
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_cfg, negative_prompt=call.get("negative_prompt"))
+    with torch.no_grad():
+        latents = pipe(**call, latents=init.clone(), output_type="latent").images
+        image = pipe(**call, latents=init.clone(), output_type="np").images
+    case = root / family / name
+    pipe.save_pretrained(case / "pipeline", safe_serialization=True)
+    # the saved tokenizer.json must be the word-level one the pipeline ran with
+    tok.backend_tokenizer.save(str(case / "pipeline" / "tokenizer" / "tokenizer.json"))
+    save_file({"init_latents": init, "prompt_embeds": embeds.contiguous(), "prompt_attention_mask": mask,
+               "latents": latents.contiguous(), "image": torch.from_numpy(image).contiguous()}, str(case / "io.safetensors"))
+    (case / "call.json").write_text(json.dumps(call, indent=2) + "\n")
+    print(f"{family}/{name}: image {tuple(image.shape)}, mask {mask.tolist()}")
+
+
+def pipelines(root: Path) -> None:
+    two = ["a big red circle on the left", "a tiny cat"]
+    pipeline_case(root, "pipeline_next", "negative_wide_two_prompts", 11,
+                  {"prompt": two, "negative_prompt": ["a dog", "blue square"], "height": 48, "width": 80,
+                   "num_inference_steps": 5, "guidance_scale": 3.0}, {})
+    pipeline_case(root, "pipeline_next", "no_guidance_tall_shift2", 12,
+                  {"prompt": ["a green triangle above a star"], "negative_prompt": None, "height": 96,
+                   "width": 32, "num_inference_steps": 3, "guidance_scale": 1.0}, {"shift": 2.0})
+    pipeline_case(root, "pipeline_lumina2", "negative_trunc_no_renorm", 13,
+                  {"prompt": two, "negative_prompt": "a dog", "height": 64, "width": 32,
+                   "num_inference_steps": 5, "guidance_scale": 5.0, "cfg_trunc_ratio": 0.5,
+                   "cfg_normalization": False}, {"shift": 6.0, "use_dynamic_shifting": True})
+    pipeline_case(root, "pipeline_lumina2", "static_shift_renorm", 14,
+                  {"prompt": ["the house of the tree"], "negative_prompt": None, "height": 32, "width": 80,
+                   "num_inference_steps": 4, "guidance_scale": 4.0, "cfg_trunc_ratio": 0.75,
+                   "cfg_normalization": True}, {"shift": 3.0})
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "crates/lumina/tests/fixtures"))
+    what, out = sys.argv[1], Path(sys.argv[2])
+    {"transformers": main, "pipelines": pipelines}[what](out)

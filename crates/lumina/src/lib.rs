@@ -56,6 +56,7 @@
 pub mod config;
 pub mod denoiser;
 pub mod error;
+pub mod fixtures;
 pub mod inspect;
 pub mod models;
 pub mod nn;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use lumina::weights::{WeightFiles, Weights};
+use lumina::weights::{Init, WeightFiles, Weights};
 use lumina::{DitInput, Transformer, TransformerConfig};
 
 use common::{fixture_root, load_tensors, max_abs_diff};
@@ -155,6 +155,13 @@ fn bf16_and_f16_storage_load_into_f32_compute() -> Result<()> {
                 files.info("layers.0.norm2.weight").map(|i| i.dtype),
                 Some(stored)
             );
+            // kept narrow in memory under f32 compute; narrowed at load under bf16 compute
+            let f32_compute = Weights::from_dir(&half_dir, DType::F32, &Device::Cpu)?;
+            let w = f32_compute.get("layers.0.norm2.weight", &[64], Init::Ones)?;
+            assert_eq!(w.dtype(), stored);
+            let bf16_compute = Weights::from_dir(&f32_dir, DType::BF16, &Device::Cpu)?;
+            let w = bf16_compute.get("layers.0.norm2.weight", &[64], Init::Ones)?;
+            assert_eq!(w.dtype(), DType::BF16);
             let d = max_abs_diff(
                 &run(&load(&half_dir, DType::F32)?, &io)?,
                 &run(&load(&f32_dir, DType::F32)?, &io)?,

@@ -43,9 +43,12 @@ impl Linear {
             return Err(Error::input("linear input", "rank >= 1", "a scalar"));
         };
         let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?; // (M, out)
+        // Parameters may be stored narrower than the activations (a bf16 checkpoint computed
+        // in f32): widen one matrix at a time instead of holding a wide copy of the model.
+        let w = self.weight.to_dtype(x.dtype())?;
+        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?; // (M, out)
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         };
         let mut out_dims = lead.to_vec();

@@ -22,7 +22,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::rms_norm(x, &self.weight, self.eps)
+        ops::rms_norm(x, &self.weight.to_dtype(x.dtype())?, self.eps)
     }
 }
 
@@ -61,6 +61,12 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        let dtype = x.dtype();
+        ops::layer_norm(
+            x,
+            &self.weight.to_dtype(dtype)?,
+            &self.bias.to_dtype(dtype)?,
+            self.eps,
+        )
     }
 }

@@ -5,6 +5,7 @@
 //! is recorded, which gives `lumina inspect` its missing/unused key audit for free.
 
 mod files;
+mod var_builder;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,8 +86,8 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// The weights of a diffusers model folder (safetensors, sharded or not), converted to
-    /// `dtype` on load.
+    /// The weights of a diffusers model folder (safetensors, sharded or not) for a model that
+    /// computes in `dtype`; each tensor is kept as [`storage_dtype`] says.
     pub fn from_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         Ok(Self::from_files(WeightFiles::open_dir(dir)?, dtype, device))
     }
@@ -151,6 +152,7 @@ impl Weights {
         }
     }
 
+    /// The dtype the model built from these weights computes in.
     pub fn dtype(&self) -> DType {
         self.store.dtype
     }
@@ -199,7 +201,7 @@ impl Weights {
                 match (problem, store.mode) {
                     (None, Mode::Strict) => {
                         let t = files.load(&key, &store.device)?;
-                        Ok(t.to_dtype(store.dtype)?)
+                        Ok(t.to_dtype(storage_dtype(t.dtype(), store.dtype))?)
                     }
                     (None, Mode::Audit) => zeros_view(shape, store),
                     (Some(got), Mode::Audit) => {
@@ -221,6 +223,39 @@ impl Weights {
                         got,
                     }),
                 }
+            }
+        }
+    }
+
+    /// The stored tensor `name` under this prefix, whatever its shape (checkpoint files only).
+    pub fn get_any(&self, name: &str) -> Result<Tensor> {
+        let key = self.key(name);
+        let Source::Files(files) = &self.store.source else {
+            return Err(Error::MissingTensor {
+                key,
+                files: "generated weights (no files)".into(),
+            });
+        };
+        let t = files.load(&key, &self.store.device)?;
+        if let Some(info) = files.info(&key) {
+            lock(&self.store.requested).insert(key, info.shape.clone());
+        }
+        Ok(t.to_dtype(storage_dtype(t.dtype(), self.store.dtype))?)
+    }
+
+    /// Marks every stored key under `name.` (or equal to `name`) as accounted for without
+    /// loading it: weights a model deliberately leaves out, such as the text encoder's layers
+    /// past the one whose output Lumina reads.
+    pub fn skip(&self, name: &str) {
+        let Source::Files(files) = &self.store.source else {
+            return;
+        };
+        let key = self.key(name);
+        let nested = format!("{key}.");
+        let mut requested = lock(&self.store.requested);
+        for k in files.keys().filter(|k| *k == key || k.starts_with(&nested)) {
+            if let Some(info) = files.info(k) {
+                requested.insert(k.to_string(), info.shape.clone());
             }
         }
     }
@@ -272,6 +307,17 @@ impl Weights {
         self.files()
             .map(|f| f.paths().map(Path::to_path_buf).collect())
             .unwrap_or_default()
+    }
+}
+
+/// The dtype a loaded parameter is kept in. Weights stay in their stored dtype unless the
+/// compute dtype is no wider — asking for bf16 compute of an f32 checkpoint halves its memory,
+/// while a bf16 checkpoint computed in f32 stays bf16 and is widened layer by layer.
+pub fn storage_dtype(stored: DType, compute: DType) -> DType {
+    if compute.size_in_bytes() <= stored.size_in_bytes() {
+        compute
+    } else {
+        stored
     }
 }
 

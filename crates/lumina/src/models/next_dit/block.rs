@@ -192,7 +192,11 @@ impl NextDitBlock {
             Some(ctx.caption_bias),
             1.0 / (dh as f64).sqrt(),
         )?;
-        let gate = self.gate.tanh()?.reshape((1, self.heads, 1, 1))?;
+        let gate = self
+            .gate
+            .to_dtype(own_self.dtype())?
+            .tanh()?
+            .reshape((1, self.heads, 1, 1))?;
         let mixed = (own_self + cross.broadcast_mul(&gate)?)?; // (B, H, N, Dh)
         let (b, h, n, dh) = mixed.dims4()?;
         let mixed = mixed.transpose(1, 2)?.reshape((b, n, h * dh))?; // (B, N, D)

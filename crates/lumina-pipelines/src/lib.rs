@@ -1,0 +1,13 @@
+//! Text-to-image pipelines over diffusers model folders of Lumina-Next (`LuminaPipeline`) and
+//! Lumina-Image-2.0 (`Lumina2Pipeline`): tokenizer, Gemma/Gemma-2 caption encoder, the
+//! transformer and samplers of the `lumina` crate, and the VAE — identical to diffusers.
+
+pub mod error;
+pub mod pipeline;
+pub mod scheduler;
+pub mod text_encoder;
+pub mod tokenizer;
+pub mod vae;
+
+pub use error::{Error, Result};
+pub use pipeline::{Family, Latents, Output, Pipeline, Request};

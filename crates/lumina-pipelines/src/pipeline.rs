@@ -1,0 +1,536 @@
+//! Text to image from a diffusers pipeline folder: diffusers `LuminaPipeline` (Lumina-Next) and
+//! `Lumina2Pipeline` (Lumina-Image-2.0), step for step.
+//!
+//! Upstream: diffusers `pipelines/lumina/pipeline_lumina.py`, `pipelines/lumina2/
+//! pipeline_lumina2.py` (58eb52c). What differs on purpose is listed on [`Request`].
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use lumina::config::ConfigFile;
+use lumina::models::{Transformer, TransformerConfig};
+use lumina::sample::{
+    noise, sample_with, Guidance, Renorm, RopeSchedule, Schedule, Solver, StepDone, Truncation,
+};
+use lumina::weights::Weights;
+use lumina::{Caption, Denoiser};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::error::{Error, Result};
+use crate::scheduler::{linspace, SchedulerConfig, SigmaRequest};
+use crate::text_encoder::{EncoderConfig, GemmaEncoder};
+use crate::tokenizer::{Padding, PromptTokenizer, Side, Tokens};
+use crate::vae::Vae;
+
+/// diffusers pipeline classes (and their deprecated aliases) this build runs.
+pub const PIPELINE_CLASSES: [(&str, Family); 4] = [
+    ("LuminaPipeline", Family::LuminaNext),
+    ("LuminaText2ImgPipeline", Family::LuminaNext),
+    ("Lumina2Pipeline", Family::Lumina2),
+    ("Lumina2Text2ImgPipeline", Family::Lumina2),
+];
+
+/// The components every Lumina pipeline folder holds.
+pub const COMPONENTS: [&str; 5] = [
+    "scheduler",
+    "text_encoder",
+    "tokenizer",
+    "transformer",
+    "vae",
+];
+
+/// Lumina-Image-2.0's default system prompt (diffusers `Lumina2Pipeline.system_prompt`).
+pub const LUMINA2_SYSTEM_PROMPT: &str = "You are an assistant designed to generate superior images with the superior degree of image-text alignment based on textual prompts or user prompts.";
+
+/// Both pipelines hard-code an 8× VAE.
+const VAE_SCALE: usize = 8;
+/// Sizes must be multiples of this: 8× VAE times patch 2.
+pub const SIZE_MULTIPLE: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    LuminaNext,
+    Lumina2,
+}
+
+/// Where the starting noise comes from.
+#[derive(Clone, Debug)]
+pub enum Latents {
+    /// Image i (in output order) starts from N(0, I) drawn by `StdRng::seed_from_u64(seed + i)`,
+    /// so any one image of a batch can be regenerated alone.
+    Seed(u64),
+    /// Given starting latents (B·images_per_prompt, C, h, w), like diffusers' `latents=`.
+    Given(Tensor),
+}
+
+/// One text-to-image call. [`Request::new`] gives the diffusers defaults of the pipeline.
+///
+/// On purpose unlike diffusers: with several prompts *and* several images per prompt, each
+/// image gets its own prompt's mask (diffusers repeats embeddings per prompt but masks
+/// interleaved, a known mismatch); `shift` switches to Lumina's own shifted uniform grid.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub prompts: Vec<String>,
+    /// One per prompt; `None` means "" (diffusers' default).
+    pub negative_prompts: Option<Vec<String>>,
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    /// Classifier-free guidance scale; guidance is off at ≤ 1 (diffusers).
+    pub guidance_scale: f64,
+    /// diffusers steps with Euler; higher-order solvers use the same grid.
+    pub solver: Solver,
+    /// `None`: the σ grid diffusers builds from `scheduler_config.json`. `Some(s)`: Lumina's
+    /// rational time shift t/(s − (s−1)t) of a uniform grid (upstream's `t_shift`).
+    pub shift: Option<f64>,
+    pub images_per_prompt: usize,
+    pub latents: Latents,
+    pub max_sequence_length: usize,
+    /// Lumina-Next: time-aware RoPE switches from interpolation to NTK at this t (diffusers
+    /// default 1.0, upstream demo 0.3).
+    pub scaling_watershed: f64,
+    /// Lumina-Next: proportional attention (diffusers default on).
+    pub proportional_attn: bool,
+    /// Lumina2: CFG only for steps with (i+1)/n ≤ ratio.
+    pub cfg_trunc_ratio: f64,
+    /// Lumina2: rescale the guided velocity to the conditional one's norm.
+    pub cfg_normalization: bool,
+    /// Lumina2: prepended to every prompt as "<system> <Prompt Start> <prompt>".
+    pub system_prompt: Option<String>,
+}
+
+impl Request {
+    pub fn new(prompts: Vec<String>) -> Self {
+        Self {
+            prompts,
+            negative_prompts: None,
+            width: 1024,
+            height: 1024,
+            steps: 30,
+            guidance_scale: 4.0,
+            solver: Solver::Euler,
+            shift: None,
+            images_per_prompt: 1,
+            latents: Latents::Seed(0),
+            max_sequence_length: 256,
+            scaling_watershed: 1.0,
+            proportional_attn: true,
+            cfg_trunc_ratio: 1.0,
+            cfg_normalization: true,
+            system_prompt: None,
+        }
+    }
+
+    fn batch(&self) -> usize {
+        self.prompts.len() * self.images_per_prompt
+    }
+}
+
+/// The result of a call, in output order (prompt-major: all images of prompt 0 first).
+pub struct Output {
+    /// Final latents (B, C, h, w), f32.
+    pub latents: Tensor,
+    /// Images (B, H, W, 3) in [0, 1], f32.
+    pub images: Tensor,
+    /// The conditional caption features and mask the transformer saw.
+    pub prompt_embeds: Caption,
+    /// Per prompt, what truncation dropped (empty when nothing).
+    pub truncated: Vec<String>,
+}
+
+pub struct Pipeline {
+    pub family: Family,
+    pub dir: PathBuf,
+    tokenizer: PromptTokenizer,
+    text_encoder: GemmaEncoder,
+    transformer: Transformer,
+    vae: Vae,
+    scheduler: SchedulerConfig,
+    device: Device,
+}
+
+/// The family named by a folder's `model_index.json`.
+pub fn pipeline_family(dir: &Path) -> Result<Family> {
+    let index = dir.join("model_index.json");
+    if !index.is_file() {
+        return Err(lumina::Error::Config {
+            path: index,
+            reason: "no model_index.json: not a diffusers pipeline folder".into(),
+        }
+        .into());
+    }
+    let file = ConfigFile::read(&index)?;
+    let class = file.class_name.clone().unwrap_or_default();
+    PIPELINE_CLASSES
+        .iter()
+        .find(|(name, _)| *name == class)
+        .map(|(_, family)| *family)
+        .ok_or_else(|| Error::UnknownClass {
+            path: index,
+            what: "pipeline",
+            class,
+            known: PIPELINE_CLASSES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+impl Pipeline {
+    /// Loads every component of a pipeline folder; the transformer and the text encoder compute
+    /// in `dtype`, the VAE in f32.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let family = pipeline_family(dir)?;
+        for component in COMPONENTS {
+            if !dir.join(component).is_dir() {
+                return Err(Error::MissingComponent {
+                    dir: dir.to_path_buf(),
+                    component: component.to_string(),
+                });
+            }
+        }
+        let scheduler = SchedulerConfig::read_dir(&dir.join("scheduler"))?;
+        let tokenizer = PromptTokenizer::load(&dir.join("tokenizer"))?;
+        let encoder_dir = dir.join("text_encoder");
+        let encoder_cfg = EncoderConfig::read(&encoder_dir.join("config.json"))?;
+        let text_encoder = GemmaEncoder::load(
+            &encoder_cfg,
+            &Weights::from_dir(&encoder_dir, dtype, device)?,
+        )?;
+        let transformer_dir = dir.join("transformer");
+        let transformer_cfg = TransformerConfig::read_dir(&transformer_dir)?;
+        let expected = match family {
+            Family::LuminaNext => "LuminaNextDiT2DModel",
+            Family::Lumina2 => "Lumina2Transformer2DModel",
+        };
+        if transformer_cfg.class_name() != expected {
+            return Err(Error::UnknownClass {
+                path: transformer_dir.join("config.json"),
+                what: "transformer for this pipeline",
+                class: transformer_cfg.class_name().into(),
+                known: expected.into(),
+            });
+        }
+        let transformer = Transformer::load(
+            &transformer_cfg,
+            &Weights::from_dir(&transformer_dir, dtype, device)?,
+        )?;
+        let vae = Vae::load_dir(&dir.join("vae"), DType::F32, device)?;
+        Ok(Self {
+            family,
+            dir: dir.to_path_buf(),
+            tokenizer,
+            text_encoder,
+            transformer,
+            vae,
+            scheduler,
+            device: device.clone(),
+        })
+    }
+
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
+    }
+
+    /// Training resolution of the transformer, in pixels (`sample_size × 8`).
+    pub fn native_size(&self) -> usize {
+        let sample = match self.transformer.config() {
+            TransformerConfig::NextDit(c) => c.sample_size,
+            TransformerConfig::Lumina2(c) => c.sample_size,
+        };
+        sample * VAE_SCALE
+    }
+
+    fn latent_channels(&self) -> usize {
+        match self.transformer.config() {
+            TransformerConfig::NextDit(c) => c.in_channels,
+            TransformerConfig::Lumina2(c) => c.in_channels,
+        }
+    }
+
+    /// Checks a request before any work: sizes, steps, counts, ranges.
+    pub fn validate(&self, r: &Request) -> Result<()> {
+        if r.prompts.is_empty() {
+            return Err(Error::request("prompts", "at least one", 0));
+        }
+        for (what, v) in [("width", r.width), ("height", r.height)] {
+            if v == 0 || v % SIZE_MULTIPLE != 0 {
+                let lo = (v / SIZE_MULTIPLE).max(1) * SIZE_MULTIPLE;
+                return Err(Error::request(
+                    what,
+                    format!(
+                        "a positive multiple of {SIZE_MULTIPLE} (nearest: {lo} or {})",
+                        lo + SIZE_MULTIPLE
+                    ),
+                    v,
+                ));
+            }
+        }
+        if r.steps == 0 {
+            return Err(Error::request("steps", ">= 1", 0));
+        }
+        if r.images_per_prompt == 0 {
+            return Err(Error::request("images per prompt", ">= 1", 0));
+        }
+        if let Some(neg) = &r.negative_prompts {
+            if neg.len() != r.prompts.len() {
+                return Err(Error::request(
+                    "negative prompts",
+                    format!("one per prompt ({})", r.prompts.len()),
+                    neg.len(),
+                ));
+            }
+        }
+        if !r.guidance_scale.is_finite() {
+            return Err(Error::request(
+                "guidance scale",
+                "a finite number",
+                r.guidance_scale,
+            ));
+        }
+        if let Some(s) = r.shift {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(Error::request("shift", "finite and > 0", s));
+            }
+        }
+        if !(0.0..=1.0).contains(&r.cfg_trunc_ratio) {
+            return Err(Error::request(
+                "cfg truncation ratio",
+                "in [0, 1]",
+                r.cfg_trunc_ratio,
+            ));
+        }
+        if r.max_sequence_length == 0 {
+            return Err(Error::request("max sequence length", ">= 1", 0));
+        }
+        Ok(())
+    }
+
+    /// Conditional (and, with guidance, unconditional) caption features, one row per prompt.
+    pub fn encode(&self, r: &Request) -> Result<(Caption, Option<Caption>, Vec<String>)> {
+        let guided = r.guidance_scale > 1.0;
+        let negatives = r
+            .negative_prompts
+            .clone()
+            .unwrap_or_else(|| vec![String::new(); r.prompts.len()]);
+        let max = r.max_sequence_length;
+        match self.family {
+            Family::LuminaNext => {
+                // clean_caption without bs4/ftfy: lower-case and strip (diffusers
+                // `_text_preprocessing`); the negative prompt is used as given
+                let prompts: Vec<String> = r
+                    .prompts
+                    .iter()
+                    .map(|p| p.to_lowercase().trim().to_string())
+                    .collect();
+                let side = self.tokenizer.default_side();
+                let cond = self.tokenizer.encode(
+                    &prompts,
+                    Padding::Longest { multiple_of: 8 },
+                    side,
+                    max,
+                    &self.device,
+                )?;
+                let len = cond.ids.dim(1)?;
+                let uncond = guided
+                    .then(|| {
+                        self.tokenizer.encode(
+                            &negatives,
+                            Padding::Fixed(len),
+                            side,
+                            len,
+                            &self.device,
+                        )
+                    })
+                    .transpose()?;
+                self.embed(cond, uncond)
+            }
+            Family::Lumina2 => {
+                let system = r.system_prompt.as_deref().unwrap_or(LUMINA2_SYSTEM_PROMPT);
+                let prompts: Vec<String> = r
+                    .prompts
+                    .iter()
+                    .map(|p| format!("{system} <Prompt Start> {p}"))
+                    .collect();
+                let cond = self.tokenizer.encode(
+                    &prompts,
+                    Padding::Fixed(max),
+                    Side::Right,
+                    max,
+                    &self.device,
+                )?;
+                let uncond = guided
+                    .then(|| {
+                        self.tokenizer.encode(
+                            &negatives,
+                            Padding::Fixed(max),
+                            Side::Right,
+                            max,
+                            &self.device,
+                        )
+                    })
+                    .transpose()?;
+                self.embed(cond, uncond)
+            }
+        }
+    }
+
+    fn embed(
+        &self,
+        cond: Tokens,
+        uncond: Option<Tokens>,
+    ) -> Result<(Caption, Option<Caption>, Vec<String>)> {
+        for (prompt, dropped) in cond
+            .truncated
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.is_empty())
+        {
+            tracing::warn!(prompt, dropped = %dropped, "prompt truncated to the text encoder's limit");
+        }
+        let run = |t: &Tokens| -> Result<Caption> {
+            let features = self.text_encoder.encode(&t.ids, &t.mask)?;
+            Ok(Caption::new(features, t.mask.clone())?)
+        };
+        Ok((
+            run(&cond)?,
+            uncond.as_ref().map(run).transpose()?,
+            cond.truncated,
+        ))
+    }
+
+    /// The starting latents (B, C, h, w).
+    fn initial_latents(&self, r: &Request) -> Result<Tensor> {
+        let shape = [
+            r.batch(),
+            self.latent_channels(),
+            r.height / VAE_SCALE,
+            r.width / VAE_SCALE,
+        ];
+        match &r.latents {
+            Latents::Given(t) => {
+                if t.dims() != shape {
+                    return Err(Error::request(
+                        "initial latents",
+                        format!("shape {shape:?}"),
+                        format!("{:?}", t.dims()),
+                    ));
+                }
+                Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
+            }
+            Latents::Seed(seed) => {
+                let one = &shape[1..];
+                let samples = (0..r.batch())
+                    .map(|i| {
+                        noise::gaussian(
+                            one,
+                            DType::F32,
+                            &self.device,
+                            &mut StdRng::seed_from_u64(seed.wrapping_add(i as u64)),
+                        )
+                    })
+                    .collect::<lumina::Result<Vec<_>>>()?;
+                Ok(Tensor::stack(&samples, 0)?)
+            }
+        }
+    }
+
+    /// The time grid of a request (see [`Request::shift`]).
+    pub fn grid(&self, r: &Request) -> Result<Vec<f64>> {
+        if let Some(shift) = r.shift {
+            return Ok(Schedule::Shifted { shift }.grid(r.steps)?);
+        }
+        let request = match self.family {
+            Family::LuminaNext => SigmaRequest::Default(r.steps),
+            // diffusers passes the latents' *channel* count as the sequence length
+            // (huggingface/diffusers#12913); kept for parity, inert when dynamic shifting is off
+            Family::Lumina2 => SigmaRequest::Given {
+                sigmas: linspace(1.0, 1.0 / r.steps as f64, r.steps),
+                mu: self.scheduler.mu(self.latent_channels()),
+            },
+        };
+        self.scheduler.grid(&request)
+    }
+
+    /// Runs a whole call; `on_step` sees every finished solver step.
+    pub fn generate(&self, r: &Request, on_step: impl FnMut(StepDone)) -> Result<Output> {
+        self.validate(r)?;
+        let (cond, uncond, truncated) = self.encode(r)?;
+        let repeat = |c: Caption| -> Result<Caption> { repeat_rows(c, r.images_per_prompt) };
+        let cond = repeat(cond)?;
+        let uncond = uncond.map(repeat).transpose()?;
+        let guided = r.guidance_scale > 1.0;
+        let native = self.native_size();
+        let (guidance, rope, base_sequence_length) = match self.family {
+            Family::LuminaNext => (
+                if guided {
+                    Guidance::FirstChannels {
+                        scale: r.guidance_scale,
+                        channels: 3,
+                    }
+                } else {
+                    Guidance::None
+                },
+                RopeSchedule::time_aware(r.width, r.height, native, r.scaling_watershed)?,
+                r.proportional_attn.then(|| (native / 16).pow(2)),
+            ),
+            Family::Lumina2 => {
+                let renorm = if r.cfg_normalization {
+                    Renorm::Rows
+                } else {
+                    Renorm::Off
+                };
+                let truncation = Truncation::StepRatio(r.cfg_trunc_ratio);
+                (
+                    if guided {
+                        Guidance::Lumina2 {
+                            scale: r.guidance_scale,
+                            truncation,
+                            renorm,
+                        }
+                    } else {
+                        Guidance::None
+                    },
+                    RopeSchedule::default(),
+                    None,
+                )
+            }
+        };
+        let denoiser = Denoiser {
+            model: &self.transformer,
+            cond: cond.clone(),
+            uncond,
+            guidance,
+            rope,
+            base_sequence_length,
+        };
+        let grid = self.grid(r)?;
+        let x0 = self.initial_latents(r)?;
+        let latents = sample_with(&denoiser, x0, &grid, r.solver, on_step)?.to_dtype(DType::F32)?;
+        let images = self.vae.decode(&latents)?;
+        Ok(Output {
+            latents,
+            images,
+            prompt_embeds: cond,
+            truncated,
+        })
+    }
+}
+
+/// Each row repeated `n` times in place (prompt-major), embeddings and mask alike.
+fn repeat_rows(c: Caption, n: usize) -> Result<Caption> {
+    if n == 1 {
+        return Ok(c);
+    }
+    let b = c.features.dim(0)?;
+    let index: Vec<u32> = (0..b as u32)
+        .flat_map(|i| std::iter::repeat_n(i, n))
+        .collect();
+    let index = Tensor::new(index.as_slice(), c.features.device())?;
+    Ok(Caption::new(
+        c.features.index_select(&index, 0)?,
+        c.mask.index_select(&index, 0)?,
+    )?)
+}
