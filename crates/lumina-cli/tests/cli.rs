@@ -144,3 +144,261 @@ fn write_safetensors(path: &Path, tensors: &[(String, (serde_json::Value, Vec<u8
     out.extend(data);
     std::fs::write(path, out).expect("write");
 }
+
+// ------------------------------------------------------------------------ generate
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
+fn next_pipeline() -> PathBuf {
+    fixtures().join("pipeline_next/two_prompts/pipeline")
+}
+
+/// RGB bytes and the `parameters` text of a PNG.
+fn read_png(path: &Path) -> (u32, u32, Vec<u8>, String) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).expect("png exists"),
+    ));
+    let mut reader = decoder.read_info().expect("a png");
+    let text = reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    let (w, h) = (reader.info().width, reader.info().height);
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    reader.next_frame(&mut buf).expect("pixels");
+    (w, h, buf, text)
+}
+
+fn generate(model: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--prompt",
+        "a red circle above a blue square",
+        "--output",
+        out.to_str().expect("utf-8"),
+    ];
+    if !extra.contains(&"--steps") {
+        args.extend(["--steps", "3"]);
+    }
+    args.extend_from_slice(extra);
+    lumina(&args)
+}
+
+#[test]
+fn generate_writes_a_reproducible_png_with_its_parameters() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
+    for out in [&a, &b] {
+        let o = generate(
+            &next_pipeline(),
+            out,
+            &[
+                "--seed",
+                "5",
+                "--width",
+                "48",
+                "--height",
+                "32",
+                "--negative-prompt",
+                "a cat",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), out.display().to_string());
+    }
+    let (w, h, pixels, text) = read_png(&a);
+    assert_eq!((w, h), (48, 32));
+    assert_eq!(pixels, read_png(&b).2, "same seed, same image");
+    for want in [
+        "a red circle above a blue square\nNegative prompt: a cat\n",
+        "Steps: 3",
+        "Seed: 5",
+        "Size: 48x32",
+        "Sampler: euler",
+        "CFG scale: 4",
+        "Pipeline: Lumina-Next",
+    ] {
+        assert!(text.contains(want), "{want:?} not in {text:?}");
+    }
+    let c = tmp.path().join("c.png");
+    assert!(generate(
+        &next_pipeline(),
+        &c,
+        &[
+            "--seed",
+            "6",
+            "--width",
+            "48",
+            "--height",
+            "32",
+            "--negative-prompt",
+            "a cat"
+        ]
+    )
+    .status
+    .success());
+    assert_ne!(pixels, read_png(&c).2, "another seed, another image");
+}
+
+#[test]
+fn several_images_are_numbered_and_each_reproducible_alone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out.png");
+    let o = generate(
+        &fixtures().join("pipeline_lumina2/one_prompt/pipeline"),
+        &out,
+        &["-k", "2", "--seed", "10", "--solver", "heun"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = read_png(&tmp.path().join("out-1.png"));
+    assert!(
+        second.3.contains("Seed: 11")
+            && second.3.contains("Sampler: heun")
+            && second.3.contains("Pipeline: Lumina-Image-2.0"),
+        "{}",
+        second.3
+    );
+    let alone = tmp.path().join("alone.png");
+    assert!(generate(
+        &fixtures().join("pipeline_lumina2/one_prompt/pipeline"),
+        &alone,
+        &["--seed", "11", "--solver", "heun"]
+    )
+    .status
+    .success());
+    assert_eq!(read_png(&alone).2, second.2);
+    assert_ne!(read_png(&tmp.path().join("out-0.png")).2, second.2);
+}
+
+#[test]
+fn bad_sizes_and_steps_fail_with_the_allowed_values() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("x.png");
+    let o = generate(&next_pipeline(), &out, &["--width", "50"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--width 50 is not a positive multiple of 16; try 48 or 64"),
+        "{}",
+        stderr(&o)
+    );
+    let o = generate(&next_pipeline(), &out, &["--steps", "0"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--steps must be at least 1"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn missing_components_and_unknown_classes_are_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("x.png");
+    let broken = tmp.path().join("pipeline");
+    copy_dir(&next_pipeline(), &broken);
+    std::fs::remove_dir_all(broken.join("vae")).expect("rm");
+    let o = generate(&broken, &out, &[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("has no `vae/` folder"),
+        "{}",
+        stderr(&o)
+    );
+
+    copy_dir(&next_pipeline().join("vae"), &broken.join("vae"));
+    let sched = broken.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&sched)
+        .expect("read")
+        .replace("FlowMatchEulerDiscreteScheduler", "DDIMScheduler");
+    std::fs::write(&sched, text).expect("write");
+    let o = generate(&broken, &out, &[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("unknown scheduler `DDIMScheduler`"),
+        "{}",
+        stderr(&o)
+    );
+
+    copy_dir(
+        &next_pipeline().join("scheduler"),
+        &broken.join("scheduler"),
+    );
+    let index = broken.join("model_index.json");
+    let text = std::fs::read_to_string(&index)
+        .expect("read")
+        .replace("\"LuminaPipeline\"", "\"StableDiffusionPipeline\"");
+    std::fs::write(&index, text).expect("write");
+    let o = generate(&broken, &out, &[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("unknown pipeline `StableDiffusionPipeline`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_prompt_over_the_token_limit_is_truncated_with_a_warning() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = generate(
+        &next_pipeline(),
+        &tmp.path().join("x.png"),
+        &["--max-sequence-length", "4"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("truncated") && err.contains("above a blue square"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_repo_id_resolves_in_the_local_hub_cache_offline() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("models--alpha--tiny-lumina");
+    std::fs::create_dir_all(repo.join("refs")).expect("mkdir");
+    std::fs::write(repo.join("refs/main"), "0123abcd").expect("ref");
+    copy_dir(&next_pipeline(), &repo.join("snapshots/0123abcd"));
+    let out = tmp.path().join("x.png");
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lumina"))
+            .args([
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "a cat",
+                "--steps",
+                "2",
+                "--output",
+                out.to_str().expect("utf-8"),
+            ])
+            .env("HF_HUB_CACHE", tmp.path())
+            .output()
+            .expect("runs")
+    };
+    let o = run("alpha/tiny-lumina");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(read_png(&out).3.contains("Model: alpha/tiny-lumina"));
+    let o = run("alpha/absent");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("model `alpha/absent` is not in the local Hugging Face cache"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -3,6 +3,9 @@
 //! transformer and samplers of the `lumina` crate, and the VAE — identical to diffusers.
 
 pub mod error;
+pub mod hub;
+pub mod inspect;
+pub mod output;
 pub mod pipeline;
 pub mod scheduler;
 pub mod text_encoder;

@@ -127,18 +127,22 @@ impl PromptTokenizer {
         }))
         .map_err(bad)?;
         let inputs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let encodings = tok.encode_batch(inputs, true).map_err(bad)?;
-        let truncated = encodings
+        let encodings = tok.encode_batch(inputs.clone(), true).map_err(bad)?;
+        // what truncation dropped: the untruncated tokens past the kept ones (the kept tokens
+        // are a prefix: truncation cuts on the right)
+        let mut plain = self.tokenizer.clone();
+        plain.with_padding(None);
+        plain.with_truncation(None).map_err(bad)?;
+        let truncated = inputs
             .iter()
-            .map(|e| {
-                let dropped: Vec<u32> = e
-                    .get_overflowing()
-                    .iter()
-                    .flat_map(|o| o.get_ids().to_vec())
-                    .collect();
-                self.tokenizer.decode(&dropped, true).unwrap_or_default()
+            .zip(&encodings)
+            .map(|(text, e)| {
+                let kept = e.get_attention_mask().iter().filter(|&&m| m != 0).count();
+                let full = plain.encode(*text, true).map_err(bad)?;
+                let dropped = full.get_ids().get(kept..).unwrap_or_default();
+                Ok(self.tokenizer.decode(dropped, true).unwrap_or_default())
             })
-            .collect();
+            .collect::<Result<Vec<String>>>()?;
         let b = encodings.len();
         let l = encodings.first().map_or(0, |e| e.get_ids().len());
         let ids: Vec<u32> = encodings

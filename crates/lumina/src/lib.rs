@@ -21,7 +21,6 @@
 //!   [`sample::VelocityField`].
 //! - [`denoiser`]: a transformer plus its conditioning as a velocity field (CFG batching,
 //!   time-aware RoPE).
-//! - [`inspect`]: what a model folder holds.
 //!
 //! # Example
 //! Sample a 2048² latent from Lumina-Next at 30 midpoint steps, extrapolating from its 1024²
@@ -57,7 +56,6 @@ pub mod config;
 pub mod denoiser;
 pub mod error;
 pub mod fixtures;
-pub mod inspect;
 pub mod models;
 pub mod nn;
 pub mod rope;

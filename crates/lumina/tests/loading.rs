@@ -353,3 +353,79 @@ fn released_presets_have_the_reference_parameter_counts() -> Result<()> {
     );
     Ok(())
 }
+
+/// Upstream Lumina-T2X checkpoints (`consolidated*.safetensors`, `attention.wq` names, one
+/// query projection for both attentions) load through the key map — with the diffusers config,
+/// or with none, the config then read off the tensor shapes.
+#[test]
+fn upstream_consolidated_checkpoint_loads_like_the_diffusers_one() -> Result<()> {
+    use lumina::models::next_dit::original::original_key;
+    // a converted checkpoint: attn2's query duplicates attn1's
+    let mut diffusers = fixture_weights("nextdit")?;
+    for layer in 0..2 {
+        for leaf in ["to_q.weight", "norm_q.weight", "norm_q.bias"] {
+            let w = diffusers[&format!("layers.{layer}.attn1.{leaf}")].clone();
+            diffusers.insert(format!("layers.{layer}.attn2.{leaf}"), w);
+        }
+    }
+    let upstream: HashMap<String, Tensor> = diffusers
+        .iter()
+        .map(|(k, v)| (original_key(k), v.clone()))
+        .collect();
+    assert!(
+        upstream.contains_key("layers.1.attention.wq.weight") && upstream.len() < diffusers.len()
+    );
+    let (_a, diffusers_dir) = write_model("nextdit", &diffusers, 1)?;
+    let tmp = tempfile::tempdir()?;
+    let upstream_dir = tmp.path().join("Lumina-Next-SFT");
+    std::fs::create_dir(&upstream_dir)?;
+    candle_core::safetensors::save(
+        &upstream,
+        upstream_dir.join("consolidated_ema.00-of-01.safetensors"),
+    )?;
+    // the plain (non-EMA) weights beside them must not be picked
+    let zeros: HashMap<String, Tensor> = upstream
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.zeros_like()?)))
+        .collect::<candle_core::Result<_>>()?;
+    candle_core::safetensors::save(
+        &zeros,
+        upstream_dir.join("consolidated.00-of-01.safetensors"),
+    )?;
+
+    let io = io("nextdit")?;
+    let want = run(&load(&diffusers_dir, DType::F32)?, &io)?;
+    // no config.json: inferred (the fixture's sample_size aside, which the forward never reads)
+    let inferred = load(&upstream_dir, DType::F32)?;
+    let TransformerConfig::NextDit(cfg) = inferred.config() else {
+        panic!("a Next-DiT")
+    };
+    let TransformerConfig::NextDit(fixture_cfg) = TransformerConfig::read_dir(&diffusers_dir)?
+    else {
+        panic!("a Next-DiT")
+    };
+    assert_eq!(
+        lumina::NextDitConfig {
+            sample_size: fixture_cfg.sample_size,
+            ..cfg
+        },
+        fixture_cfg
+    );
+    assert!(max_abs_diff(&run(&inferred, &io)?, &want)? < 1e-6);
+    // with the diffusers config.json
+    std::fs::copy(
+        diffusers_dir.join("config.json"),
+        upstream_dir.join("config.json"),
+    )?;
+    assert!(max_abs_diff(&run(&load(&upstream_dir, DType::F32)?, &io)?, &want)? < 1e-6);
+    // and the audit sees every upstream tensor used
+    let (cfg, audit) = Transformer::open_dir(&upstream_dir, |f| Weights::audit(f, &Device::Cpu))?;
+    Transformer::load(&cfg, &audit)?;
+    assert!(
+        audit.problems().is_empty() && audit.unused_keys().is_empty(),
+        "{:?} {:?}",
+        audit.problems(),
+        audit.unused_keys()
+    );
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! `lumina inspect DIR`.
 
 use anyhow::{Context, Result};
-use lumina::inspect::{inspect, Component, Inspection};
+use lumina_pipelines::inspect::{inspect, Component, Inspection};
 
 use crate::cli::InspectArgs;
 use crate::format;

@@ -16,7 +16,7 @@ pub use patch::{patchify, unpatchify, PatchOrder};
 
 use crate::config::ConfigFile;
 use crate::error::{Error, Result};
-use crate::weights::Weights;
+use crate::weights::{WeightFiles, Weights};
 
 /// diffusers class names this build can load, and the family each belongs to.
 pub const KNOWN_CLASSES: [(&str, Family); 2] = [
@@ -94,10 +94,50 @@ impl Transformer {
         })
     }
 
-    /// Loads a diffusers transformer folder (`config.json` + safetensors), computing in `dtype`.
+    /// Loads a transformer folder, computing in `dtype`: a diffusers folder (`config.json` +
+    /// safetensors), or upstream Lumina-Next weights (`consolidated*.safetensors`), read through
+    /// [`next_dit::original::original_key`], with the config from `config.json` or, when there is
+    /// none, inferred from the tensor shapes.
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = TransformerConfig::read_dir(dir)?;
-        Self::load(&cfg, &Weights::from_dir(dir, dtype, device)?)
+        let (cfg, weights) =
+            Self::open_dir(dir, |files| Weights::from_files(files, dtype, device))?;
+        Self::load(&cfg, &weights)
+    }
+
+    /// The config of a transformer folder and its weights, built by `make` from its files with
+    /// the key map the layout needs.
+    pub fn open_dir(
+        dir: &Path,
+        make: impl FnOnce(WeightFiles) -> Weights,
+    ) -> Result<(TransformerConfig, Weights)> {
+        let config = match TransformerConfig::read_dir(dir) {
+            Ok(cfg) => Some(cfg),
+            Err(Error::MissingConfig { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let files = WeightFiles::open_dir(dir)?;
+        let original = next_dit::original::is_original_layout(&files);
+        let cfg = match config {
+            Some(cfg) => cfg,
+            None if original => {
+                let cfg = next_dit::original::infer_config(&files)?;
+                tracing::warn!(dir = %dir.display(), ?cfg, "no config.json: Next-DiT config inferred from the upstream checkpoint");
+                TransformerConfig::NextDit(cfg)
+            }
+            None => {
+                return Err(Error::MissingConfig {
+                    dir: dir.to_path_buf(),
+                })
+            }
+        };
+        let weights = make(files);
+        let weights = match (&cfg, original) {
+            (TransformerConfig::NextDit(_), true) => {
+                weights.with_key_map(next_dit::original::original_key)
+            }
+            _ => weights,
+        };
+        Ok((cfg, weights))
     }
 
     pub fn forward(&self, inp: &DitInput) -> Result<Tensor> {

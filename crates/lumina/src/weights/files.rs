@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 
@@ -17,10 +18,26 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
 }
 
+/// One memory-mapped safetensors file.
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Byte offset of the data section (after the 8-byte length and the JSON header).
+    data_start: usize,
+}
+
+/// Where a tensor's bytes are: file index and byte range within the data section.
+#[derive(Clone, Copy, Debug)]
+struct Location {
+    file: usize,
+    start: usize,
+    end: usize,
+}
+
 /// The safetensors files of a model, memory-mapped, with an index from key to file.
 pub struct WeightFiles {
-    files: Vec<(PathBuf, MmapedSafetensors)>,
-    index: BTreeMap<String, (usize, TensorInfo)>,
+    files: Vec<MappedFile>,
+    index: BTreeMap<String, (Location, TensorInfo)>,
 }
 
 /// File names diffusers and transformers write for an unsharded model, in lookup order.
@@ -28,7 +45,8 @@ const SINGLE_FILE_NAMES: [&str; 2] = ["diffusion_pytorch_model.safetensors", "mo
 
 impl WeightFiles {
     /// Opens the weights of a model folder. A `*.safetensors.index.json` wins; else the
-    /// canonical single file; else every `*.safetensors` in the folder.
+    /// canonical single file; else upstream's `consolidated_ema.*` or `consolidated.*` files;
+    /// else every `*.safetensors` in the folder.
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let entries = list_dir(dir)?;
         let mut indexes: Vec<&PathBuf> = entries
@@ -44,6 +62,20 @@ impl WeightFiles {
             let path = dir.join(name);
             if path.is_file() {
                 return Self::open(&[path]);
+            }
+        }
+        // Upstream Lumina checkpoints ship plain and EMA weights side by side; the demos
+        // sample with `--ema`.
+        for prefix in ["consolidated_ema.", "consolidated."] {
+            let files: Vec<PathBuf> = entries
+                .iter()
+                .filter(|p| {
+                    file_name(p).starts_with(prefix) && file_name(p).ends_with(".safetensors")
+                })
+                .cloned()
+                .collect();
+            if !files.is_empty() {
+                return Self::open(&files);
             }
         }
         let shards: Vec<PathBuf> = entries
@@ -110,19 +142,30 @@ impl WeightFiles {
         let mut files = Vec::with_capacity(paths.len());
         let mut index = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
-            let st = open_mmap(path)?;
-            for (key, view) in st.tensors() {
-                let dtype = DType::try_from(view.dtype()).map_err(|_| Error::TensorDtype {
+            let mmap = open_mmap(path)?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+                    path: path.clone(),
+                    reason: truncation(path).unwrap_or_else(|| e.to_string()),
+                })?;
+            for (key, st_info) in metadata.tensors() {
+                let dtype = DType::try_from(st_info.dtype).map_err(|_| Error::TensorDtype {
                     key: key.clone(),
                     file: path.clone(),
-                    dtype: format!("{:?}", view.dtype()),
+                    dtype: format!("{:?}", st_info.dtype),
                 })?;
                 let info = TensorInfo {
                     file: path.clone(),
                     dtype,
-                    shape: view.shape().to_vec(),
+                    shape: st_info.shape.clone(),
                 };
-                if let Some((_, first)) = index.insert(key.clone(), (i, info)) {
+                let (start, end) = st_info.data_offsets;
+                let location = Location {
+                    file: i,
+                    start,
+                    end,
+                };
+                if let Some((_, first)) = index.insert(key.clone(), (location, info)) {
                     return Err(Error::Safetensors {
                         path: path.clone(),
                         reason: format!(
@@ -132,7 +175,11 @@ impl WeightFiles {
                     });
                 }
             }
-            files.push((path.clone(), st));
+            files.push(MappedFile {
+                path: path.clone(),
+                mmap,
+                data_start: 8 + header_len,
+            });
         }
         Ok(Self { files, index })
     }
@@ -146,7 +193,7 @@ impl WeightFiles {
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.files.iter().map(|(p, _)| p.as_path())
+        self.files.iter().map(|f| f.path.as_path())
     }
 
     /// A short description of the files, for error messages.
@@ -156,33 +203,44 @@ impl WeightFiles {
     }
 
     /// Reads one tensor in its stored dtype.
+    ///
+    /// The bytes are copied out of the mapping, after which their pages are released: a
+    /// loaded model is resident once, not once in memory and again as mapped file pages.
     pub fn load(&self, key: &str, device: &Device) -> Result<Tensor> {
-        let (i, _) = self.index.get(key).ok_or_else(|| Error::MissingTensor {
+        let (loc, info) = self.index.get(key).ok_or_else(|| Error::MissingTensor {
             key: key.to_string(),
             files: self.describe(),
         })?;
-        let (path, st) = &self.files[*i];
-        st.load(key, device).map_err(|e| Error::Safetensors {
-            path: path.clone(),
-            reason: format!("tensor `{key}`: {e}"),
-        })
+        let file = &self.files[loc.file];
+        let (start, len) = (file.data_start + loc.start, loc.end - loc.start);
+        let bytes = &file.mmap[start..start + len];
+        let tensor =
+            Tensor::from_raw_buffer(bytes, info.dtype, &info.shape, device).map_err(|e| {
+                Error::Safetensors {
+                    path: file.path.clone(),
+                    reason: format!("tensor `{key}`: {e}"),
+                }
+            })?;
+        // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED only drops its resident
+        // pages, which the kernel re-reads from the file if touched again. Failure is harmless.
+        let _ = unsafe {
+            file.mmap
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)
+        };
+        Ok(tensor)
     }
 }
 
-fn open_mmap(path: &Path) -> Result<MmapedSafetensors> {
-    if !path.is_file() {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        });
-    }
+fn open_mmap(path: &Path) -> Result<Mmap> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
     // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on nobody
     // truncating the file while the model is loaded. The header and every tensor's byte range
-    // are validated by `safetensors` before any access.
-    unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        reason: truncation(path).unwrap_or_else(|| root_cause(&e)),
-    })
+    // are validated by `safetensors::read_metadata` before any access.
+    unsafe { Mmap::map(&file) }.map_err(io)
 }
 
 /// "truncated: …" when the header promises more bytes than the file holds (an interrupted
@@ -215,15 +273,6 @@ fn truncation(path: &Path) -> Option<String> {
     let needed = 8 + header_len + data_end;
     (needed > size)
         .then(|| format!("truncated: the header describes {needed} bytes, the file has {size}"))
-}
-
-/// candle wraps errors with the path again; keep only the innermost message.
-fn root_cause(e: &candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithPath { inner, .. } => root_cause(inner),
-        candle_core::Error::WithBacktrace { inner, .. } => root_cause(inner),
-        other => other.to_string(),
-    }
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -78,11 +78,16 @@ struct Store {
     problems: Mutex<Vec<WeightProblem>>,
 }
 
+/// Maps the key a model asks for to the key a checkpoint stores it under.
+pub type KeyMap = fn(&str) -> String;
+
 /// A prefix view of a parameter store.
 #[derive(Clone)]
 pub struct Weights {
     store: Arc<Store>,
     prefix: String,
+    /// Applied to every full key before lookup: one model, several checkpoint layouts.
+    key_map: Option<KeyMap>,
 }
 
 impl Weights {
@@ -135,6 +140,15 @@ impl Weights {
         Self {
             store: Arc::new(store),
             prefix: String::new(),
+            key_map: None,
+        }
+    }
+
+    /// Reads every key through `map` (a checkpoint layout other than the model's own).
+    pub fn with_key_map(self, map: KeyMap) -> Self {
+        Self {
+            key_map: Some(map),
+            ..self
         }
     }
 
@@ -149,6 +163,7 @@ impl Weights {
         Self {
             store: self.store.clone(),
             prefix,
+            key_map: self.key_map,
         }
     }
 
@@ -161,11 +176,16 @@ impl Weights {
         &self.store.device
     }
 
+    /// The stored key of `name` under this prefix.
     fn key(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
+        let key = if self.prefix.is_empty() {
             name.to_string()
         } else {
             format!("{}.{name}", self.prefix)
+        };
+        match self.key_map {
+            Some(map) => map(&key),
+            None => key,
         }
     }
 
@@ -284,6 +304,14 @@ impl Weights {
             Source::Files(files) => Some(files),
             Source::Random(_) | Source::Zeros | Source::Init { .. } => None,
         }
+    }
+
+    /// Every key asked for so far with the shape the model expects, sorted by key.
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        lock(&self.store.requested)
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect()
     }
 
     /// Parameters asked for so far: the size of the model built from this store.

@@ -5,6 +5,7 @@
 
 mod block;
 mod config;
+pub mod original;
 
 use candle_core::{DType, Tensor};
 

@@ -10,10 +10,13 @@ use candle_core::Device;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::ConfigFile;
-use crate::error::{Error, Result};
-use crate::models::{Transformer, TransformerConfig, KNOWN_CLASSES};
-use crate::weights::{WeightFiles, Weights};
+use lumina::config::ConfigFile;
+use lumina::models::{Transformer, KNOWN_CLASSES};
+use lumina::weights::{WeightFiles, Weights};
+
+use crate::error::Result;
+use crate::text_encoder::{EncoderConfig, GemmaEncoder};
+use crate::vae::Vae;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Inspection {
@@ -89,14 +92,16 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         });
     }
     if !dir.is_dir() {
-        return Err(Error::Io {
+        return Err(lumina::Error::Io {
             path: dir.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
-        });
+        }
+        .into());
     }
-    Err(Error::MissingConfig {
+    Err(lumina::Error::MissingConfig {
         dir: dir.to_path_buf(),
-    })
+    }
+    .into())
 }
 
 fn inspect_pipeline(dir: &Path, index: &Path) -> Result<Inspection> {
@@ -152,7 +157,14 @@ fn inspect_component(name: &str, path: &Path, library: Option<&str>) -> Componen
         .map(|p| ConfigFile::read(&p));
     match config {
         Some(Ok(file)) => {
-            component.class_name = file.class_name.clone();
+            // diffusers writes `_class_name`, transformers `architectures`
+            let architecture = file
+                .raw
+                .get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            component.class_name = file.class_name.clone().or(architecture);
             component.config = Some(file.raw);
         }
         Some(Err(e)) => component.notes.push(e.to_string()),
@@ -214,28 +226,53 @@ fn summarize(files: &WeightFiles) -> WeightSummary {
     summary
 }
 
-/// Builds the model in audit mode: every tensor it asks for is checked against the files.
+/// Text-encoder classes whose keys the Gemma encoder audits.
+const ENCODER_CLASSES: [&str; 4] = [
+    "GemmaModel",
+    "GemmaForCausalLM",
+    "Gemma2Model",
+    "Gemma2ForCausalLM",
+];
+const VAE_CLASSES: [&str; 1] = ["AutoencoderKL"];
+
+/// Builds the component's model in audit mode: every tensor it asks for is checked against
+/// the files, and what it never asks for is unused.
 fn audit_keys(component: &mut Component, class: &str, files: WeightFiles) {
-    if !KNOWN_CLASSES.iter().any(|(known, _)| *known == class) {
+    let path = component.path.clone();
+    let built: Result<Weights> = if KNOWN_CLASSES.iter().any(|(known, _)| *known == class) {
+        // through the loader, so upstream layouts get their key map
+        Transformer::open_dir(&path, |f| Weights::audit(f, &Device::Cpu))
+            .map_err(Into::into)
+            .and_then(|(cfg, w)| Ok(Transformer::load(&cfg, &w).map(|_| w)?))
+    } else if ENCODER_CLASSES.contains(&class) {
+        let weights = Weights::audit(files, &Device::Cpu);
+        EncoderConfig::read(&path.join("config.json"))
+            .and_then(|cfg| GemmaEncoder::load(&cfg, &weights).map(|_| weights))
+    } else if VAE_CLASSES.contains(&class) {
+        let weights = Weights::audit(files, &Device::Cpu);
+        ConfigFile::read_dir(&path)
+            .map_err(Into::into)
+            .and_then(|file| {
+                let cfg: crate::vae::VaeConfig = file.parse()?;
+                Vae::check(&cfg, &file.path)?;
+                Ok(cfg)
+            })
+            .and_then(|cfg| Vae::load(cfg, &weights).map(|_| weights))
+    } else {
         component.notes.push(format!(
             "no key audit: this build does not implement {class}"
         ));
         return;
-    }
-    let cfg = match TransformerConfig::read_dir(&component.path) {
-        Ok(cfg) => cfg,
+    };
+    let weights = match built {
+        Ok(w) => w,
         Err(e) => {
-            component.notes.push(e.to_string());
+            component
+                .notes
+                .push(format!("building the model failed: {e}"));
             return;
         }
     };
-    let weights = Weights::audit(files, &Device::Cpu);
-    if let Err(e) = Transformer::load(&cfg, &weights) {
-        component
-            .notes
-            .push(format!("building the model failed: {e}"));
-        return;
-    }
     let mut audit = KeyAudit::default();
     for p in weights.problems() {
         match p.got {

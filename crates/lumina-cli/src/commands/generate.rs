@@ -1,0 +1,167 @@
+//! `lumina generate`: prompt in, PNG out.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, IndexOp};
+use indicatif::{ProgressBar, ProgressStyle};
+use lumina::sample::Solver;
+use lumina_pipelines::hub::resolve_model;
+use lumina_pipelines::output::{numbered, save_png};
+use lumina_pipelines::pipeline::SIZE_MULTIPLE;
+use lumina_pipelines::{Family, Latents, Pipeline, Request};
+
+use crate::cli::{DtypeArg, GenerateArgs, SolverArg};
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    check_args(args)?;
+    let dir = resolve_model(&args.model)?;
+    let dtype = match args.dtype {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::Bf16 => DType::BF16,
+        DtypeArg::F16 => DType::F16,
+    };
+    let loaded = Instant::now();
+    let pipeline = Pipeline::load(&dir, dtype, &Device::Cpu)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    tracing::info!(seconds = loaded.elapsed().as_secs_f64(), "pipeline loaded");
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let request = request(args, &pipeline, seed);
+    pipeline.validate(&request)?;
+
+    let bar = progress(args.quiet, request.steps);
+    let started = Instant::now();
+    let out = pipeline.generate(&request, |step| bar.set_position(step.step as u64 + 1))?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    for i in 0..args.num_images {
+        let path = numbered(&args.output, i, args.num_images);
+        let params = parameters(
+            args,
+            &request,
+            pipeline.family,
+            &args.model,
+            seed + i as u64,
+            dtype,
+        );
+        save_png(&path, &out.images.i(i)?, &params)?;
+        println!("{}", path.display());
+    }
+    eprintln!(
+        "{} image(s) {}x{}, {} steps ({}) in {elapsed:.1} s, seed {seed}",
+        args.num_images, request.width, request.height, request.steps, request.solver
+    );
+    Ok(())
+}
+
+/// Cheap checks before any weight is read.
+fn check_args(args: &GenerateArgs) -> Result<()> {
+    for (name, v) in [("width", args.width), ("height", args.height)] {
+        if let Some(v) = v {
+            if v == 0 || v % SIZE_MULTIPLE != 0 {
+                let lo = (v / SIZE_MULTIPLE).max(1) * SIZE_MULTIPLE;
+                bail!(
+                    "--{name} {v} is not a positive multiple of {SIZE_MULTIPLE}; try {lo} or {}",
+                    lo + SIZE_MULTIPLE
+                );
+            }
+        }
+    }
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    if args.num_images == 0 {
+        bail!("--num-images must be at least 1");
+    }
+    if args.prompt.trim().is_empty() {
+        bail!("--prompt is empty");
+    }
+    Ok(())
+}
+
+fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Request {
+    let native = pipeline.native_size();
+    let mut r = Request::new(vec![args.prompt.clone()]);
+    r.negative_prompts = Some(vec![args.negative_prompt.clone()]);
+    r.width = args.width.unwrap_or(native);
+    r.height = args.height.unwrap_or(native);
+    r.steps = args.steps;
+    r.guidance_scale = args.guidance;
+    r.solver = match args.solver {
+        SolverArg::Euler => Solver::Euler,
+        SolverArg::Midpoint => Solver::Midpoint,
+        SolverArg::Heun => Solver::Heun,
+        SolverArg::Rk4 => Solver::Rk4,
+    };
+    r.shift = args.shift;
+    r.images_per_prompt = args.num_images;
+    r.latents = Latents::Seed(seed);
+    r.max_sequence_length = args.max_sequence_length;
+    r.cfg_trunc_ratio = args.cfg_trunc_ratio;
+    r.cfg_normalization = !args.no_cfg_normalization;
+    r.system_prompt = args.system_prompt.clone();
+    r.scaling_watershed = args.scaling_watershed;
+    r.proportional_attn = !args.no_proportional_attn;
+    r
+}
+
+fn progress(quiet: bool, steps: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64);
+    let style = ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}, {per_sec}]",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+/// The A1111-style `parameters` text other image tools read back.
+fn parameters(
+    args: &GenerateArgs,
+    r: &Request,
+    family: Family,
+    model: &str,
+    seed: u64,
+    dtype: DType,
+) -> String {
+    let mut fields = vec![
+        format!("Steps: {}", r.steps),
+        format!("Sampler: {}", r.solver),
+        format!("CFG scale: {}", r.guidance_scale),
+        format!("Seed: {seed}"),
+        format!("Size: {}x{}", r.width, r.height),
+        format!("Model: {model}"),
+        format!(
+            "Schedule: {}",
+            r.shift.map_or("scheduler".into(), |s| format!("shift {s}"))
+        ),
+        format!("Dtype: {}", format!("{dtype:?}").to_lowercase()),
+        format!("RNG: lumina StdRng(seed)"),
+    ];
+    match family {
+        Family::LuminaNext => {
+            fields.push("Pipeline: Lumina-Next".into());
+            fields.push(format!(
+                "Proportional attention: {}",
+                if r.proportional_attn { "on" } else { "off" }
+            ));
+            fields.push(format!("Scaling watershed: {}", r.scaling_watershed));
+        }
+        Family::Lumina2 => {
+            fields.push("Pipeline: Lumina-Image-2.0".into());
+            fields.push(format!("CFG truncation: {}", r.cfg_trunc_ratio));
+            fields.push(format!("CFG normalization: {}", r.cfg_normalization));
+        }
+    }
+    fields.push(format!("Version: lumina {}", env!("CARGO_PKG_VERSION")));
+    format!(
+        "{}\nNegative prompt: {}\n{}",
+        args.prompt,
+        args.negative_prompt,
+        fields.join(", ")
+    )
+}
