@@ -59,6 +59,11 @@ pub struct GenerateArgs {
     #[arg(short, long)]
     pub model: String,
 
+    /// Use this transformer instead of the pipeline's own: a diffusers folder, or one
+    /// safetensors file (e.g. upstream Lumina-Next `consolidated_ema.00-of-01.safetensors`).
+    #[arg(long)]
+    pub transformer: Option<PathBuf>,
+
     /// What to draw.
     #[arg(short, long)]
     pub prompt: String,

@@ -402,3 +402,39 @@ fn a_repo_id_resolves_in_the_local_hub_cache_offline() {
         stderr(&o)
     );
 }
+
+/// `--transformer` swaps in another transformer — here an upstream Lumina-T2X
+/// `consolidated_ema` file with the pipeline's own weights under upstream names: same image.
+#[test]
+fn an_upstream_transformer_file_replaces_the_pipelines_own() {
+    use candle_core::{Device, Tensor};
+    use lumina::models::next_dit::original::original_key;
+    use std::collections::HashMap;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pipeline = tmp.path().join("pipeline");
+    copy_dir(&next_pipeline(), &pipeline);
+    // upstream checkpoints hold one query projection: make the diffusers copy agree
+    let file = pipeline.join("transformer/diffusion_pytorch_model.safetensors");
+    let mut weights: HashMap<String, Tensor> = candle_core::safetensors::load(&file, &Device::Cpu).expect("load");
+    let layers = weights.keys().filter(|k| k.ends_with("attn1.to_q.weight")).count();
+    for layer in 0..layers {
+        for leaf in ["to_q.weight", "norm_q.weight", "norm_q.bias"] {
+            let w = weights[&format!("layers.{layer}.attn1.{leaf}")].clone();
+            weights.insert(format!("layers.{layer}.attn2.{leaf}"), w);
+        }
+    }
+    candle_core::safetensors::save(&weights, &file).expect("save");
+    let upstream: HashMap<String, Tensor> = weights.iter().map(|(k, v)| (original_key(k), v.clone())).collect();
+    let elsewhere = tmp.path().join("upstream");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    let single = elsewhere.join("consolidated_ema.00-of-01.safetensors");
+    candle_core::safetensors::save(&upstream, &single).expect("save");
+    std::fs::copy(pipeline.join("transformer/config.json"), elsewhere.join("config.json")).expect("config");
+
+    let (a, b) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
+    assert!(generate(&pipeline, &a, &["--seed", "3"]).status.success());
+    let o = generate(&pipeline, &b, &["--seed", "3", "--transformer", single.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_png(&a).2, read_png(&b).2);
+}

@@ -182,6 +182,18 @@ impl Pipeline {
     /// Loads every component of a pipeline folder; the transformer and the text encoder compute
     /// in `dtype`, the VAE in f32.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with_transformer(dir, None, dtype, device)
+    }
+
+    /// [`Pipeline::load`], with the transformer taken from `transformer` instead of the folder's
+    /// `transformer/`: another diffusers folder, or a single safetensors file such as an
+    /// upstream Lumina-Next `consolidated_ema.00-of-01.safetensors`.
+    pub fn load_with_transformer(
+        dir: &Path,
+        transformer: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let family = pipeline_family(dir)?;
         for component in COMPONENTS {
             if !dir.join(component).is_dir() {
@@ -199,24 +211,22 @@ impl Pipeline {
             &encoder_cfg,
             &Weights::from_dir(&encoder_dir, dtype, device)?,
         )?;
-        let transformer_dir = dir.join("transformer");
-        let transformer_cfg = TransformerConfig::read_dir(&transformer_dir)?;
+        let transformer_path =
+            transformer.map_or_else(|| dir.join("transformer"), Path::to_path_buf);
+        let transformer = Transformer::load_path(&transformer_path, dtype, device)?;
+        let transformer_cfg = transformer.config();
         let expected = match family {
             Family::LuminaNext => "LuminaNextDiT2DModel",
             Family::Lumina2 => "Lumina2Transformer2DModel",
         };
         if transformer_cfg.class_name() != expected {
             return Err(Error::UnknownClass {
-                path: transformer_dir.join("config.json"),
+                path: transformer_path,
                 what: "transformer for this pipeline",
                 class: transformer_cfg.class_name().into(),
                 known: expected.into(),
             });
         }
-        let transformer = Transformer::load(
-            &transformer_cfg,
-            &Weights::from_dir(&transformer_dir, dtype, device)?,
-        )?;
         let vae = Vae::load_dir(&dir.join("vae"), DType::F32, device)?;
         Ok(Self {
             family,

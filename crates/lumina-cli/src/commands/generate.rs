@@ -22,8 +22,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         DtypeArg::F16 => DType::F16,
     };
     let loaded = Instant::now();
-    let pipeline = Pipeline::load(&dir, dtype, &Device::Cpu)
-        .with_context(|| format!("loading {}", dir.display()))?;
+    let pipeline =
+        Pipeline::load_with_transformer(&dir, args.transformer.as_deref(), dtype, &Device::Cpu)
+            .with_context(|| format!("loading {}", dir.display()))?;
     tracing::info!(seconds = loaded.elapsed().as_secs_f64(), "pipeline loaded");
     let seed = args.seed.unwrap_or_else(rand::random);
     let request = request(args, &pipeline, seed);

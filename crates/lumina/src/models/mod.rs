@@ -99,8 +99,14 @@ impl Transformer {
     /// [`next_dit::original::original_key`], with the config from `config.json` or, when there is
     /// none, inferred from the tensor shapes.
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (cfg, weights) =
-            Self::open_dir(dir, |files| Weights::from_files(files, dtype, device))?;
+        Self::load_path(dir, dtype, device)
+    }
+
+    /// Loads a transformer from a folder (see [`Transformer::load_dir`]) or from one
+    /// safetensors file, whose config is the `config.json` beside it or, for an upstream
+    /// Lumina-Next checkpoint, inferred from the shapes.
+    pub fn load_path(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (cfg, weights) = Self::open(path, |files| Weights::from_files(files, dtype, device))?;
         Self::load(&cfg, &weights)
     }
 
@@ -110,25 +116,31 @@ impl Transformer {
         dir: &Path,
         make: impl FnOnce(WeightFiles) -> Weights,
     ) -> Result<(TransformerConfig, Weights)> {
-        let config = match TransformerConfig::read_dir(dir) {
-            Ok(cfg) => Some(cfg),
-            Err(Error::MissingConfig { .. }) => None,
-            Err(e) => return Err(e),
+        Self::open(dir, make)
+    }
+
+    /// [`Transformer::open_dir`] for a folder or a single safetensors file.
+    fn open(
+        path: &Path,
+        make: impl FnOnce(WeightFiles) -> Weights,
+    ) -> Result<(TransformerConfig, Weights)> {
+        let (config_dir, files) = if path.is_file() {
+            (
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                WeightFiles::open(&[path.to_path_buf()])?,
+            )
+        } else {
+            (path.to_path_buf(), WeightFiles::open_dir(path)?)
         };
-        let files = WeightFiles::open_dir(dir)?;
         let original = next_dit::original::is_original_layout(&files);
-        let cfg = match config {
-            Some(cfg) => cfg,
-            None if original => {
+        let cfg = match TransformerConfig::read_dir(&config_dir) {
+            Ok(cfg) => cfg,
+            Err(Error::MissingConfig { .. }) if original => {
                 let cfg = next_dit::original::infer_config(&files)?;
-                tracing::warn!(dir = %dir.display(), ?cfg, "no config.json: Next-DiT config inferred from the upstream checkpoint");
+                tracing::warn!(path = %path.display(), ?cfg, "no config.json: Next-DiT config inferred from the upstream checkpoint");
                 TransformerConfig::NextDit(cfg)
             }
-            None => {
-                return Err(Error::MissingConfig {
-                    dir: dir.to_path_buf(),
-                })
-            }
+            Err(e) => return Err(e),
         };
         let weights = make(files);
         let weights = match (&cfg, original) {
