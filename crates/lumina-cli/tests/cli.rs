@@ -416,8 +416,12 @@ fn an_upstream_transformer_file_replaces_the_pipelines_own() {
     copy_dir(&next_pipeline(), &pipeline);
     // upstream checkpoints hold one query projection: make the diffusers copy agree
     let file = pipeline.join("transformer/diffusion_pytorch_model.safetensors");
-    let mut weights: HashMap<String, Tensor> = candle_core::safetensors::load(&file, &Device::Cpu).expect("load");
-    let layers = weights.keys().filter(|k| k.ends_with("attn1.to_q.weight")).count();
+    let mut weights: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&file, &Device::Cpu).expect("load");
+    let layers = weights
+        .keys()
+        .filter(|k| k.ends_with("attn1.to_q.weight"))
+        .count();
     for layer in 0..layers {
         for leaf in ["to_q.weight", "norm_q.weight", "norm_q.bias"] {
             let w = weights[&format!("layers.{layer}.attn1.{leaf}")].clone();
@@ -425,16 +429,32 @@ fn an_upstream_transformer_file_replaces_the_pipelines_own() {
         }
     }
     candle_core::safetensors::save(&weights, &file).expect("save");
-    let upstream: HashMap<String, Tensor> = weights.iter().map(|(k, v)| (original_key(k), v.clone())).collect();
+    let upstream: HashMap<String, Tensor> = weights
+        .iter()
+        .map(|(k, v)| (original_key(k), v.clone()))
+        .collect();
     let elsewhere = tmp.path().join("upstream");
     std::fs::create_dir(&elsewhere).expect("mkdir");
     let single = elsewhere.join("consolidated_ema.00-of-01.safetensors");
     candle_core::safetensors::save(&upstream, &single).expect("save");
-    std::fs::copy(pipeline.join("transformer/config.json"), elsewhere.join("config.json")).expect("config");
+    std::fs::copy(
+        pipeline.join("transformer/config.json"),
+        elsewhere.join("config.json"),
+    )
+    .expect("config");
 
     let (a, b) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
     assert!(generate(&pipeline, &a, &["--seed", "3"]).status.success());
-    let o = generate(&pipeline, &b, &["--seed", "3", "--transformer", single.to_str().expect("utf-8")]);
+    let o = generate(
+        &pipeline,
+        &b,
+        &[
+            "--seed",
+            "3",
+            "--transformer",
+            single.to_str().expect("utf-8"),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(read_png(&a).2, read_png(&b).2);
 }

@@ -87,6 +87,22 @@ fn fixture_weights(family: &str) -> Result<HashMap<String, Tensor>> {
     load_tensors(&case(family).join("transformer/diffusion_pytorch_model.safetensors"))
 }
 
+/// The Next-DiT fixture as converted upstream checkpoints are: attn2's query projection and
+/// its norm are attn1's.
+fn with_shared_query(mut w: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    let layers = w
+        .keys()
+        .filter(|k| k.ends_with("attn1.to_q.weight"))
+        .count();
+    for layer in 0..layers {
+        for leaf in ["to_q.weight", "norm_q.weight", "norm_q.bias"] {
+            let t = w[&format!("layers.{layer}.attn1.{leaf}")].clone();
+            w.insert(format!("layers.{layer}.attn2.{leaf}"), t);
+        }
+    }
+    w
+}
+
 fn load(dir: &Path, dtype: DType) -> Result<Transformer> {
     Ok(Transformer::load_dir(dir, dtype, &Device::Cpu)?)
 }
@@ -273,13 +289,7 @@ fn audit_lists_missing_misshapen_and_unused_keys() -> Result<()> {
 /// `attn2.to_q`); the model then computes it once. Same result as computing both.
 #[test]
 fn duplicated_query_projection_gives_the_same_velocity() -> Result<()> {
-    let mut shared = fixture_weights("nextdit")?;
-    for layer in 0..2 {
-        for leaf in ["to_q.weight", "norm_q.weight", "norm_q.bias"] {
-            let w = shared[&format!("layers.{layer}.attn1.{leaf}")].clone();
-            shared.insert(format!("layers.{layer}.attn2.{leaf}"), w);
-        }
-    }
+    let shared = with_shared_query(fixture_weights("nextdit")?);
     // the same numbers, but one bit different: forces two separate projections
     let mut separate = shared.clone();
     let key = "layers.0.attn2.to_q.weight";
@@ -361,13 +371,7 @@ fn released_presets_have_the_reference_parameter_counts() -> Result<()> {
 fn upstream_consolidated_checkpoint_loads_like_the_diffusers_one() -> Result<()> {
     use lumina::models::next_dit::original::original_key;
     // a converted checkpoint: attn2's query duplicates attn1's
-    let mut diffusers = fixture_weights("nextdit")?;
-    for layer in 0..2 {
-        for leaf in ["to_q.weight", "norm_q.weight", "norm_q.bias"] {
-            let w = diffusers[&format!("layers.{layer}.attn1.{leaf}")].clone();
-            diffusers.insert(format!("layers.{layer}.attn2.{leaf}"), w);
-        }
-    }
+    let diffusers = with_shared_query(fixture_weights("nextdit")?);
     let upstream: HashMap<String, Tensor> = diffusers
         .iter()
         .map(|(k, v)| (original_key(k), v.clone()))
