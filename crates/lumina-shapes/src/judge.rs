@@ -1,0 +1,259 @@
+//! The spec's judge: given an image of side S ≥ 32 and its caption, correct or not.
+//!
+//! 1. Label each pixel with the nearest palette colour or black; farther than 60 from all of
+//!    them, it stays unlabelled.
+//! 2. Per colour, 4-connected components; fewer than 0.008·S² pixels is noise.
+//! 3. Coverage by colour c in the component's box grown by 1: clip(p·c / c·c, 0, 1), 0 on
+//!    pixels of another palette colour; mass, width (sum of column maxima), height.
+//! 4. Shape by fill = mass / (width·height), aspect in [0.6, 1.6]: square ≥ 0.91, circle
+//!    ≥ 0.69, triangle below.
+//! 5. Size: max(width, height)/(2S) < 0.175 is small.
+//! 6. Centroid: coverage-weighted mean of pixel centres, over S.
+//! 7. Positions and relations with the spec's thresholds.
+//! 8. Correct when the object count matches and the named objects match distinct detected ones
+//!    (colour, shape, size when named) with the position or relation holding.
+
+use crate::caption::{Caption, Color, Named, Place, Relation, Shape, Size};
+use crate::render::Image;
+
+const UNLABELLED_DISTANCE: f64 = 60.0;
+const NOISE_FRACTION: f64 = 0.008;
+
+/// What a pixel is labelled as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Label {
+    Palette(Color),
+    Black,
+    Unlabelled,
+}
+
+/// An object the judge found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Detected {
+    pub color: Color,
+    /// `None` when the aspect ratio rules a shape out.
+    pub shape: Option<Shape>,
+    pub size: Size,
+    /// Centroid in units of S.
+    pub cx: f64,
+    pub cy: f64,
+    pub fill: f64,
+}
+
+/// The judge's answer, with what it saw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub correct: bool,
+    pub detected: Vec<Detected>,
+    /// Why it is wrong (empty when correct).
+    pub reason: String,
+}
+
+fn label(p: [u8; 3]) -> Label {
+    let dist = |c: [u8; 3]| -> f64 {
+        p.iter()
+            .zip(c)
+            .map(|(&a, b)| (a as f64 - b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let mut best = (Label::Black, dist([0, 0, 0]));
+    for color in Color::ALL {
+        let d = dist(color.rgb());
+        if d < best.1 {
+            best = (Label::Palette(color), d);
+        }
+    }
+    if best.1 > UNLABELLED_DISTANCE {
+        Label::Unlabelled
+    } else {
+        best.0
+    }
+}
+
+/// Every object in `image`.
+pub fn detect(image: &Image) -> Vec<Detected> {
+    let s = image.side;
+    let labels: Vec<Label> = (0..s * s)
+        .map(|i| label(image.pixel(i % s, i / s)))
+        .collect();
+    let min_pixels = NOISE_FRACTION * (s * s) as f64;
+    let mut seen = vec![false; s * s];
+    let mut found = Vec::new();
+    for start in 0..s * s {
+        let Label::Palette(color) = labels[start] else {
+            continue;
+        };
+        if seen[start] {
+            continue;
+        }
+        // 4-connected flood fill
+        let mut component = vec![start];
+        seen[start] = true;
+        let mut i = 0;
+        while i < component.len() {
+            let p = component[i];
+            i += 1;
+            let (x, y) = (p % s, p / s);
+            let mut visit = |q: usize| {
+                if !seen[q] && labels[q] == Label::Palette(color) {
+                    seen[q] = true;
+                    component.push(q);
+                }
+            };
+            if x > 0 {
+                visit(p - 1);
+            }
+            if x + 1 < s {
+                visit(p + 1);
+            }
+            if y > 0 {
+                visit(p - s);
+            }
+            if y + 1 < s {
+                visit(p + s);
+            }
+        }
+        if (component.len() as f64) < min_pixels {
+            continue;
+        }
+        if let Some(d) = measure(image, &labels, &component, color) {
+            found.push(d);
+        }
+    }
+    found
+}
+
+fn measure(image: &Image, labels: &[Label], component: &[usize], color: Color) -> Option<Detected> {
+    let s = image.side;
+    let (mut x0, mut y0, mut x1, mut y1) = (s, s, 0, 0);
+    for &p in component {
+        let (x, y) = (p % s, p / s);
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    // grown by 1 pixel, clipped to the canvas
+    let (x0, y0, x1, y1) = (
+        x0.saturating_sub(1),
+        y0.saturating_sub(1),
+        (x1 + 1).min(s - 1),
+        (y1 + 1).min(s - 1),
+    );
+    let c = color.rgb().map(f64::from);
+    let cc: f64 = c.iter().map(|v| v * v).sum();
+    let coverage = |x: usize, y: usize| -> f64 {
+        match labels[y * s + x] {
+            Label::Palette(other) if other != color => 0.0,
+            _ => {
+                let p = image.pixel(x, y).map(f64::from);
+                (p.iter().zip(&c).map(|(a, b)| a * b).sum::<f64>() / cc).clamp(0.0, 1.0)
+            }
+        }
+    };
+    let (w, h) = (x1 - x0 + 1, y1 - y0 + 1);
+    let mut cols = vec![0f64; w];
+    let mut rows = vec![0f64; h];
+    let (mut mass, mut mx, mut my) = (0.0, 0.0, 0.0);
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            let v = coverage(x, y);
+            mass += v;
+            mx += v * (x as f64 + 0.5);
+            my += v * (y as f64 + 0.5);
+            cols[x - x0] = cols[x - x0].max(v);
+            rows[y - y0] = rows[y - y0].max(v);
+        }
+    }
+    let (width, height): (f64, f64) = (cols.iter().sum(), rows.iter().sum());
+    if mass <= 0.0 || width <= 0.0 || height <= 0.0 {
+        return None;
+    }
+    let fill = mass / (width * height);
+    let aspect = width / height;
+    let shape = (0.6..=1.6).contains(&aspect).then(|| match fill {
+        f if f >= 0.91 => Shape::Square,
+        f if f >= 0.69 => Shape::Circle,
+        _ => Shape::Triangle,
+    });
+    let size = if width.max(height) / (2.0 * s as f64) < 0.175 {
+        Size::Small
+    } else {
+        Size::Big
+    };
+    Some(Detected {
+        color,
+        shape,
+        size,
+        cx: mx / mass / s as f64,
+        cy: my / mass / s as f64,
+        fill,
+    })
+}
+
+fn matches(named: &Named, d: &Detected) -> bool {
+    named.color == d.color && Some(named.shape) == d.shape && named.size.is_none_or(|s| s == d.size)
+}
+
+fn place_holds(place: Place, d: &Detected) -> bool {
+    match place {
+        Place::Left => d.cx < 0.4,
+        Place::Right => d.cx > 0.6,
+        Place::Top => d.cy < 0.4,
+        Place::Bottom => d.cy > 0.6,
+        Place::Center => (d.cx - 0.5).abs() < 0.15 && (d.cy - 0.5).abs() < 0.15,
+    }
+}
+
+fn relation_holds(relation: Relation, a: &Detected, b: &Detected) -> bool {
+    match relation {
+        Relation::Above => a.cy < b.cy - 0.1,
+        Relation::Below => a.cy > b.cy + 0.1,
+        Relation::LeftOf => a.cx < b.cx - 0.1,
+        Relation::RightOf => a.cx > b.cx + 0.1,
+    }
+}
+
+/// Is `image` a correct picture of `caption`?
+pub fn judge(image: &Image, caption: &Caption) -> Verdict {
+    let detected = detect(image);
+    let verdict = |correct: bool, reason: String| Verdict {
+        correct,
+        detected: detected.clone(),
+        reason,
+    };
+    let named = caption.objects();
+    if detected.len() != named.len() {
+        return verdict(
+            false,
+            format!(
+                "{} object(s) detected, {} named",
+                detected.len(),
+                named.len()
+            ),
+        );
+    }
+    let ok = match caption {
+        Caption::One { object, place } => {
+            let d = &detected[0];
+            matches(object, d) && place.is_none_or(|p| place_holds(p, d))
+        }
+        Caption::Two { a, relation, b } => [(0, 1), (1, 0)].iter().any(|&(i, j)| {
+            matches(a, &detected[i])
+                && matches(b, &detected[j])
+                && relation_holds(*relation, &detected[i], &detected[j])
+        }),
+    };
+    if ok {
+        verdict(true, String::new())
+    } else {
+        let seen: Vec<String> = detected
+            .iter()
+            .map(|d| {
+                format!(
+                    "{:?} {:?} {:?} at ({:.2}, {:.2}) fill {:.2}",
+                    d.size, d.color, d.shape, d.cx, d.cy, d.fill
+                )
+            })
+            .collect();
+        verdict(false, format!("saw {}", seen.join("; ")))
+    }
+}

@@ -1,0 +1,31 @@
+//! The `shapes` task (spec: `shared/spec/shapes.md`, version 1): a small synthetic
+//! text-to-image problem that can be judged exactly.
+//!
+//! - [`caption`]: the vocabulary of the task — colours, shapes, sizes, places, relations —
+//!   and the caption grammar, both ways (text ↔ structure).
+//! - [`scene`]: objects on a canvas, sampled for a caption, deterministic from a seed.
+//! - [`render`]: the anti-aliased renderer (4×4 supersampling) at any side S.
+//! - [`judge`]: the spec's judge: is this image correct for this caption?
+//! - [`prompts`]: evaluation prompt lists and their kinds.
+//!
+//! Geometry is in units of the canvas side S: (0, 0) top left, x to the right, y down.
+
+pub mod caption;
+pub mod judge;
+pub mod prompts;
+pub mod render;
+pub mod scene;
+
+pub use caption::{Caption, Color, Named, Place, Relation, Shape, Size};
+pub use judge::{judge, Verdict};
+pub use render::{render, Image};
+pub use scene::{Object, Scene};
+
+/// Errors of the task: a caption outside the grammar.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("caption {caption:?} is not in the shapes grammar: {reason}")]
+    Grammar { caption: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
