@@ -169,11 +169,12 @@ fn measure(image: &Image, labels: &[Label], component: &[usize], color: Color) -
     }
     let fill = mass / (width * height);
     let aspect = width / height;
-    let shape = (0.6..=1.6).contains(&aspect).then(|| match fill {
+    let by_fill = match fill {
         f if f >= 0.91 => Shape::Square,
         f if f >= 0.69 => Shape::Circle,
         _ => Shape::Triangle,
-    });
+    };
+    let shape = (0.6..=1.6).contains(&aspect).then_some(by_fill);
     let size = if width.max(height) / (2.0 * s as f64) < 0.175 {
         Size::Small
     } else {
