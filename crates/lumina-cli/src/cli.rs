@@ -80,20 +80,22 @@ pub struct GenerateArgs {
     #[arg(short = 'H', long)]
     pub height: Option<usize>,
 
-    /// Solver steps.
-    #[arg(long, default_value_t = 30)]
-    pub steps: usize,
+    /// Solver steps (default: the model's; 30 for diffusers pipelines).
+    #[arg(long)]
+    pub steps: Option<usize>,
 
-    /// Classifier-free guidance scale; 1 or less turns guidance off.
-    #[arg(short, long, default_value_t = 4.0)]
-    pub guidance: f64,
+    /// Classifier-free guidance scale; 1 or less turns guidance off (default: the model's;
+    /// 4 for diffusers pipelines).
+    #[arg(short, long)]
+    pub guidance: Option<f64>,
 
-    /// ODE solver; midpoint, heun and rk4 evaluate the model 2, 2 and 4 times per step.
-    #[arg(long, value_enum, default_value_t = SolverArg::Euler)]
-    pub solver: SolverArg,
+    /// ODE solver; midpoint, heun and rk4 evaluate the model 2, 2 and 4 times per step
+    /// (default: the model's; euler for diffusers pipelines).
+    #[arg(long, value_enum)]
+    pub solver: Option<SolverArg>,
 
     /// Lumina's time shift t/(s − (s−1)t) on a uniform grid (upstream default 4 for
-    /// Lumina-Next, 6 for Lumina-Image-2.0); without it, the pipeline's scheduler grid.
+    /// Lumina-Next, 6 for Lumina-Image-2.0); without it, the pipeline's own grid.
     #[arg(long)]
     pub shift: Option<f64>,
 

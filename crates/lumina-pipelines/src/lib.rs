@@ -7,6 +7,7 @@ pub mod hub;
 pub mod inspect;
 pub mod output;
 pub mod pipeline;
+pub mod pixel_model;
 pub mod scheduler;
 pub mod text_encoder;
 pub mod tokenizer;

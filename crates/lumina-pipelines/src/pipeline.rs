@@ -1,5 +1,6 @@
-//! Text to image from a diffusers pipeline folder: diffusers `LuminaPipeline` (Lumina-Next) and
-//! `Lumina2Pipeline` (Lumina-Image-2.0), step for step.
+//! Text to image from a model folder: diffusers `LuminaPipeline` (Lumina-Next) and
+//! `Lumina2Pipeline` (Lumina-Image-2.0), step for step, and the project's own pixel-space
+//! `LuminaPixelPipeline` (see [`crate::pixel_model`]).
 //!
 //! Upstream: diffusers `pipelines/lumina/pipeline_lumina.py`, `pipelines/lumina2/
 //! pipeline_lumina2.py` (58eb52c). What differs on purpose is listed on [`Request`].
@@ -18,40 +19,59 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::error::{Error, Result};
+use crate::pixel_model::{read_word_encoder_config, SamplerDefaults, PIXEL_PIPELINE_CLASS};
 use crate::scheduler::{linspace, SchedulerConfig, SigmaRequest};
-use crate::text_encoder::{EncoderConfig, GemmaEncoder};
+use crate::text_encoder::{EncoderConfig, GemmaEncoder, WordEncoder, WordTokenizer};
 use crate::tokenizer::{Padding, PromptTokenizer, Side, Tokens};
 use crate::vae::Vae;
 
 /// diffusers pipeline classes (and their deprecated aliases) this build runs.
-pub const PIPELINE_CLASSES: [(&str, Family); 4] = [
+pub const PIPELINE_CLASSES: [(&str, Family); 5] = [
     ("LuminaPipeline", Family::LuminaNext),
     ("LuminaText2ImgPipeline", Family::LuminaNext),
     ("Lumina2Pipeline", Family::Lumina2),
     ("Lumina2Text2ImgPipeline", Family::Lumina2),
+    (PIXEL_PIPELINE_CLASS, Family::Pixel),
 ];
 
-/// The components every Lumina pipeline folder holds.
-pub const COMPONENTS: [&str; 5] = [
-    "scheduler",
-    "text_encoder",
-    "tokenizer",
-    "transformer",
-    "vae",
-];
+/// The components a pipeline folder of each family holds.
+fn components(family: Family) -> &'static [&'static str] {
+    match family {
+        Family::LuminaNext | Family::Lumina2 => &[
+            "scheduler",
+            "text_encoder",
+            "tokenizer",
+            "transformer",
+            "vae",
+        ],
+        Family::Pixel => &["scheduler", "text_encoder", "tokenizer", "transformer"],
+    }
+}
 
 /// Lumina-Image-2.0's default system prompt (diffusers `Lumina2Pipeline.system_prompt`).
 pub const LUMINA2_SYSTEM_PROMPT: &str = "You are an assistant designed to generate superior images with the superior degree of image-text alignment based on textual prompts or user prompts.";
 
-/// Both pipelines hard-code an 8× VAE.
+/// Both diffusers pipelines hard-code an 8× VAE.
 const VAE_SCALE: usize = 8;
-/// Sizes must be multiples of this: 8× VAE times patch 2.
+/// Sizes of the diffusers pipelines must be multiples of this: 8× VAE times patch 2.
 pub const SIZE_MULTIPLE: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     LuminaNext,
     Lumina2,
+    /// Next-DiT on RGB pixels with a word-level encoder: the project's own models.
+    Pixel,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::LuminaNext => "Lumina-Next",
+            Family::Lumina2 => "Lumina-Image-2.0",
+            Family::Pixel => "Lumina pixel-space",
+        }
+    }
 }
 
 /// Where the starting noise comes from.
@@ -139,14 +159,40 @@ pub struct Output {
     pub truncated: Vec<String>,
 }
 
+/// Prompt → caption features.
+enum Conditioner {
+    Gemma {
+        tokenizer: PromptTokenizer,
+        encoder: GemmaEncoder,
+    },
+    Words {
+        tokenizer: WordTokenizer,
+        encoder: WordEncoder,
+    },
+}
+
+/// Final latents → pixels.
+enum Decoder {
+    Vae(Vae),
+    /// The latents are RGB in [−1, 1].
+    Pixels,
+}
+
+/// How the time grid is made.
+enum Grid {
+    /// From a diffusers `scheduler_config.json`.
+    Scheduler(SchedulerConfig),
+    /// The model's own defaults (pixel family).
+    Defaults(SamplerDefaults),
+}
+
 pub struct Pipeline {
     pub family: Family,
     pub dir: PathBuf,
-    tokenizer: PromptTokenizer,
-    text_encoder: GemmaEncoder,
+    conditioner: Conditioner,
     transformer: Transformer,
-    vae: Vae,
-    scheduler: SchedulerConfig,
+    decoder: Decoder,
+    grid: Grid,
     device: Device,
 }
 
@@ -178,6 +224,17 @@ pub fn pipeline_family(dir: &Path) -> Result<Family> {
         })
 }
 
+/// The multiple widths and heights must be of, read off a pipeline folder without loading it.
+pub fn size_multiple(dir: &Path) -> Result<usize> {
+    Ok(match pipeline_family(dir)? {
+        Family::LuminaNext | Family::Lumina2 => SIZE_MULTIPLE,
+        Family::Pixel => match TransformerConfig::read_dir(&dir.join("transformer"))? {
+            TransformerConfig::NextDit(c) => c.patch_size,
+            TransformerConfig::Lumina2(c) => c.patch_size,
+        },
+    })
+}
+
 impl Pipeline {
     /// Loads every component of a pipeline folder; the transformer and the text encoder compute
     /// in `dtype`, the VAE in f32.
@@ -195,7 +252,7 @@ impl Pipeline {
         device: &Device,
     ) -> Result<Self> {
         let family = pipeline_family(dir)?;
-        for component in COMPONENTS {
+        for component in components(family) {
             if !dir.join(component).is_dir() {
                 return Err(Error::MissingComponent {
                     dir: dir.to_path_buf(),
@@ -203,54 +260,101 @@ impl Pipeline {
                 });
             }
         }
-        let scheduler = SchedulerConfig::read_dir(&dir.join("scheduler"))?;
-        let tokenizer = PromptTokenizer::load(&dir.join("tokenizer"))?;
         let encoder_dir = dir.join("text_encoder");
-        let encoder_cfg = EncoderConfig::read(&encoder_dir.join("config.json"))?;
-        let text_encoder = GemmaEncoder::load(
-            &encoder_cfg,
-            &Weights::from_dir(&encoder_dir, dtype, device)?,
-        )?;
+        let (conditioner, grid) = match family {
+            Family::LuminaNext | Family::Lumina2 => {
+                let grid = Grid::Scheduler(SchedulerConfig::read_dir(&dir.join("scheduler"))?);
+                let tokenizer = PromptTokenizer::load(&dir.join("tokenizer"))?;
+                let cfg = EncoderConfig::read(&encoder_dir.join("config.json"))?;
+                let encoder =
+                    GemmaEncoder::load(&cfg, &Weights::from_dir(&encoder_dir, dtype, device)?)?;
+                (Conditioner::Gemma { tokenizer, encoder }, grid)
+            }
+            Family::Pixel => {
+                let grid = Grid::Defaults(SamplerDefaults::read_dir(&dir.join("scheduler"))?);
+                let tokenizer = WordTokenizer::read(&dir.join("tokenizer/vocab.json"))?;
+                let cfg = read_word_encoder_config(&encoder_dir)?;
+                let encoder =
+                    WordEncoder::load(&cfg, &Weights::from_dir(&encoder_dir, dtype, device)?)?;
+                (Conditioner::Words { tokenizer, encoder }, grid)
+            }
+        };
         let transformer_path =
             transformer.map_or_else(|| dir.join("transformer"), Path::to_path_buf);
         let transformer = Transformer::load_path(&transformer_path, dtype, device)?;
-        let transformer_cfg = transformer.config();
         let expected = match family {
-            Family::LuminaNext => "LuminaNextDiT2DModel",
+            Family::LuminaNext | Family::Pixel => "LuminaNextDiT2DModel",
             Family::Lumina2 => "Lumina2Transformer2DModel",
         };
-        if transformer_cfg.class_name() != expected {
+        if transformer.config().class_name() != expected {
             return Err(Error::UnknownClass {
                 path: transformer_path,
                 what: "transformer for this pipeline",
-                class: transformer_cfg.class_name().into(),
+                class: transformer.config().class_name().into(),
                 known: expected.into(),
             });
         }
-        let vae = Vae::load_dir(&dir.join("vae"), DType::F32, device)?;
+        let decoder = match family {
+            Family::Pixel => Decoder::Pixels,
+            _ => Decoder::Vae(Vae::load_dir(&dir.join("vae"), DType::F32, device)?),
+        };
         Ok(Self {
             family,
             dir: dir.to_path_buf(),
-            tokenizer,
-            text_encoder,
+            conditioner,
             transformer,
-            vae,
-            scheduler,
+            decoder,
+            grid,
             device: device.clone(),
         })
+    }
+
+    /// A request with this pipeline's defaults: diffusers' for its pipelines, the model's own
+    /// for a pixel model.
+    pub fn default_request(&self, prompts: Vec<String>) -> Request {
+        let mut r = Request::new(prompts);
+        r.width = self.native_size();
+        r.height = self.native_size();
+        if let Grid::Defaults(d) = &self.grid {
+            r.steps = d.steps;
+            r.guidance_scale = d.guidance_scale;
+            r.solver = d.solver().unwrap_or(Solver::Euler);
+            r.shift = Some(d.shift);
+        }
+        r
+    }
+
+    /// Pixels per latent cell: 8 through a VAE, 1 in pixel space.
+    fn latent_scale(&self) -> usize {
+        match self.decoder {
+            Decoder::Vae(_) => VAE_SCALE,
+            Decoder::Pixels => 1,
+        }
+    }
+
+    /// Width and height must be multiples of this.
+    pub fn size_multiple(&self) -> usize {
+        self.latent_scale() * self.patch_size()
+    }
+
+    fn patch_size(&self) -> usize {
+        match self.transformer.config() {
+            TransformerConfig::NextDit(c) => c.patch_size,
+            TransformerConfig::Lumina2(c) => c.patch_size,
+        }
     }
 
     pub fn transformer(&self) -> &Transformer {
         &self.transformer
     }
 
-    /// Training resolution of the transformer, in pixels (`sample_size × 8`).
+    /// Training resolution of the transformer, in pixels (`sample_size` latent cells).
     pub fn native_size(&self) -> usize {
         let sample = match self.transformer.config() {
             TransformerConfig::NextDit(c) => c.sample_size,
             TransformerConfig::Lumina2(c) => c.sample_size,
         };
-        sample * VAE_SCALE
+        sample * self.latent_scale()
     }
 
     fn latent_channels(&self) -> usize {
@@ -265,15 +369,13 @@ impl Pipeline {
         if r.prompts.is_empty() {
             return Err(Error::request("prompts", "at least one", 0));
         }
+        let m = self.size_multiple();
         for (what, v) in [("width", r.width), ("height", r.height)] {
-            if v == 0 || v % SIZE_MULTIPLE != 0 {
-                let lo = (v / SIZE_MULTIPLE).max(1) * SIZE_MULTIPLE;
+            if v == 0 || v % m != 0 {
+                let lo = (v / m).max(1) * m;
                 return Err(Error::request(
                     what,
-                    format!(
-                        "a positive multiple of {SIZE_MULTIPLE} (nearest: {lo} or {})",
-                        lo + SIZE_MULTIPLE
-                    ),
+                    format!("a positive multiple of {m} (nearest: {lo} or {})", lo + m),
                     v,
                 ));
             }
@@ -326,6 +428,29 @@ impl Pipeline {
             .clone()
             .unwrap_or_else(|| vec![String::new(); r.prompts.len()]);
         let max = r.max_sequence_length;
+        let tokenizer = match &self.conditioner {
+            Conditioner::Words { tokenizer, encoder } => {
+                let (ids, mask, truncated) = tokenizer.encode(&r.prompts, &self.device)?;
+                let cond = Tokens {
+                    ids,
+                    mask,
+                    truncated,
+                };
+                let uncond = guided
+                    .then(|| {
+                        tokenizer
+                            .encode(&negatives, &self.device)
+                            .map(|(ids, mask, truncated)| Tokens {
+                                ids,
+                                mask,
+                                truncated,
+                            })
+                    })
+                    .transpose()?;
+                return self.embed(cond, uncond, |t| encoder.encode(&t.ids, &t.mask));
+            }
+            Conditioner::Gemma { tokenizer, .. } => tokenizer,
+        };
         match self.family {
             Family::LuminaNext => {
                 // clean_caption without bs4/ftfy: lower-case and strip (diffusers
@@ -335,8 +460,8 @@ impl Pipeline {
                     .iter()
                     .map(|p| p.to_lowercase().trim().to_string())
                     .collect();
-                let side = self.tokenizer.default_side();
-                let cond = self.tokenizer.encode(
+                let side = tokenizer.default_side();
+                let cond = tokenizer.encode(
                     &prompts,
                     Padding::Longest { multiple_of: 8 },
                     side,
@@ -346,16 +471,10 @@ impl Pipeline {
                 let len = cond.ids.dim(1)?;
                 let uncond = guided
                     .then(|| {
-                        self.tokenizer.encode(
-                            &negatives,
-                            Padding::Fixed(len),
-                            side,
-                            len,
-                            &self.device,
-                        )
+                        tokenizer.encode(&negatives, Padding::Fixed(len), side, len, &self.device)
                     })
                     .transpose()?;
-                self.embed(cond, uncond)
+                self.embed_gemma(cond, uncond)
             }
             Family::Lumina2 => {
                 let system = r.system_prompt.as_deref().unwrap_or(LUMINA2_SYSTEM_PROMPT);
@@ -364,7 +483,7 @@ impl Pipeline {
                     .iter()
                     .map(|p| format!("{system} <Prompt Start> {p}"))
                     .collect();
-                let cond = self.tokenizer.encode(
+                let cond = tokenizer.encode(
                     &prompts,
                     Padding::Fixed(max),
                     Side::Right,
@@ -373,7 +492,7 @@ impl Pipeline {
                 )?;
                 let uncond = guided
                     .then(|| {
-                        self.tokenizer.encode(
+                        tokenizer.encode(
                             &negatives,
                             Padding::Fixed(max),
                             Side::Right,
@@ -382,15 +501,29 @@ impl Pipeline {
                         )
                     })
                     .transpose()?;
-                self.embed(cond, uncond)
+                self.embed_gemma(cond, uncond)
             }
+            Family::Pixel => unreachable!("pixel models condition on words"),
         }
     }
 
+    fn embed_gemma(
+        &self,
+        cond: Tokens,
+        uncond: Option<Tokens>,
+    ) -> Result<(Caption, Option<Caption>, Vec<String>)> {
+        let Conditioner::Gemma { encoder, .. } = &self.conditioner else {
+            unreachable!("called for Gemma pipelines only")
+        };
+        self.embed(cond, uncond, |t| encoder.encode(&t.ids, &t.mask))
+    }
+
+    /// Runs the encoder on the conditional and unconditional tokens; warns about truncation.
     fn embed(
         &self,
         cond: Tokens,
         uncond: Option<Tokens>,
+        encode: impl Fn(&Tokens) -> Result<Tensor>,
     ) -> Result<(Caption, Option<Caption>, Vec<String>)> {
         for (prompt, dropped) in cond
             .truncated
@@ -400,10 +533,7 @@ impl Pipeline {
         {
             tracing::warn!(prompt, dropped = %dropped, "prompt truncated to the text encoder's limit");
         }
-        let run = |t: &Tokens| -> Result<Caption> {
-            let features = self.text_encoder.encode(&t.ids, &t.mask)?;
-            Ok(Caption::new(features, t.mask.clone())?)
-        };
+        let run = |t: &Tokens| -> Result<Caption> { Ok(Caption::new(encode(t)?, t.mask.clone())?) };
         Ok((
             run(&cond)?,
             uncond.as_ref().map(run).transpose()?,
@@ -416,8 +546,8 @@ impl Pipeline {
         let shape = [
             r.batch(),
             self.latent_channels(),
-            r.height / VAE_SCALE,
-            r.width / VAE_SCALE,
+            r.height / self.latent_scale(),
+            r.width / self.latent_scale(),
         ];
         match &r.latents {
             Latents::Given(t) => {
@@ -452,28 +582,29 @@ impl Pipeline {
         if let Some(shift) = r.shift {
             return Ok(Schedule::Shifted { shift }.grid(r.steps)?);
         }
+        let scheduler = match &self.grid {
+            Grid::Scheduler(s) => s,
+            Grid::Defaults(d) => return Ok(Schedule::Shifted { shift: d.shift }.grid(r.steps)?),
+        };
         let request = match self.family {
-            Family::LuminaNext => SigmaRequest::Default(r.steps),
             // diffusers passes the latents' *channel* count as the sequence length
             // (huggingface/diffusers#12913); kept for parity, inert when dynamic shifting is off
             Family::Lumina2 => SigmaRequest::Given {
                 sigmas: linspace(1.0, 1.0 / r.steps as f64, r.steps),
-                mu: self.scheduler.mu(self.latent_channels()),
+                mu: scheduler.mu(self.latent_channels()),
             },
+            Family::LuminaNext | Family::Pixel => SigmaRequest::Default(r.steps),
         };
-        self.scheduler.grid(&request)
+        scheduler.grid(&request)
     }
 
-    /// Runs a whole call; `on_step` sees every finished solver step.
-    pub fn generate(&self, r: &Request, on_step: impl FnMut(StepDone)) -> Result<Output> {
-        self.validate(r)?;
-        let (cond, uncond, truncated) = self.encode(r)?;
-        let repeat = |c: Caption| -> Result<Caption> { repeat_rows(c, r.images_per_prompt) };
-        let cond = repeat(cond)?;
-        let uncond = uncond.map(repeat).transpose()?;
+    /// The per-evaluation rules of a request: guidance, RoPE schedule, proportional attention.
+    fn rules(&self, r: &Request) -> Result<(Guidance, RopeSchedule, Option<usize>)> {
         let guided = r.guidance_scale > 1.0;
         let native = self.native_size();
-        let (guidance, rope, base_sequence_length) = match self.family {
+        // tokens at the training resolution: the base of proportional attention
+        let native_tokens = (native / self.size_multiple()).pow(2);
+        Ok(match self.family {
             Family::LuminaNext => (
                 if guided {
                     Guidance::FirstChannels {
@@ -484,7 +615,7 @@ impl Pipeline {
                     Guidance::None
                 },
                 RopeSchedule::time_aware(r.width, r.height, native, r.scaling_watershed)?,
-                r.proportional_attn.then(|| (native / 16).pow(2)),
+                r.proportional_attn.then_some(native_tokens),
             ),
             Family::Lumina2 => {
                 let renorm = if r.cfg_normalization {
@@ -493,21 +624,39 @@ impl Pipeline {
                     Renorm::Off
                 };
                 let truncation = Truncation::StepRatio(r.cfg_trunc_ratio);
-                (
-                    if guided {
-                        Guidance::Lumina2 {
-                            scale: r.guidance_scale,
-                            truncation,
-                            renorm,
-                        }
-                    } else {
-                        Guidance::None
-                    },
-                    RopeSchedule::default(),
-                    None,
-                )
+                let guidance = if guided {
+                    Guidance::Lumina2 {
+                        scale: r.guidance_scale,
+                        truncation,
+                        renorm,
+                    }
+                } else {
+                    Guidance::None
+                };
+                (guidance, RopeSchedule::default(), None)
             }
-        };
+            Family::Pixel => (
+                if guided {
+                    Guidance::Full {
+                        scale: r.guidance_scale,
+                    }
+                } else {
+                    Guidance::None
+                },
+                RopeSchedule::time_aware(r.width, r.height, native, r.scaling_watershed)?,
+                r.proportional_attn.then_some(native_tokens),
+            ),
+        })
+    }
+
+    /// Runs a whole call; `on_step` sees every finished solver step.
+    pub fn generate(&self, r: &Request, on_step: impl FnMut(StepDone)) -> Result<Output> {
+        self.validate(r)?;
+        let (cond, uncond, truncated) = self.encode(r)?;
+        let repeat = |c: Caption| -> Result<Caption> { repeat_rows(c, r.images_per_prompt) };
+        let cond = repeat(cond)?;
+        let uncond = uncond.map(repeat).transpose()?;
+        let (guidance, rope, base_sequence_length) = self.rules(r)?;
         let denoiser = Denoiser {
             model: &self.transformer,
             cond: cond.clone(),
@@ -519,13 +668,24 @@ impl Pipeline {
         let grid = self.grid(r)?;
         let x0 = self.initial_latents(r)?;
         let latents = sample_with(&denoiser, x0, &grid, r.solver, on_step)?.to_dtype(DType::F32)?;
-        let images = self.vae.decode(&latents)?;
+        let images = self.decode(&latents)?;
         Ok(Output {
             latents,
             images,
             prompt_embeds: cond,
             truncated,
         })
+    }
+
+    /// Final latents (B, C, h, w) → images (B, H, W, 3) in [0, 1].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        match &self.decoder {
+            Decoder::Vae(vae) => vae.decode(latents),
+            Decoder::Pixels => {
+                let x = ((latents.to_dtype(DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
+                Ok(x.permute((0, 2, 3, 1))?.contiguous()?) // (B, H, W, 3)
+            }
+        }
     }
 }
 

@@ -8,14 +8,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lumina::sample::Solver;
 use lumina_pipelines::hub::resolve_model;
 use lumina_pipelines::output::{numbered, save_png};
-use lumina_pipelines::pipeline::SIZE_MULTIPLE;
+use lumina_pipelines::pipeline::size_multiple;
 use lumina_pipelines::{Family, Latents, Pipeline, Request};
 
 use crate::cli::{DtypeArg, GenerateArgs, SolverArg};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    check_args(args)?;
     let dir = resolve_model(&args.model)?;
+    check_args(args, &dir)?;
     let dtype = match args.dtype {
         DtypeArg::F32 => DType::F32,
         DtypeArg::Bf16 => DType::BF16,
@@ -57,19 +57,20 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 }
 
 /// Cheap checks before any weight is read.
-fn check_args(args: &GenerateArgs) -> Result<()> {
+fn check_args(args: &GenerateArgs, dir: &std::path::Path) -> Result<()> {
+    let m = size_multiple(dir)?;
     for (name, v) in [("width", args.width), ("height", args.height)] {
         if let Some(v) = v {
-            if v == 0 || v % SIZE_MULTIPLE != 0 {
-                let lo = (v / SIZE_MULTIPLE).max(1) * SIZE_MULTIPLE;
+            if v == 0 || v % m != 0 {
+                let lo = (v / m).max(1) * m;
                 bail!(
-                    "--{name} {v} is not a positive multiple of {SIZE_MULTIPLE}; try {lo} or {}",
-                    lo + SIZE_MULTIPLE
+                    "--{name} {v} is not a positive multiple of {m}; try {lo} or {}",
+                    lo + m
                 );
             }
         }
     }
-    if args.steps == 0 {
+    if args.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
     if args.num_images == 0 {
@@ -82,20 +83,21 @@ fn check_args(args: &GenerateArgs) -> Result<()> {
 }
 
 fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Request {
-    let native = pipeline.native_size();
-    let mut r = Request::new(vec![args.prompt.clone()]);
+    let mut r = pipeline.default_request(vec![args.prompt.clone()]);
     r.negative_prompts = Some(vec![args.negative_prompt.clone()]);
-    r.width = args.width.unwrap_or(native);
-    r.height = args.height.unwrap_or(native);
-    r.steps = args.steps;
-    r.guidance_scale = args.guidance;
-    r.solver = match args.solver {
-        SolverArg::Euler => Solver::Euler,
-        SolverArg::Midpoint => Solver::Midpoint,
-        SolverArg::Heun => Solver::Heun,
-        SolverArg::Rk4 => Solver::Rk4,
-    };
-    r.shift = args.shift;
+    r.width = args.width.unwrap_or(r.width);
+    r.height = args.height.unwrap_or(r.height);
+    r.steps = args.steps.unwrap_or(r.steps);
+    r.guidance_scale = args.guidance.unwrap_or(r.guidance_scale);
+    if let Some(solver) = args.solver {
+        r.solver = match solver {
+            SolverArg::Euler => Solver::Euler,
+            SolverArg::Midpoint => Solver::Midpoint,
+            SolverArg::Heun => Solver::Heun,
+            SolverArg::Rk4 => Solver::Rk4,
+        };
+    }
+    r.shift = args.shift.or(r.shift);
     r.images_per_prompt = args.num_images;
     r.latents = Latents::Seed(seed);
     r.max_sequence_length = args.max_sequence_length;
@@ -157,6 +159,7 @@ fn parameters(
             fields.push(format!("CFG truncation: {}", r.cfg_trunc_ratio));
             fields.push(format!("CFG normalization: {}", r.cfg_normalization));
         }
+        Family::Pixel => fields.push("Pipeline: Lumina pixel-space".into()),
     }
     fields.push(format!("Version: lumina {}", env!("CARGO_PKG_VERSION")));
     format!(

@@ -7,7 +7,7 @@
 mod files;
 mod var_builder;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -52,6 +52,8 @@ enum Source {
     /// Every parameter a zero-stride zero view: builds any model without memory, to count
     /// parameters or check shapes.
     Zeros,
+    /// Tensors already in memory (a training state, EMA weights), by key.
+    Tensors(HashMap<String, Tensor>),
     /// Upstream's training initialisation ([`Init`]), every parameter a trainable [`Var`].
     Init {
         rng: Mutex<StdRng>,
@@ -111,6 +113,11 @@ impl Weights {
     pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
         let rng = Mutex::new(StdRng::seed_from_u64(seed));
         Self::new(Source::Random(rng), dtype, device, Mode::Strict)
+    }
+
+    /// Parameters held in memory, by key (missing or misshapen keys are errors).
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Self {
+        Self::new(Source::Tensors(tensors), dtype, device, Mode::Strict)
     }
 
     /// Parameters without memory (see [`Source::Zeros`]).
@@ -194,6 +201,7 @@ impl Weights {
         match &self.store.source {
             Source::Files(files) => files.info(&self.key(name)).is_some(),
             Source::Random(_) | Source::Zeros | Source::Init { .. } => true,
+            Source::Tensors(map) => map.contains_key(&self.key(name)),
         }
     }
 
@@ -205,6 +213,21 @@ impl Weights {
         match &store.source {
             Source::Random(rng) => random_tensor(&mut lock(rng), shape, init, &key, store),
             Source::Zeros => zeros_view(shape, store),
+            Source::Tensors(map) => match map.get(&key) {
+                None => Err(Error::MissingTensor {
+                    key,
+                    files: "the in-memory weights".into(),
+                }),
+                Some(t) if t.dims() != shape => Err(Error::TensorShape {
+                    key,
+                    file: "(in memory)".into(),
+                    expected: shape.to_vec(),
+                    got: t.dims().to_vec(),
+                }),
+                Some(t) => Ok(t
+                    .to_dtype(storage_dtype(t.dtype(), store.dtype))?
+                    .to_device(&store.device)?),
+            },
             Source::Init { rng, vars } => {
                 let t = init_tensor(&mut lock(rng), shape, init, store)?;
                 let var = Var::from_tensor(&t)?;
@@ -302,7 +325,7 @@ impl Weights {
     pub fn files(&self) -> Option<&WeightFiles> {
         match &self.store.source {
             Source::Files(files) => Some(files),
-            Source::Random(_) | Source::Zeros | Source::Init { .. } => None,
+            Source::Random(_) | Source::Zeros | Source::Tensors(_) | Source::Init { .. } => None,
         }
     }
 

@@ -1,0 +1,166 @@
+//! The project's own pixel-space model folder (`LuminaPixelPipeline`): a Next-DiT on RGB
+//! pixels in [−1, 1] (no VAE), a word-level caption encoder, and the sampler settings the model
+//! was tuned for.
+//!
+//! ```text
+//! model_index.json            {"_class_name": "LuminaPixelPipeline", …}
+//! transformer/                config.json + diffusion_pytorch_model.safetensors (diffusers keys)
+//! text_encoder/               config.json + model.safetensors (WordEncoder)
+//! tokenizer/vocab.json        WordTokenizer
+//! scheduler/scheduler_config.json   {"_class_name": "LuminaFlowSampler", steps, guidance_scale, solver, shift}
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use lumina::config::ConfigFile;
+use lumina::models::NextDitConfig;
+use lumina::sample::Solver;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::text_encoder::{WordEncoderConfig, WordTokenizer};
+
+pub const PIXEL_PIPELINE_CLASS: &str = "LuminaPixelPipeline";
+pub const SAMPLER_CLASS: &str = "LuminaFlowSampler";
+pub const WORD_ENCODER_CLASS: &str = "WordEncoder";
+
+/// The default generation settings of a pixel model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerDefaults {
+    pub steps: usize,
+    pub guidance_scale: f64,
+    /// `euler`, `midpoint`, `heun` or `rk4`.
+    pub solver: String,
+    /// Lumina's time shift of the uniform grid.
+    pub shift: f64,
+}
+
+impl SamplerDefaults {
+    pub fn read_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("scheduler_config.json");
+        let file = ConfigFile::read(&path)?;
+        let class = file.class_name.clone().unwrap_or_default();
+        if class != SAMPLER_CLASS {
+            return Err(Error::UnknownClass {
+                path,
+                what: "scheduler for a pixel pipeline",
+                class,
+                known: SAMPLER_CLASS.into(),
+            });
+        }
+        let defaults: SamplerDefaults = file.parse()?;
+        defaults.solver()?;
+        Ok(defaults)
+    }
+
+    pub fn solver(&self) -> Result<Solver> {
+        Ok(self.solver.parse::<Solver>()?)
+    }
+}
+
+/// Everything a pixel model folder holds, as tensors by key.
+pub struct PixelModel<'a> {
+    pub transformer: &'a NextDitConfig,
+    pub transformer_weights: &'a HashMap<String, Tensor>,
+    pub encoder: &'a WordEncoderConfig,
+    pub encoder_weights: &'a HashMap<String, Tensor>,
+    pub tokenizer: &'a WordTokenizer,
+    pub defaults: &'a SamplerDefaults,
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Output {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::Output {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn with_class<T: Serialize>(class: &str, value: &T) -> Result<serde_json::Value> {
+    let mut v =
+        serde_json::to_value(value).map_err(|e| Error::request("config", "serializable", e))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("_class_name".into(), class.into());
+    }
+    Ok(v)
+}
+
+impl PixelModel<'_> {
+    /// Writes the folder (creating it); tensors are saved as they are (the caller picks the
+    /// dtype).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mkdir = |d: &Path| {
+            std::fs::create_dir_all(d).map_err(|e| Error::Output {
+                path: d.to_path_buf(),
+                reason: e.to_string(),
+            })
+        };
+        for sub in ["transformer", "text_encoder", "tokenizer", "scheduler"] {
+            mkdir(&dir.join(sub))?;
+        }
+        let index = json!({
+            "_class_name": PIXEL_PIPELINE_CLASS,
+            "_lumina_version": env!("CARGO_PKG_VERSION"),
+            "transformer": ["lumina", "LuminaNextDiT2DModel"],
+            "text_encoder": ["lumina", WORD_ENCODER_CLASS],
+            "tokenizer": ["lumina", "WordTokenizer"],
+            "scheduler": ["lumina", SAMPLER_CLASS],
+        });
+        write_json(&dir.join("model_index.json"), &index)?;
+        write_json(
+            &dir.join("transformer/config.json"),
+            &with_class("LuminaNextDiT2DModel", self.transformer)?,
+        )?;
+        write_json(
+            &dir.join("text_encoder/config.json"),
+            &with_class(WORD_ENCODER_CLASS, self.encoder)?,
+        )?;
+        write_json(
+            &dir.join("tokenizer/vocab.json"),
+            &serde_json::to_value(self.tokenizer)
+                .map_err(|e| Error::request("tokenizer", "serializable", e))?,
+        )?;
+        write_json(
+            &dir.join("scheduler/scheduler_config.json"),
+            &with_class(SAMPLER_CLASS, self.defaults)?,
+        )?;
+        let save = |tensors: &HashMap<String, Tensor>, path: &Path| -> Result<()> {
+            candle_core::safetensors::save(tensors, path).map_err(|e| Error::Output {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+        };
+        save(
+            self.transformer_weights,
+            &dir.join("transformer/diffusion_pytorch_model.safetensors"),
+        )?;
+        save(
+            self.encoder_weights,
+            &dir.join("text_encoder/model.safetensors"),
+        )
+    }
+}
+
+/// Reads `text_encoder/config.json` of a pixel model.
+pub fn read_word_encoder_config(dir: &Path) -> Result<WordEncoderConfig> {
+    let file = ConfigFile::read_dir(dir)?;
+    let class = file.class_name.clone().unwrap_or_default();
+    if class != WORD_ENCODER_CLASS {
+        return Err(Error::UnknownClass {
+            path: file.path,
+            what: "text encoder for a pixel pipeline",
+            class,
+            known: WORD_ENCODER_CLASS.into(),
+        });
+    }
+    let cfg: WordEncoderConfig = file.parse()?;
+    cfg.validate(&file.path)?;
+    Ok(cfg)
+}
