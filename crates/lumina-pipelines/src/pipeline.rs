@@ -162,8 +162,8 @@ pub struct Output {
 /// Prompt → caption features.
 enum Conditioner {
     Gemma {
-        tokenizer: PromptTokenizer,
-        encoder: GemmaEncoder,
+        tokenizer: Box<PromptTokenizer>,
+        encoder: Box<GemmaEncoder>,
     },
     Words {
         tokenizer: WordTokenizer,
@@ -173,7 +173,7 @@ enum Conditioner {
 
 /// Final latents → pixels.
 enum Decoder {
-    Vae(Vae),
+    Vae(Box<Vae>),
     /// The latents are RGB in [−1, 1].
     Pixels,
 }
@@ -268,7 +268,13 @@ impl Pipeline {
                 let cfg = EncoderConfig::read(&encoder_dir.join("config.json"))?;
                 let encoder =
                     GemmaEncoder::load(&cfg, &Weights::from_dir(&encoder_dir, dtype, device)?)?;
-                (Conditioner::Gemma { tokenizer, encoder }, grid)
+                (
+                    Conditioner::Gemma {
+                        tokenizer: Box::new(tokenizer),
+                        encoder: Box::new(encoder),
+                    },
+                    grid,
+                )
             }
             Family::Pixel => {
                 let grid = Grid::Defaults(SamplerDefaults::read_dir(&dir.join("scheduler"))?);
@@ -296,7 +302,11 @@ impl Pipeline {
         }
         let decoder = match family {
             Family::Pixel => Decoder::Pixels,
-            _ => Decoder::Vae(Vae::load_dir(&dir.join("vae"), DType::F32, device)?),
+            _ => Decoder::Vae(Box::new(Vae::load_dir(
+                &dir.join("vae"),
+                DType::F32,
+                device,
+            )?)),
         };
         Ok(Self {
             family,
