@@ -23,6 +23,10 @@ pub enum Command {
     /// Show what a model folder holds: config, parameters per component, stored dtypes, and
     /// the tensor keys a model lacks or leaves unused.
     Inspect(InspectArgs),
+    /// Train a Next-DiT text-to-image model from scratch on the `shapes` task.
+    Train(TrainArgs),
+    /// Judge a model on the `shapes` task: accuracy overall and per prompt kind.
+    Eval(EvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +54,17 @@ pub enum SolverArg {
     Midpoint,
     Heun,
     Rk4,
+}
+
+impl From<SolverArg> for lumina::sample::Solver {
+    fn from(s: SolverArg) -> Self {
+        match s {
+            SolverArg::Euler => Self::Euler,
+            SolverArg::Midpoint => Self::Midpoint,
+            SolverArg::Heun => Self::Heun,
+            SolverArg::Rk4 => Self::Rk4,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -144,4 +159,94 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A named recipe: `shapes` (the shipped model) or `tiny` (a smoke test).
+    #[arg(long, default_value = "shapes", conflicts_with = "config")]
+    pub preset: String,
+
+    /// A TOML run config instead of a preset (see `--print-config` for the format).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// Run folder: checkpoint/, samples/, log.jsonl and, at the end, model/.
+    #[arg(short, long, default_value = "runs/shapes")]
+    pub out: PathBuf,
+
+    /// Continue the run in `--out` from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Override the number of optimisation steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+
+    /// Print the run config as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A pixel-model folder (default: the shipped model).
+    #[arg(short, long)]
+    pub model: Option<String>,
+
+    /// Prompts, one caption per line (default: a generated list, `--per-kind` of each kind).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+
+    /// Prompts of each kind in the generated list.
+    #[arg(long, default_value_t = 25)]
+    pub per_kind: usize,
+
+    /// Seed of the generated prompt list.
+    #[arg(long, default_value_t = 1)]
+    pub prompt_seed: u64,
+
+    /// Images per prompt.
+    #[arg(long, default_value_t = 4)]
+    pub seeds: usize,
+
+    /// Seed of the first image.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Override the model's sampling steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+
+    /// Override the model's guidance scale.
+    #[arg(short, long)]
+    pub guidance: Option<f64>,
+
+    /// Override the model's solver.
+    #[arg(long, value_enum)]
+    pub solver: Option<SolverArg>,
+
+    /// Override the model's time shift.
+    #[arg(long)]
+    pub shift: Option<f64>,
+
+    /// Image side (default: the model's native size).
+    #[arg(long)]
+    pub size: Option<usize>,
+
+    /// Write all images as one PNG, a row per prompt.
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
+
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// List every wrong image and why.
+    #[arg(long)]
+    pub failures: bool,
 }

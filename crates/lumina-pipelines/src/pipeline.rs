@@ -319,6 +319,25 @@ impl Pipeline {
         })
     }
 
+    /// A pixel-family pipeline from components in memory (a model being trained).
+    pub fn pixel(
+        transformer: Transformer,
+        tokenizer: WordTokenizer,
+        encoder: WordEncoder,
+        defaults: SamplerDefaults,
+        device: &Device,
+    ) -> Self {
+        Self {
+            family: Family::Pixel,
+            dir: PathBuf::new(),
+            conditioner: Conditioner::Words { tokenizer, encoder },
+            transformer,
+            decoder: Decoder::Pixels,
+            grid: Grid::Defaults(defaults),
+            device: device.clone(),
+        }
+    }
+
     /// A request with this pipeline's defaults: diffusers' for its pipelines, the model's own
     /// for a pixel model.
     pub fn default_request(&self, prompts: Vec<String>) -> Request {

@@ -5,13 +5,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, IndexOp};
 use indicatif::{ProgressBar, ProgressStyle};
-use lumina::sample::Solver;
 use lumina_pipelines::hub::resolve_model;
 use lumina_pipelines::output::{numbered, save_png};
 use lumina_pipelines::pipeline::size_multiple;
 use lumina_pipelines::{Family, Latents, Pipeline, Request};
 
-use crate::cli::{DtypeArg, GenerateArgs, SolverArg};
+use crate::cli::{DtypeArg, GenerateArgs};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let dir = resolve_model(&args.model)?;
@@ -90,12 +89,7 @@ fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Request {
     r.steps = args.steps.unwrap_or(r.steps);
     r.guidance_scale = args.guidance.unwrap_or(r.guidance_scale);
     if let Some(solver) = args.solver {
-        r.solver = match solver {
-            SolverArg::Euler => Solver::Euler,
-            SolverArg::Midpoint => Solver::Midpoint,
-            SolverArg::Heun => Solver::Heun,
-            SolverArg::Rk4 => Solver::Rk4,
-        };
+        r.solver = solver.into();
     }
     r.shift = args.shift.or(r.shift);
     r.images_per_prompt = args.num_images;

@@ -40,9 +40,9 @@ pub fn attention(
     }
     let rep = h / h_kv;
     let dtype = q.dtype();
-    let q = q.contiguous()?.reshape((b, h_kv, rep * n, dh))?; // (B, Hkv, rep·N, Dh)
+    // the scale goes on the queries: N·Dh multiplications instead of N·M
+    let q = (q * scale)?.contiguous()?.reshape((b, h_kv, rep * n, dh))?; // (B, Hkv, rep·N, Dh)
     let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?; // (B, Hkv, rep·N, M)
-    let scores = (scores * scale)?;
     let scores = match bias {
         Some(bias) => scores.broadcast_add(bias)?,
         None => scores,

@@ -4,6 +4,7 @@
 mod attention;
 mod embedding;
 mod feed_forward;
+mod fused;
 mod linear;
 mod modulation;
 mod norm;

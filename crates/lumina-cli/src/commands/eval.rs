@@ -1,0 +1,115 @@
+//! `lumina eval`: generate images for a prompt list and score them with the `shapes` judge.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressStyle};
+use lumina_pipelines::Pipeline;
+use lumina_shapes::prompts::{evaluation_prompts, PromptKind};
+use lumina_shapes::Caption;
+use lumina_train::eval::evaluate;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::cli::EvalArgs;
+use crate::commands::model_dir;
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let dir = model_dir(args.model.as_deref())?;
+    let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let prompts = match &args.prompts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    Caption::parse(l.trim())
+                        .with_context(|| format!("{}:{}", path.display(), i + 1))
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        None => evaluation_prompts(args.per_kind, &mut StdRng::seed_from_u64(args.prompt_seed)),
+    };
+    if prompts.is_empty() || args.seeds == 0 {
+        bail!("nothing to evaluate: no prompt or --seeds 0");
+    }
+    let mut template = pipeline.default_request(vec![]);
+    if let Some(size) = args.size {
+        (template.width, template.height) = (size, size);
+    }
+    template.steps = args.steps.unwrap_or(template.steps);
+    template.guidance_scale = args.guidance.unwrap_or(template.guidance_scale);
+    if let Some(solver) = args.solver {
+        template.solver = solver.into();
+    }
+    template.shift = args.shift.or(template.shift);
+    pipeline.validate(&lumina_pipelines::Request {
+        prompts: vec!["x".into()],
+        ..template.clone()
+    })?;
+
+    let bar = ProgressBar::new(prompts.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} prompts [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = evaluate(
+        &pipeline,
+        &prompts,
+        args.seeds,
+        args.seed,
+        &template,
+        args.grid.as_deref(),
+        |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+
+    if args.json {
+        let per_kind: serde_json::Map<String, serde_json::Value> = report
+            .per_kind
+            .iter()
+            .map(|(k, &(c, t))| (k.name().to_string(), serde_json::json!({"correct": c, "total": t, "accuracy": c as f64 / t.max(1) as f64})))
+            .collect();
+        let json = serde_json::json!({
+            "accuracy": report.accuracy(), "correct": report.correct, "total": report.total, "per_kind": per_kind,
+            "steps": template.steps, "guidance": template.guidance_scale, "solver": template.solver.name(), "shift": template.shift,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "{} images ({} prompts × {} seeds), {} steps, {} solver, guidance {}, shift {}",
+            report.total,
+            prompts.len(),
+            args.seeds,
+            template.steps,
+            template.solver,
+            template.guidance_scale,
+            template.shift.map_or("scheduler".into(), |s| s.to_string())
+        );
+        println!(
+            "accuracy  {:.3}  ({}/{})",
+            report.accuracy(),
+            report.correct,
+            report.total
+        );
+        for kind in PromptKind::ALL {
+            if let Some(&(c, t)) = report.per_kind.get(&kind) {
+                println!(
+                    "  {:<14} {:.3}  ({c}/{t})",
+                    kind.name(),
+                    c as f64 / t.max(1) as f64
+                );
+            }
+        }
+    }
+    if args.failures {
+        for (caption, seed, why) in &report.failures {
+            eprintln!("wrong: {caption:?} seed {seed}: {why}");
+        }
+    }
+    Ok(())
+}

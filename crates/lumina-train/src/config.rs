@@ -1,0 +1,283 @@
+//! What a training run does, as one serializable value: a TOML file or a named preset.
+
+use std::path::Path;
+
+use lumina::config::Validate;
+use lumina::models::NextDitConfig;
+use lumina_pipelines::pixel_model::SamplerDefaults;
+use lumina_pipelines::text_encoder::WordEncoderConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How training times t (0 = noise, 1 = data) are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TimeSampling {
+    /// t ~ U(0, 1) (upstream T2I default).
+    Uniform,
+    /// t = sigmoid(u), u ~ N(mean, std²) (upstream ImageNet runs, SD3).
+    LogitNormal { mean: f64, std: f64 },
+    /// t = u / (s − (s−1)u), u ~ U(0, 1): the sampling grid's shift, s > 1 favours the noisy end.
+    Shifted { shift: f64 },
+}
+
+/// Learning-rate schedule after the linear warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LrDecay {
+    Constant,
+    /// Cosine from the peak down to `final_fraction` of it at the last step.
+    Cosine {
+        final_fraction: f64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub decay: LrDecay,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay on matrices (not on norms, biases, gates, embeddings' rows).
+    pub weight_decay: f64,
+    /// Global gradient L2 norm is clipped to this (upstream: 2.0).
+    pub grad_clip: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Canvas side S of the `shapes` images, in pixels.
+    pub side: usize,
+    /// Probability that a caption is replaced by the empty one (for classifier-free guidance).
+    pub caption_dropout: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Steps between sample grids and judge evaluations (0: only at the end).
+    pub every: usize,
+    /// Prompts per kind (single, position, relation, held-out pair).
+    pub prompts_per_kind: usize,
+    /// Seeds per prompt.
+    pub seeds: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub transformer: NextDitConfig,
+    pub text_encoder: WordEncoderConfig,
+    pub data: DataConfig,
+    pub optim: OptimConfig,
+    pub time_sampling: TimeSampling,
+    /// EMA decay of the weights that get exported (warmed up as min(decay, (1+k)/(10+k))).
+    pub ema_decay: f64,
+    /// How the exported model samples by default.
+    pub sampler: SamplerDefaults,
+    pub eval: EvalConfig,
+    /// Steps between checkpoints (0: only at the end).
+    pub checkpoint_every: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The recipe of the shipped `shapes` model.
+    pub fn shapes() -> Self {
+        Self {
+            transformer: NextDitConfig {
+                sample_size: 32,
+                patch_size: 2,
+                in_channels: 3,
+                hidden_size: 160,
+                num_layers: 6,
+                num_attention_heads: 4,
+                num_kv_heads: Some(4),
+                multiple_of: 32,
+                ffn_dim_multiplier: None,
+                norm_eps: 1e-5,
+                learn_sigma: false,
+                qk_norm: true,
+                cross_attention_dim: 128,
+                scaling_factor: 1.0,
+            },
+            text_encoder: WordEncoderConfig {
+                vocab_size: crate::data::vocabulary().words.len(),
+                max_length: crate::data::MAX_CAPTION_TOKENS,
+                hidden_size: 128,
+                num_layers: 2,
+                num_attention_heads: 4,
+                norm_eps: 1e-5,
+            },
+            data: DataConfig {
+                side: 32,
+                caption_dropout: 0.1,
+            },
+            optim: OptimConfig {
+                steps: 6000,
+                batch_size: 32,
+                lr: 1e-3,
+                warmup_steps: 200,
+                decay: LrDecay::Cosine {
+                    final_fraction: 0.1,
+                },
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                grad_clip: 2.0,
+            },
+            time_sampling: TimeSampling::LogitNormal {
+                mean: 0.0,
+                std: 1.0,
+            },
+            ema_decay: 0.999,
+            sampler: SamplerDefaults {
+                steps: 20,
+                guidance_scale: 3.0,
+                solver: "midpoint".into(),
+                shift: 2.0,
+            },
+            eval: EvalConfig {
+                every: 1000,
+                prompts_per_kind: 10,
+                seeds: 1,
+            },
+            checkpoint_every: 500,
+            seed: 0,
+        }
+    }
+
+    /// A minute-sized run for tests.
+    pub fn tiny() -> Self {
+        let mut c = Self::shapes();
+        c.transformer.hidden_size = 32;
+        c.transformer.num_layers = 2;
+        c.transformer.num_attention_heads = 2;
+        c.transformer.num_kv_heads = Some(1);
+        c.transformer.multiple_of = 16;
+        c.transformer.cross_attention_dim = 32;
+        c.text_encoder.hidden_size = 32;
+        c.text_encoder.num_layers = 1;
+        c.text_encoder.num_attention_heads = 2;
+        c.data.side = 16;
+        c.transformer.sample_size = 16;
+        c.optim.steps = 30;
+        c.optim.batch_size = 8;
+        c.optim.warmup_steps = 5;
+        c.optim.lr = 2e-3;
+        c.eval = EvalConfig {
+            every: 0,
+            prompts_per_kind: 2,
+            seeds: 1,
+        };
+        c.sampler.steps = 4;
+        c.checkpoint_every = 0;
+        c
+    }
+
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "shapes" => Ok(Self::shapes()),
+            "tiny" => Ok(Self::tiny()),
+            other => Err(Error::Config(format!(
+                "unknown preset `{other}` (known: shapes, tiny)"
+            ))),
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let cfg: TrainConfig =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, reason: &str| Err(Error::Config(format!("{what}: {reason}")));
+        self.transformer
+            .validate()
+            .map_err(|e| Error::Config(format!("transformer: {e}")))?;
+        self.text_encoder
+            .validate(Path::new("text_encoder"))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if self.transformer.learn_sigma {
+            return bad(
+                "transformer.learn_sigma",
+                "must be false: the loss trains velocity only",
+            );
+        }
+        if self.transformer.in_channels != 3 {
+            return bad(
+                "transformer.in_channels",
+                "must be 3: the model works on RGB pixels",
+            );
+        }
+        if self.transformer.cross_attention_dim != self.text_encoder.hidden_size {
+            return bad(
+                "transformer.cross_attention_dim",
+                "must equal text_encoder.hidden_size",
+            );
+        }
+        if self.text_encoder.vocab_size < crate::data::vocabulary().words.len() {
+            return bad(
+                "text_encoder.vocab_size",
+                "smaller than the task's vocabulary",
+            );
+        }
+        if self.data.side == 0 || self.data.side % self.transformer.patch_size != 0 {
+            return bad("data.side", "must be a positive multiple of the patch size");
+        }
+        if !(0.0..1.0).contains(&self.data.caption_dropout) {
+            return bad("data.caption_dropout", "must be in [0, 1)");
+        }
+        let o = &self.optim;
+        if o.steps == 0 || o.batch_size == 0 {
+            return bad("optim", "steps and batch_size must be >= 1");
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let ranges_ok = positive(o.lr)
+            && (0.0..1.0).contains(&o.beta1)
+            && (0.0..1.0).contains(&o.beta2)
+            && positive(o.eps)
+            && o.weight_decay >= 0.0;
+        if !ranges_ok {
+            return bad(
+                "optim",
+                "lr > 0, betas in [0, 1), eps > 0, weight_decay >= 0",
+            );
+        }
+        if !positive(o.grad_clip) {
+            return bad("optim.grad_clip", "must be > 0");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("ema_decay", "must be in [0, 1)");
+        }
+        match self.time_sampling {
+            TimeSampling::LogitNormal { std, .. } if std <= 0.0 => {
+                return bad("time_sampling.std", "must be > 0")
+            }
+            TimeSampling::Shifted { shift } if shift <= 0.0 => {
+                return bad("time_sampling.shift", "must be > 0")
+            }
+            _ => {}
+        }
+        self.sampler
+            .solver()
+            .map_err(|e| Error::Config(format!("sampler.solver: {e}")))?;
+        Ok(())
+    }
+}
