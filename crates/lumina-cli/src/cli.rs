@@ -32,7 +32,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A diffusers pipeline folder (with model_index.json) or one model folder (with config.json).
-    pub dir: PathBuf,
+    /// Default: the built-in `shapes` model.
+    pub dir: Option<PathBuf>,
 
     /// Print one JSON object instead of the text report.
     #[arg(long)]
@@ -45,6 +46,16 @@ pub enum DtypeArg {
     F32,
     Bf16,
     F16,
+}
+
+impl From<DtypeArg> for candle_core::DType {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => Self::F32,
+            DtypeArg::Bf16 => Self::BF16,
+            DtypeArg::F16 => Self::F16,
+        }
+    }
 }
 
 /// ODE solver of the sampler.
@@ -70,9 +81,9 @@ impl From<SolverArg> for lumina::sample::Solver {
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// A diffusers pipeline folder, or a Hugging Face repo id (org/name[@revision]) already in
-    /// the local cache; nothing is downloaded.
+    /// the local cache; nothing is downloaded. Default: the built-in `shapes` model.
     #[arg(short, long)]
-    pub model: String,
+    pub model: Option<String>,
 
     /// Use this transformer instead of the pipeline's own: a diffusers folder, or one
     /// safetensors file (e.g. upstream Lumina-Next `consolidated_ema.00-of-01.safetensors`).
@@ -187,6 +198,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub print_config: bool,
 
+    /// Storage dtype of the exported model/ (the checkpoint stays f32). Computation runs in
+    /// f32 either way; bf16 halves the files.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
+    pub export_dtype: DtypeArg,
+
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -194,7 +210,8 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A pixel-model folder (default: the shipped model).
+    /// A pixel-model folder, or a cached Hugging Face repo id. Default: the built-in `shapes`
+    /// model.
     #[arg(short, long)]
     pub model: Option<String>,
 
@@ -238,7 +255,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub size: Option<usize>,
 
-    /// Write all images as one PNG, a row per prompt.
+    /// Write all images as one PNG: each prompt's seeds side by side, prompts in reading order.
     #[arg(long)]
     pub grid: Option<PathBuf>,
 

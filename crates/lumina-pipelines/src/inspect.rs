@@ -15,7 +15,8 @@ use lumina::models::{Transformer, KNOWN_CLASSES};
 use lumina::weights::{WeightFiles, Weights};
 
 use crate::error::Result;
-use crate::text_encoder::{EncoderConfig, GemmaEncoder};
+use crate::pixel_model::{read_word_encoder_config, WORD_ENCODER_CLASS};
+use crate::text_encoder::{EncoderConfig, GemmaEncoder, WordEncoder};
 use crate::vae::Vae;
 
 #[derive(Clone, Debug, Serialize)]
@@ -248,6 +249,10 @@ fn audit_keys(component: &mut Component, class: &str, files: WeightFiles) {
         let weights = Weights::audit(files, &Device::Cpu);
         EncoderConfig::read(&path.join("config.json"))
             .and_then(|cfg| GemmaEncoder::load(&cfg, &weights).map(|_| weights))
+    } else if class == WORD_ENCODER_CLASS {
+        let weights = Weights::audit(files, &Device::Cpu);
+        read_word_encoder_config(&path)
+            .and_then(|cfg| WordEncoder::load(&cfg, &weights).map(|_| weights))
     } else if VAE_CLASSES.contains(&class) {
         let weights = Weights::audit(files, &Device::Cpu);
         ConfigFile::read_dir(&path)

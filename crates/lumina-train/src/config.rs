@@ -94,10 +94,10 @@ impl TrainConfig {
         Self {
             transformer: NextDitConfig {
                 sample_size: 32,
-                patch_size: 2,
+                patch_size: 4,
                 in_channels: 3,
-                hidden_size: 160,
-                num_layers: 6,
+                hidden_size: 192,
+                num_layers: 8,
                 num_attention_heads: 4,
                 num_kv_heads: Some(4),
                 multiple_of: 32,
@@ -107,6 +107,7 @@ impl TrainConfig {
                 qk_norm: true,
                 cross_attention_dim: 128,
                 scaling_factor: 1.0,
+                coordinate_embedding: true,
             },
             text_encoder: WordEncoderConfig {
                 vocab_size: crate::data::vocabulary().words.len(),
@@ -121,8 +122,8 @@ impl TrainConfig {
                 caption_dropout: 0.1,
             },
             optim: OptimConfig {
-                steps: 6000,
-                batch_size: 32,
+                steps: 3600,
+                batch_size: 64,
                 lr: 1e-3,
                 warmup_steps: 200,
                 decay: LrDecay::Cosine {
@@ -146,7 +147,7 @@ impl TrainConfig {
                 shift: 2.0,
             },
             eval: EvalConfig {
-                every: 1000,
+                every: 600,
                 prompts_per_kind: 10,
                 seeds: 1,
             },
@@ -158,6 +159,7 @@ impl TrainConfig {
     /// A minute-sized run for tests.
     pub fn tiny() -> Self {
         let mut c = Self::shapes();
+        c.transformer.patch_size = 2;
         c.transformer.hidden_size = 32;
         c.transformer.num_layers = 2;
         c.transformer.num_attention_heads = 2;

@@ -51,7 +51,8 @@ const PROMPTS_PER_CALL: usize = 8;
 
 /// Generates `seeds` images per prompt with `template`'s settings (its prompts and latents
 /// are replaced) and judges them. Image k of prompt j starts from seed `base_seed + j·seeds +
-/// k`, whatever the batching. With `grid`, writes all images as one PNG (a row per prompt).
+/// k`, whatever the batching. With `grid`, writes all images as one PNG: each prompt's seeds
+/// side by side, prompts in reading order on a roughly square sheet.
 pub fn evaluate(
     pipeline: &Pipeline,
     prompts: &[Caption],
@@ -62,7 +63,7 @@ pub fn evaluate(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Report> {
     let mut report = Report::default();
-    let mut rows: Vec<Tensor> = Vec::new();
+    let mut strips: Vec<Tensor> = Vec::new();
     for (chunk_index, chunk) in prompts.chunks(PROMPTS_PER_CALL).enumerate() {
         let first = chunk_index * PROMPTS_PER_CALL;
         let mut r = template.clone();
@@ -88,27 +89,42 @@ pub fn evaluate(
                 }
             }
             if grid.is_some() {
-                // (seeds, H, W, 3) → one row (H, seeds·W, 3)
-                let row: Vec<Tensor> = (0..seeds)
+                // (seeds, H, W, 3) → one strip (H, seeds·W, 3)
+                let strip: Vec<Tensor> = (0..seeds)
                     .map(|k| out.images.i(j * seeds + k))
                     .collect::<candle_core::Result<_>>()?;
-                rows.push(Tensor::cat(&row, 1)?);
+                strips.push(Tensor::cat(&strip, 1)?);
             }
         }
         progress((first + chunk.len()).min(prompts.len()), prompts.len());
     }
     if let Some(path) = grid {
-        if !rows.is_empty() {
+        if !strips.is_empty() {
+            let per_row = ((strips.len() as f64 / seeds.max(1) as f64).sqrt().ceil() as usize).max(1);
             let text: Vec<String> = prompts.iter().map(Caption::text).collect();
             save_png(
                 path,
-                &Tensor::cat(&rows, 0)?,
+                &tile(&strips, per_row)?,
                 &format!(
-                    "shapes evaluation grid, one row per prompt:\n{}",
+                    "shapes evaluation grid, {per_row} prompts per row, {seeds} seeds each, prompts in reading order:\n{}",
                     text.join("\n")
                 ),
             )?;
         }
     }
     Ok(report)
+}
+
+/// Lays equal-sized (H, W, 3) strips out `per_row` to a row, padding the last row with black.
+fn tile(strips: &[Tensor], per_row: usize) -> Result<Tensor> {
+    let blank = strips[0].zeros_like()?;
+    let rows: Vec<Tensor> = strips
+        .chunks(per_row)
+        .map(|chunk| {
+            let mut row = chunk.to_vec();
+            row.resize(per_row, blank.clone());
+            Tensor::cat(&row, 1) // (H, per_row·W, 3)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok(Tensor::cat(&rows, 0)?) // (rows·H, per_row·W, 3)
 }

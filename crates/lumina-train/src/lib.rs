@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: a run as one value (TOML file or preset).
 //! - [`data`]: fresh `shapes` scenes each step, caption dropout, the task's vocabulary.
-//! - [`optim`]: AdamW, warm-up + decay, gradient clipping, savable state.
+//! - [`optim`]: AdamW, warm-up + decay, gradient clipping, savable state; [`inplace`]: its
+//!   one-pass update kernels.
 //! - [`trainer`]: the loop, EMA, checkpoints with exact resume, export to a model folder.
 //! - [`eval`]: generate, judge, accuracy per prompt kind, sample grids.
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod inplace;
 pub mod optim;
 pub mod trainer;
 

@@ -8,6 +8,7 @@ use candle_core::{Tensor, Var};
 
 use crate::config::{LrDecay, OptimConfig};
 use crate::error::Result;
+use crate::inplace;
 
 /// The learning rate at `step` (0-based): linear warm-up to the peak, then the decay.
 pub fn learning_rate(cfg: &OptimConfig, step: usize) -> f64 {
@@ -71,41 +72,102 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr`; parameters without a gradient are left alone.
+    /// Contiguous f32 CPU parameters are updated in place by one-pass kernels
+    /// ([`crate::inplace`]), the rest by [`AdamW::step_composed`]'s tensor ops; both give the
+    /// same bits.
     pub fn step(&mut self, grads: &GradStore, vars: &[(String, Var)], lr: f64) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let c1 = 1.0 - b1.powi(self.t as i32);
-        let c2 = 1.0 - b2.powi(self.t as i32);
+        let c = self.corrections();
         for (name, var) in vars {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let m = match self.m.get(name) {
-                Some(m) => ((m * b1)? + (g * (1.0 - b1))?)?,
-                None => (g * (1.0 - b1))?,
-            };
-            let v = match self.v.get(name) {
-                Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
-                None => (g.sqr()? * (1.0 - b2))?,
-            };
-            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
             let theta = var.as_tensor();
-            let theta = if decays(var) && self.cfg.weight_decay > 0.0 {
-                (theta * (1.0 - lr * self.cfg.weight_decay))?
-            } else {
-                theta.clone()
+            if !inplace::applies(&[theta, g]) {
+                self.update_composed(name, var, g, lr, c)?;
+                continue;
+            }
+            if !self.m.contains_key(name) {
+                self.m.insert(name.clone(), theta.zeros_like()?);
+                self.v.insert(name.clone(), theta.zeros_like()?);
+            }
+            let (Some(m), Some(v)) = (self.m.get(name), self.v.get(name)) else {
+                continue;
             };
-            var.set(&(theta - (update * lr)?)?)?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
+            if !inplace::applies(&[m, v]) {
+                self.update_composed(name, var, g, lr, c)?;
+                continue;
+            }
+            inplace::moment(m, g, b1)?;
+            inplace::moment_sq(v, g, b2)?;
+            inplace::adamw_apply(theta, (m, v), lr, c, self.cfg.eps, self.keep(var, lr))?;
         }
         Ok(())
     }
 
-    /// The moments as tensors keyed `m.<name>` / `v.<name>`.
-    pub fn state(&self) -> HashMap<String, Tensor> {
-        let m = self.m.iter().map(|(k, t)| (format!("m.{k}"), t.clone()));
-        let v = self.v.iter().map(|(k, t)| (format!("v.{k}"), t.clone()));
+    /// The reference update: the same arithmetic as tensor ops, each a fresh tensor.
+    pub fn step_composed(
+        &mut self,
+        grads: &GradStore,
+        vars: &[(String, Var)],
+        lr: f64,
+    ) -> Result<()> {
+        self.t += 1;
+        let c = self.corrections();
+        for (name, var) in vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                self.update_composed(name, var, g, lr, c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adam's bias corrections `1 − βᵗ` after `t` updates.
+    fn corrections(&self) -> (f64, f64) {
+        let t = self.t as i32;
+        (1.0 - self.cfg.beta1.powi(t), 1.0 - self.cfg.beta2.powi(t))
+    }
+
+    /// The factor decoupled weight decay multiplies a parameter by, if it decays.
+    fn keep(&self, var: &Var, lr: f64) -> Option<f64> {
+        (decays(var) && self.cfg.weight_decay > 0.0).then(|| 1.0 - lr * self.cfg.weight_decay)
+    }
+
+    fn update_composed(
+        &mut self,
+        name: &str,
+        var: &Var,
+        g: &Tensor,
+        lr: f64,
+        (c1, c2): (f64, f64),
+    ) -> Result<()> {
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let m = match self.m.get(name) {
+            Some(m) => ((m * b1)? + (g * (1.0 - b1))?)?,
+            None => (g * (1.0 - b1))?,
+        };
+        let v = match self.v.get(name) {
+            Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+            None => (g.sqr()? * (1.0 - b2))?,
+        };
+        let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
+        let theta = var.as_tensor();
+        let theta = match self.keep(var, lr) {
+            Some(keep) => (theta * keep)?,
+            None => theta.clone(),
+        };
+        var.set(&(theta - (update * lr)?)?)?;
+        self.m.insert(name.to_string(), m);
+        self.v.insert(name.to_string(), v);
+        Ok(())
+    }
+
+    /// Copies of the moments keyed `m.<name>` / `v.<name>` (copies: the live ones change in
+    /// place at the next step).
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let m = self.m.iter().map(|(k, t)| Ok((format!("m.{k}"), t.copy()?)));
+        let v = self.v.iter().map(|(k, t)| Ok((format!("v.{k}"), t.copy()?)));
         m.chain(v).collect()
     }
 
@@ -151,6 +213,55 @@ mod tests {
         assert!((learning_rate(&c, 9) - 0.1).abs() < 1e-12);
         assert!((learning_rate(&c, 100) - 0.01).abs() < 1e-9);
         assert!(learning_rate(&c, 50) < 0.1 && learning_rate(&c, 50) > 0.01);
+    }
+
+    /// The in-place kernels and the composed tensor ops give the same bits, with and without
+    /// weight decay, over several steps (so a run resumes exactly whichever path it takes).
+    #[test]
+    fn inplace_updates_equal_the_composed_reference_bit_for_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        let c = OptimConfig {
+            weight_decay: 0.05,
+            ..cfg()
+        };
+        let w = Tensor::randn(0f32, 1.0, (37, 19), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, 19, &dev)?;
+        let fast = vec![
+            ("w".to_string(), Var::from_tensor(&w)?),
+            ("b".to_string(), Var::from_tensor(&bias)?),
+        ];
+        let slow: Vec<(String, Var)> = fast
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
+            .collect::<Result<_>>()?;
+        let (mut a, mut b) = (AdamW::new(&c), AdamW::new(&c));
+        let x = Tensor::randn(0f32, 1.0, (5, 37), &dev)?;
+        for step in 0..6 {
+            let lr = learning_rate(&c, step);
+            for (vars, opt, composed) in [(&fast, &mut a, false), (&slow, &mut b, true)] {
+                let y = x.matmul(vars[0].1.as_tensor())?.broadcast_add(vars[1].1.as_tensor())?;
+                let grads = y.tanh()?.sqr()?.sum_all()?.backward()?;
+                if composed {
+                    opt.step_composed(&grads, vars, lr)?;
+                } else {
+                    opt.step(&grads, vars, lr)?;
+                }
+            }
+            for ((name, f), (_, s)) in fast.iter().zip(&slow) {
+                let (f, s) = (
+                    f.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+                    s.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+                );
+                let same = f.iter().zip(&s).all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(same, "step {step}: `{name}` differs between in-place and composed");
+            }
+        }
+        let (sa, sb) = (a.state()?, b.state()?);
+        for (k, t) in &sa {
+            let d = (t - &sb[k])?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(d, 0.0, "moment {k}");
+        }
+        Ok(())
     }
 
     /// AdamW minimises a quadratic; clipping bounds the gradient norm.

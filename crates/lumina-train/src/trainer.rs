@@ -26,10 +26,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::{TimeSampling, TrainConfig};
 use crate::data::{batch, vocabulary};
 use crate::error::{Error, Result};
+use crate::inplace;
 use crate::optim::{clip_grad_norm, learning_rate, AdamW};
 
 const TRANSFORMER: &str = "transformer.";
 const TEXT_ENCODER: &str = "text_encoder.";
+/// The run config written beside an exported model.
+pub const TRAIN_CONFIG_FILE: &str = "train_config.toml";
 
 /// What one step did.
 #[derive(Clone, Copy, Debug)]
@@ -186,11 +189,19 @@ impl Trainer {
         let decay = self.cfg.ema_decay.min((1.0 + k) / (10.0 + k));
         for (name, var) in &self.vars {
             let current = var.as_tensor().detach();
-            let next = match self.ema.get(name) {
-                Some(e) => ((e * decay)? + (current * (1.0 - decay))?)?,
-                None => current.copy()?,
-            };
-            self.ema.insert(name.clone(), next);
+            match self.ema.get(name) {
+                // the same bits as `(e * decay)? + (current * (1.0 - decay))?`, in one pass
+                Some(e) if inplace::applies(&[e, &current]) => {
+                    inplace::moment(e, &current, decay)?
+                }
+                Some(e) => {
+                    let next = ((e * decay)? + (current * (1.0 - decay))?)?;
+                    self.ema.insert(name.clone(), next);
+                }
+                None => {
+                    self.ema.insert(name.clone(), current.copy()?);
+                }
+            }
         }
         Ok(())
     }
@@ -203,6 +214,7 @@ impl Trainer {
             .collect()
     }
 
+    /// The EMA weights by prefixed name: live tensors, updated in place at every step.
     pub fn ema(&self) -> &HashMap<String, Tensor> {
         &self.ema
     }
@@ -223,7 +235,8 @@ impl Trainer {
         &self.tokenizer
     }
 
-    /// Writes the EMA weights as a pixel-model folder, in `dtype`.
+    /// Writes the EMA weights as a pixel-model folder, in `dtype`, with the run's config beside
+    /// them as `train_config.toml` (its provenance; the loaders do not read it).
     pub fn export(&self, dir: &Path, dtype: DType) -> Result<()> {
         let cast = |m: HashMap<String, Tensor>| -> Result<HashMap<String, Tensor>> {
             m.into_iter()
@@ -239,7 +252,11 @@ impl Trainer {
             defaults: &self.cfg.sampler,
         }
         .save(dir)?;
-        Ok(())
+        let path = dir.join(TRAIN_CONFIG_FILE);
+        std::fs::write(&path, self.cfg.to_toml()?).map_err(|e| Error::Checkpoint {
+            path,
+            reason: e.to_string(),
+        })
     }
 
     // ------------------------------------------------------------------ checkpoints
@@ -258,7 +275,7 @@ impl Trainer {
         };
         save("weights.safetensors", &self.weights()?)?;
         save("ema.safetensors", &self.ema)?;
-        save("optimizer.safetensors", &self.optimizer.state())?;
+        save("optimizer.safetensors", &self.optimizer.state()?)?;
         let state = TrainerState {
             step: self.step,
             optimizer_updates: self.optimizer.t,

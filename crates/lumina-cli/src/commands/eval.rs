@@ -14,9 +14,6 @@ use crate::cli::EvalArgs;
 use crate::commands::model_dir;
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let dir = model_dir(args.model.as_deref())?;
-    let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)
-        .with_context(|| format!("loading {}", dir.display()))?;
     let prompts = match &args.prompts {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -35,6 +32,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if prompts.is_empty() || args.seeds == 0 {
         bail!("nothing to evaluate: no prompt or --seeds 0");
     }
+    let dir = model_dir(args.model.as_deref())?;
+    let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)
+        .with_context(|| format!("loading {}", dir.display()))?;
     let mut template = pipeline.default_request(vec![]);
     if let Some(size) = args.size {
         (template.width, template.height) = (size, size);

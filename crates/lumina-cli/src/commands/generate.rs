@@ -5,21 +5,19 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, IndexOp};
 use indicatif::{ProgressBar, ProgressStyle};
-use lumina_pipelines::hub::resolve_model;
+
 use lumina_pipelines::output::{numbered, save_png};
 use lumina_pipelines::pipeline::size_multiple;
 use lumina_pipelines::{Family, Latents, Pipeline, Request};
 
-use crate::cli::{DtypeArg, GenerateArgs};
+use crate::cli::GenerateArgs;
+use crate::commands::{model_dir, BUILT_IN_MODEL_NAME};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let dir = resolve_model(&args.model)?;
+    let dir = model_dir(args.model.as_deref())?;
+    let model_name = args.model.as_deref().unwrap_or(BUILT_IN_MODEL_NAME);
     check_args(args, &dir)?;
-    let dtype = match args.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::Bf16 => DType::BF16,
-        DtypeArg::F16 => DType::F16,
-    };
+    let dtype = DType::from(args.dtype);
     let loaded = Instant::now();
     let pipeline =
         Pipeline::load_with_transformer(&dir, args.transformer.as_deref(), dtype, &Device::Cpu)
@@ -41,7 +39,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             args,
             &request,
             pipeline.family,
-            &args.model,
+            model_name,
             seed + i as u64,
             dtype,
         );

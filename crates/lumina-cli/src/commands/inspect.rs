@@ -4,14 +4,18 @@ use anyhow::{Context, Result};
 use lumina_pipelines::inspect::{inspect, Component, Inspection};
 
 use crate::cli::InspectArgs;
+use crate::default_model;
 use crate::format;
 
 /// Keys listed per category before "… and N more".
 const LIST_LIMIT: usize = 12;
 
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let report =
-        inspect(&args.dir).with_context(|| format!("inspecting {}", args.dir.display()))?;
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => default_model::dir()?,
+    };
+    let report = inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

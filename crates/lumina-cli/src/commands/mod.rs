@@ -7,13 +7,18 @@ pub mod train;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use lumina_pipelines::hub::resolve_model;
 
-/// The model folder of `--model`, or the shipped default model.
+use crate::default_model;
+
+/// What the generation metadata names the built-in model.
+pub const BUILT_IN_MODEL_NAME: &str = "lumina built-in shapes";
+
+/// The model folder of `--model`, or the built-in `shapes` model.
 pub fn model_dir(model: Option<&str>) -> Result<PathBuf> {
     match model {
         Some(spec) => Ok(resolve_model(spec)?),
-        None => bail!("no --model given and this build ships no default model yet"),
+        None => default_model::dir(),
     }
 }

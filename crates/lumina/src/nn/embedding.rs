@@ -31,6 +31,41 @@ pub fn timestep_features(t: &Tensor, dtype: DType) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (ts.len(), TIMESTEP_FEATURES), t.device())?.to_dtype(dtype)?)
 }
 
+/// Fixed sin-cos features of normalised canvas coordinates for an `rows × cols` token grid:
+/// (rows·cols, dim), row-major like the patch sequence. Token (i, j) sits at u = (j + ½)/cols,
+/// v = (i + ½)/rows; with n = dim/4 frequencies f_k = g^(k/(n−1)) from 1 to `grid` g (the
+/// training grid's side), its features are [sin πf·u, cos πf·u, sin πf·v, cos πf·v]. Being a
+/// function of u, v, "the left third" means the same at every resolution.
+pub fn coordinate_features(
+    rows: usize,
+    cols: usize,
+    dim: usize,
+    grid: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let n = dim / 4;
+    let g = grid.max(1) as f64;
+    let freqs: Vec<f64> = (0..n)
+        .map(|k| match n {
+            1 => 1.0,
+            _ => g.powf(k as f64 / (n - 1) as f64),
+        })
+        .map(|f| std::f64::consts::PI * f)
+        .collect();
+    let mut out = Vec::with_capacity(rows * cols * dim);
+    for i in 0..rows {
+        let v = (i as f64 + 0.5) / rows as f64;
+        for j in 0..cols {
+            let u = (j as f64 + 0.5) / cols as f64;
+            for axis in [u, v] {
+                out.extend(freqs.iter().map(|f| (f * axis).sin() as f32));
+                out.extend(freqs.iter().map(|f| (f * axis).cos() as f32));
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (rows * cols, 4 * n), device)?)
+}
+
 /// `linear_2(silu(linear_1(features(t))))` (diffusers `TimestepEmbedding`).
 #[derive(Clone, Debug)]
 pub struct TimestepEmbedder {

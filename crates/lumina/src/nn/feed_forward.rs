@@ -34,9 +34,9 @@ impl FeedForward {
 
     /// `linear_2(silu(linear_1 x) ⊙ linear_3 x)`, SiLU in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = ops::silu_f32(&self.linear_1.forward(x)?)?;
+        let gate = self.linear_1.forward(x)?;
         let up = self.linear_3.forward(x)?;
-        self.linear_2.forward(&(gate * up)?)
+        self.linear_2.forward(&ops::swiglu(&gate, &up)?)
     }
 }
 

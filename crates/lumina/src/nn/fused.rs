@@ -448,12 +448,144 @@ impl CustomOp3 for Rope {
     }
 }
 
+// ----------------------------------------------------------------------------- SwiGLU
+
+/// SiLU as candle computes it (`v / (1 + e^−v)`), so fused and composed agree bit for bit.
+#[inline(always)]
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+/// `y = silu(a) ⊙ b`, the SwiGLU gate.
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (a, b) = (slice(s1, l1, "swiglu a")?, slice(s2, l2, "swiglu b")?);
+        same_len("swiglu", a.len(), b.len())?;
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks(ELEMENTS_PER_TASK)))
+            .for_each(|(y, (a, b))| {
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = silu(a) * b;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let ga = a.apply_op3_no_bwd(b, &g, &SwiGluGradA)?;
+        let gb = a.apply_op2_no_bwd(&g, &SwiGluGradB)?;
+        Ok((Some(ga), Some(gb)))
+    }
+}
+
+/// da = g ⊙ b ⊙ σ(a)·(1 + a·(1 − σ(a))).
+struct SwiGluGradA;
+
+impl CustomOp3 for SwiGluGradA {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-grad-a"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (a, b, g) = (
+            slice(s1, l1, "a")?,
+            slice(s2, l2, "b")?,
+            slice(s3, l3, "grad")?,
+        );
+        same_len("swiglu grad", a.len(), b.len())?;
+        same_len("swiglu grad", a.len(), g.len())?;
+        let mut ga = vec![0f32; a.len()];
+        let n = ELEMENTS_PER_TASK;
+        ga.par_chunks_mut(n)
+            .zip(a.par_chunks(n).zip(b.par_chunks(n).zip(g.par_chunks(n))))
+            .for_each(|(ga, (a, (b, g)))| {
+                for (i, out) in ga.iter_mut().enumerate() {
+                    let s = 1.0 / (1.0 + (-a[i]).exp());
+                    *out = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+                }
+            });
+        Ok((CpuStorage::F32(ga), l1.shape().clone()))
+    }
+}
+
+/// db = g ⊙ silu(a).
+struct SwiGluGradB;
+
+impl CustomOp2 for SwiGluGradB {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-grad-b"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (a, g) = (slice(s1, l1, "a")?, slice(s2, l2, "grad")?);
+        same_len("swiglu grad", a.len(), g.len())?;
+        let mut gb = vec![0f32; a.len()];
+        let n = ELEMENTS_PER_TASK;
+        gb.par_chunks_mut(n)
+            .zip(a.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(gb, (a, g))| {
+                for ((out, &a), &g) in gb.iter_mut().zip(a).zip(g) {
+                    *out = g * silu(a);
+                }
+            });
+        Ok((CpuStorage::F32(gb), l1.shape().clone()))
+    }
+}
+
+/// Elements per rayon task of the elementwise kernels.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+fn same_len(what: &str, a: usize, b: usize) -> CResult<()> {
+    if a != b {
+        candle_core::bail!("{what}: operands of {a} and {b} elements")
+    }
+    Ok(())
+}
+
 // ----------------------------------------------------------------------------- entry points
 
 /// Whether the fused kernels apply: f32 on the CPU.
 pub(crate) fn applies(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.dtype() == candle_core::DType::F32 && t.device().is_cpu())
+}
+
+pub(crate) fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, SwiGlu)?)
 }
 
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {

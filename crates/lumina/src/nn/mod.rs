@@ -11,7 +11,7 @@ mod norm;
 pub mod ops;
 
 pub use attention::{attention, key_bias};
-pub use embedding::{timestep_features, TimestepEmbedder, TIMESTEP_FEATURES};
+pub use embedding::{coordinate_features, timestep_features, TimestepEmbedder, TIMESTEP_FEATURES};
 pub use feed_forward::{swiglu_hidden, FeedForward};
 pub use linear::Linear;
 pub use modulation::{gated_residual, scale, Modulation, NormOut, RmsNormZero};

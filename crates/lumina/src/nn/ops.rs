@@ -101,6 +101,20 @@ pub fn silu_f32(x: &Tensor) -> Result<Tensor> {
     Ok(x.to_dtype(upcast(dtype))?.silu()?.to_dtype(dtype)?)
 }
 
+/// The SwiGLU gate `silu(a) ⊙ b`, SiLU in f32. Same-shaped operands.
+pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused::applies(&[a, b]) && a.dims() == b.dims() {
+        fused::swiglu(a, b)
+    } else {
+        swiglu_composed(a, b)
+    }
+}
+
+/// The reference SwiGLU gate, from differentiable elementary ops.
+pub fn swiglu_composed(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok((silu_f32(a)? * b)?)
+}
+
 /// Rotates adjacent pairs of `x` (B, H, N, Dh) by angles whose cosine and sine are `cos`,
 /// `sin`: `(N, Dh/2)` shared by the batch or `(B, N, Dh/2)` per sample. In f32, cast back.
 pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -195,6 +209,7 @@ mod tests {
             ("layer_norm", Box::new(|x| layer_norm(x, &w, &b, 1e-5))),
             ("rope", Box::new(|x| rope_interleaved(x, &cos, &sin))),
             ("silu", Box::new(silu_f32)),
+            ("swiglu", Box::new(|x| swiglu(x, &(x * 0.7)?.sin()?))),
         ];
         for (name, op) in ops {
             // a Var input selects the composed form, the one being checked
@@ -277,6 +292,12 @@ mod tests {
                 "rope per sample",
                 Box::new(|x, _, _| rope_interleaved(x, &cos_b, &sin_b)),
                 Box::new(|x, _, _| rope_composed(x, &cos_b, &sin_b)),
+            ),
+            (
+                // both operands depend on x, so both gradients are exercised
+                "swiglu",
+                Box::new(|x, _, _| swiglu(x, &(x * 0.7)?.sin()?)),
+                Box::new(|x, _, _| swiglu_composed(x, &(x * 0.7)?.sin()?)),
             ),
         ];
         for (name, fused_op, reference) in pairs {

@@ -30,6 +30,12 @@ pub struct NextDitConfig {
     pub cross_attention_dim: usize,
     /// Stored by diffusers, unused by the forward.
     pub scaling_factor: f64,
+    /// Lumina extension, off in every upstream model: add fixed sin-cos features of each image
+    /// token's *normalised* canvas coordinates after the patch embedder
+    /// ([`crate::nn::coordinate_features`]). RoPE alone tells tokens only their offsets to
+    /// one another; this tells them where on the canvas they are, at any resolution.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub coordinate_embedding: bool,
 }
 
 impl Default for NextDitConfig {
@@ -50,6 +56,7 @@ impl Default for NextDitConfig {
             qk_norm: true,
             cross_attention_dim: 2048,
             scaling_factor: 1.0,
+            coordinate_embedding: false,
         }
     }
 }
@@ -127,6 +134,13 @@ impl NextDitConfig {
 impl Validate for NextDitConfig {
     fn validate(&self) -> Result<()> {
         self.dims().validate()?;
+        if self.coordinate_embedding && self.hidden_size % 4 != 0 {
+            return Err(Error::invalid_config(
+                "hidden_size",
+                self.hidden_size,
+                "the coordinate embedding needs a width divisible by 4",
+            ));
+        }
         if self.head_dim() % 4 != 0 {
             let reason = format!(
                 "2D RoPE needs a head dim divisible by 4, got {}",

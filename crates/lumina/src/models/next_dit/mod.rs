@@ -16,7 +16,7 @@ use super::input::DitInput;
 use super::patch::{patchify, unpatchify, PatchOrder};
 use crate::config::Validate;
 use crate::error::{Error, Result};
-use crate::nn::{key_bias, LayerNorm, Linear, NormOut, TimestepEmbedder};
+use crate::nn::{coordinate_features, key_bias, LayerNorm, Linear, NormOut, TimestepEmbedder};
 use crate::rope::next_dit_table;
 use crate::weights::{Init, Weights};
 
@@ -123,6 +123,14 @@ impl NextDit {
         let x = self
             .patch_embedder
             .forward(&patchify(&latents, p, PatchOrder::ChannelFirst)?)?; // (B, N, D)
+        let x = match cfg.coordinate_embedding {
+            true => {
+                let grid = cfg.sample_size / p;
+                let coords = coordinate_features(h / p, w / p, cfg.hidden_size, grid, x.device())?; // (N, D)
+                x.broadcast_add(&coords.to_dtype(x.dtype())?)?
+            }
+            false => x,
+        };
         let (cos, sin) = next_dit_table(h / p, w / p, cfg.head_dim(), inp.rope, latents.device())?; // (N, Dh/2)
         let temb = self
             .time_caption_embed

@@ -1,0 +1,109 @@
+//! `lumina train` and `lumina eval` end to end on the minute-sized `tiny` preset.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lumina(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lumina"))
+        .args(args)
+        .output()
+        .expect("the lumina binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn log_lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .expect("log.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn train_exports_a_model_that_eval_and_generate_load() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    let run_s = run.to_str().expect("utf-8");
+    let o = lumina(&["train", "--preset", "tiny", "--out", run_s, "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let log = log_lines(&run);
+    let losses: Vec<_> = log.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert_eq!(losses.len(), 30, "one log line per step");
+    assert!(log.last().and_then(|l| l.get("accuracy")).is_some());
+    for file in [
+        "model/model_index.json",
+        "model/train_config.toml",
+        "model/transformer/diffusion_pytorch_model.safetensors",
+        "checkpoint/weights.safetensors",
+        "samples/final.png",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+
+    // a second run into the same folder must not overwrite the first
+    let o = lumina(&["train", "--preset", "tiny", "--out", run_s, "--quiet"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+
+    // resuming goes on from step 30
+    let o = lumina(&["train", "--out", run_s, "--resume", "--steps", "33", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let steps: Vec<u64> = log_lines(&run)
+        .iter()
+        .filter(|l| l.get("loss").is_some())
+        .map(|l| l["step"].as_u64().expect("step"))
+        .collect();
+    assert_eq!(steps[30..], [31, 32, 33]);
+
+    let model = run.join("model");
+    let model_s = model.to_str().expect("utf-8");
+    let grid = tmp.path().join("grid.png");
+    let o = lumina(&[
+        "eval",
+        "--model",
+        model_s,
+        "--per-kind",
+        "2",
+        "--seeds",
+        "2",
+        "--json",
+        "--grid",
+        grid.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(report["total"], 16);
+    assert!(grid.is_file());
+
+    let out = tmp.path().join("x.png");
+    let o = lumina(&[
+        "generate",
+        "--model",
+        model_s,
+        "--prompt",
+        "a small cyan circle on the left",
+        "--output",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn eval_rejects_a_prompt_file_outside_the_grammar_naming_the_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "a red circle\na pink circle\n").expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_lumina"))
+        .env("LUMINA_CACHE_DIR", tmp.path().join("cache"))
+        .args(["eval", "--prompts", prompts.to_str().expect("utf-8")])
+        .output()
+        .expect("the lumina binary runs");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("prompts.txt:2"), "{err}");
+    assert!(err.contains("pink"), "{err}");
+}
