@@ -27,6 +27,43 @@ pub enum Command {
     Train(TrainArgs),
     /// Judge a model on the `shapes` task: accuracy overall and per prompt kind.
     Eval(EvalArgs),
+    /// Measure this CPU's peak, then Next-DiT blocks and denoising steps at the 2B config.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Image tokens per forward (square token grids: 256, 1024, 4096, …).
+    #[arg(long, value_delimiter = ',', default_values_t = [256, 1024, 4096])]
+    pub tokens: Vec<usize>,
+
+    /// Compute dtypes, each measured in a process of its own (clean resident-memory figures).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [DtypeArg::F32, DtypeArg::Bf16])]
+    pub dtype: Vec<DtypeArg>,
+
+    /// Blocks of the model (default: the 2B config's 24); fewer for a quick look.
+    #[arg(long)]
+    pub layers: Option<usize>,
+
+    /// Caption tokens the cross-attention reads (Lumina-Next's Gemma prompts: up to 128).
+    #[arg(long, default_value_t = 128)]
+    pub caption_tokens: usize,
+
+    /// Timed forwards per size; the fastest counts.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+
+    /// Seconds each peak probe runs.
+    #[arg(long, default_value_t = 1.0)]
+    pub probe_seconds: f64,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Internal: run one dtype in this process and print its results as JSON.
+    #[arg(long, hide = true)]
+    pub child: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@
 //! - [`weights`]: safetensors model folders (mmap, sharded) and seeded random weights, with a
 //!   key audit.
 //! - [`nn`]: the layers, each mirroring a diffusers module and its checkpoint keys.
+//! - [`kernels`]: hand-written CPU kernels (tiled attention, peak probes) beside references.
 //! - [`rope`]: the RoPE tables of both families.
 //! - [`models`]: [`models::NextDit`] and [`models::Lumina2Dit`], one forward each.
 //! - [`sample`]: time grids, ODE solvers, guidance — pure functions over a
@@ -56,6 +57,7 @@ pub mod config;
 pub mod denoiser;
 pub mod error;
 pub mod fixtures;
+pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod rope;

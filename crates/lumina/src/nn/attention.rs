@@ -22,6 +22,9 @@ pub fn key_bias(mask: &Tensor) -> Result<Tensor> {
 /// heads, like diffusers' `unsqueeze(3).repeat(…).flatten(2, 3)`. The grouping is done by
 /// folding the query heads of a group into the sequence axis, so K and V are never copied.
 /// Scores and softmax are computed in f32. Returns (B, H, N, Dh).
+///
+/// On the CPU, when no input needs a gradient, this runs [`crate::kernels::flash_attention`];
+/// otherwise the composed, differentiable form below.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -37,6 +40,11 @@ pub fn attention(
             format!("query heads a multiple of kv heads ({h_kv})"),
             h.to_string(),
         ));
+    }
+    if q.device().is_cpu() && !(q.track_op() || k.track_op() || v.track_op()) {
+        // inference: tiled online softmax, no (N, M) score matrix
+        let bias = bias.map(|t| t.flatten_all()).transpose()?;
+        return crate::kernels::flash_attention(q, k, v, bias.as_ref(), scale);
     }
     let rep = h / h_kv;
     let dtype = q.dtype();
@@ -67,6 +75,9 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (b, h_kv, m, dh), &dev)?;
         let mask = Tensor::new(&[[1u8, 1, 1, 0, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], &dev)?;
         let got = attention(&q, &k, &v, Some(&key_bias(&mask)?), 0.5)?;
+        // a variable query takes the composed, differentiable path instead of the fused one
+        let q_var = candle_core::Var::from_tensor(&q)?;
+        let composed = attention(q_var.as_tensor(), &k, &v, Some(&key_bias(&mask)?), 0.5)?;
         let rep = h / h_kv;
         let k_rep = k
             .unsqueeze(2)?
@@ -82,12 +93,14 @@ mod tests {
             D::Minus1,
         )?;
         let want = p.matmul(&v_rep)?;
-        let diff = (got - want)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "{diff}");
+        for (path, got) in [("fused", got), ("composed", composed)] {
+            let diff = (got - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "{path}: {diff}");
+        }
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! The linear layer. Weight stored `(out, in)` like every PyTorch checkpoint.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
+use crate::kernels::bf16_gemm;
 use crate::weights::{Init, Weights};
 
 #[derive(Clone, Debug)]
@@ -46,7 +47,12 @@ impl Linear {
         // Parameters may be stored narrower than the activations (a bf16 checkpoint computed
         // in f32): widen one matrix at a time instead of holding a wide copy of the model.
         let w = self.weight.to_dtype(x.dtype())?;
-        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?; // (M, out)
+        let x = x.reshape((rows, in_dim))?; // (M, in)
+        let y = if use_bf16_kernel(&x, &w) {
+            crate::kernels::bf16_gemm::bf16_linear(&x, &w)?
+        } else {
+            x.matmul(&w.t()?)?
+        }; // (M, out)
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
@@ -55,4 +61,14 @@ impl Linear {
         out_dims.push(self.out_dim());
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// bf16 inference on a CPU with AVX-512 BF16 runs the `vdpbf16ps` kernel; training (inputs
+/// that track gradients), other dtypes and other CPUs take candle's matmul.
+fn use_bf16_kernel(x: &Tensor, w: &Tensor) -> bool {
+    x.dtype() == DType::BF16
+        && w.dtype() == DType::BF16
+        && x.device().is_cpu()
+        && !(x.track_op() || w.track_op())
+        && bf16_gemm::available()
 }

@@ -106,6 +106,16 @@ impl NextDit {
     /// The velocity (and, with `learn_sigma`, the unused σ channels after it):
     /// (B, C, H, W) → (B, C_out, H, W).
     pub fn forward(&self, inp: &DitInput) -> Result<Tensor> {
+        self.forward_observed(inp, |_| {})
+    }
+
+    /// [`NextDit::forward`], calling `after_layer(i)` as soon as block `i` is done (benchmarks
+    /// time the blocks of a real forward with it).
+    pub fn forward_observed(
+        &self,
+        inp: &DitInput,
+        mut after_layer: impl FnMut(usize),
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let p = cfg.patch_size;
         let (_, h, w) = inp.check(cfg.in_channels, p, cfg.cross_attention_dim)?;
@@ -144,8 +154,9 @@ impl NextDit {
             self_scale: inp.self_attention_scale(n, cfg.head_dim()),
         };
         let mut x = x;
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &ctx)?; // (B, N, D)
+            after_layer(i);
         }
         let x = self.norm_out.forward(&x, &temb)?; // (B, N, p·p·C_out)
         unpatchify(&x, h, w, p) // (B, C_out, H, W)

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""PyTorch side of `lumina bench`: times diffusers' LuminaNextDiT2DModel at the same config,
+token counts, dtypes and thread count, and prints the ratio table against a `lumina bench
+--json` report.
+
+    cargo run --release -- bench --json > lumina.json
+    python3 bench/torch_reference.py --compare lumina.json          # README table
+    python3 bench/torch_reference.py --tokens 1024 --dtype bf16     # PyTorch alone
+
+It makes its own virtual environment (bench/.venv, or $LUMINA_BENCH_VENV when that points to
+one that already has torch and diffusers) and re-runs itself there. Each dtype runs in a
+process of its own, like the Rust bench. Definitions match `lumina bench`: a *step* is one
+transformer forward at batch 1; a *block* the median block of that forward (forward hooks);
+a *linear* the SwiGLU's D -> ffn projection; FLOPs are counted by the same formula.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REQUIREMENTS = ["torch==2.15.*", "diffusers==0.42.*", "transformers", "accelerate"]
+
+# Lumina-Next 2B (diffusers scripts/convert_lumina_to_diffusers.py, NextDiT_2B_GQA_patch2)
+CONFIG_2B = dict(sample_size=128, patch_size=2, in_channels=4, hidden_size=2304, num_layers=24,
+                 num_attention_heads=32, num_kv_heads=8, multiple_of=256, ffn_dim_multiplier=None,
+                 norm_eps=1e-5, learn_sigma=True, qk_norm=True, cross_attention_dim=2048,
+                 scaling_factor=1.0)
+
+
+def ensure_venv() -> None:
+    """Re-executes this script inside a virtual environment with torch and diffusers."""
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+        return
+    except ImportError:
+        pass
+    venv = Path(os.environ.get("LUMINA_BENCH_VENV", HERE / ".venv"))
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"creating {venv} with {' '.join(REQUIREMENTS)} …", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *REQUIREMENTS], check=True)
+    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+def ffn_hidden(cfg: dict) -> int:
+    hidden = int(2 * 4 * cfg["hidden_size"] / 3)
+    if cfg["ffn_dim_multiplier"] is not None:
+        hidden = int(cfg["ffn_dim_multiplier"] * hidden)
+    m = cfg["multiple_of"]
+    return m * ((hidden + m - 1) // m)
+
+
+def flops(cfg: dict, n: int, l: int) -> tuple[float, float]:
+    """The same count as `lumina bench` (crates/lumina-cli/src/commands/bench.rs)."""
+    d = cfg["hidden_size"]
+    dh = d // cfg["num_attention_heads"]
+    dkv = cfg["num_kv_heads"] * dh
+    cap, f = cfg["cross_attention_dim"], ffn_hidden(cfg)
+    dc = min(d, 1024)
+    block = (2 * n * (d * d + 2 * d * dkv) + 2 * l * cap * 2 * dkv + 4 * n * n * d + 4 * n * l * d
+             + 2 * n * d * d + 2 * n * 3 * d * f + 2 * dc * 4 * d)
+    p2 = cfg["patch_size"] ** 2
+    out_ch = cfg["in_channels"] * (2 if cfg["learn_sigma"] else 1)
+    step = cfg["num_layers"] * block + 2 * n * p2 * cfg["in_channels"] * d + 2 * n * d * p2 * out_ch
+    return float(block), float(step)
+
+
+def rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(args: argparse.Namespace, dtype_name: str) -> dict:
+    import torch
+    from diffusers import LuminaNextDiT2DModel
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    torch.set_num_threads(args.threads)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    cfg = dict(CONFIG_2B)
+    if args.layers:
+        cfg["num_layers"] = args.layers
+    name = "next-dit-2b" if not args.layers else f"next-dit-2b/{args.layers}-layers"
+    before = rss_bytes("VmRSS")
+    print(f"torch {dtype_name}: building {name} with random weights…", file=sys.stderr)
+    with torch.device("cpu"):
+        torch.set_default_dtype(dtype)
+        model = LuminaNextDiT2DModel(**cfg).eval()
+        torch.set_default_dtype(torch.float32)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    loaded = rss_bytes("VmRSS")
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    rope = get_2d_rotary_pos_embed_lumina(head_dim, 384, 384)
+    results = []
+    for n in args.tokens:
+        side = int(round(n ** 0.5)) * cfg["patch_size"]
+        x = torch.randn(1, cfg["in_channels"], side, side, dtype=dtype)
+        t = torch.tensor([0.5], dtype=dtype)
+        cap = torch.randn(1, args.caption_tokens, cfg["cross_attention_dim"], dtype=dtype)
+        mask = torch.ones(1, args.caption_tokens, dtype=torch.bool)
+        blocks: list[float] = []
+        marks: dict[int, float] = {}
+
+        def pre(i):
+            return lambda *_: marks.__setitem__(i, time.perf_counter())
+
+        def post(i):
+            return lambda *_: blocks.append(time.perf_counter() - marks[i])
+
+        hooks = []
+        for i, layer in enumerate(model.layers):
+            hooks.append(layer.register_forward_pre_hook(pre(i)))
+            hooks.append(layer.register_forward_hook(post(i)))
+        best_step, best_block = float("inf"), float("inf")
+        with torch.no_grad():
+            for _ in range(args.repeat):
+                blocks.clear()
+                start = time.perf_counter()
+                model(x, t, cap, mask, rope, cross_attention_kwargs={}, return_dict=False)
+                best_step = min(best_step, time.perf_counter() - start)
+                best_block = min(best_block, sorted(blocks)[len(blocks) // 2])
+            for h in hooks:
+                h.remove()
+            lin = model.layers[0].feed_forward.linear_1
+            xl = torch.randn(n, cfg["hidden_size"], dtype=dtype)
+            best_linear = float("inf")
+            for _ in range(max(3, args.repeat)):
+                start = time.perf_counter()
+                lin(xl)
+                best_linear = min(best_linear, time.perf_counter() - start)
+        block_f, step_f = flops(cfg, n, args.caption_tokens)
+        linear_f = 2.0 * n * cfg["hidden_size"] * ffn_hidden(cfg)
+        for what, secs, f in [("linear", best_linear, linear_f), ("block", best_block, block_f),
+                              ("step", best_step, step_f)]:
+            print(f"torch {dtype_name} {n:>5} tokens {what:<6} {secs * 1e3:>10.1f} ms "
+                  f"{f / secs / 1e9:>7.1f} GFLOP/s", file=sys.stderr)
+            results.append(dict(name=what, config=name, tokens=n, dtype=dtype_name, ms=secs * 1e3,
+                                gflops=f / secs / 1e9))
+    memory = dict(dtype=dtype_name, config=name, weight_bytes=weight_bytes,
+                  rss_model_bytes=max(0, loaded - before), peak_rss_bytes=rss_bytes("VmHWM"))
+    return dict(results=results, memory=memory)
+
+
+def compare(ours: dict, theirs: dict) -> str:
+    """Markdown: time of lumina / time of PyTorch per (what, tokens, dtype)."""
+    index = {(r["name"], r["tokens"], r["dtype"]): r for r in theirs["results"]}
+    rows = ["| what | tokens | dtype | lumina ms | PyTorch ms | lumina / PyTorch |",
+            "|---|---:|---|---:|---:|---:|"]
+    for r in ours["results"]:
+        t = index.get((r["name"], r["tokens"], r["dtype"]))
+        if t is None:
+            continue
+        rows.append(f"| {r['name']} | {r['tokens']} | {r['dtype']} | {r['ms']:.1f} | {t['ms']:.1f} | "
+                    f"{r['ms'] / t['ms']:.2f}× |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", default="256,1024,4096")
+    p.add_argument("--dtype", default="f32,bf16")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--caption-tokens", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--compare", type=Path, help="a `lumina bench --json` report: run its sizes and print ratios")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    ours = None
+    if args.compare:
+        ours = json.loads(args.compare.read_text())
+        args.tokens = ",".join(sorted({str(r["tokens"]) for r in ours["results"]}, key=int))
+        args.dtype = ",".join(dict.fromkeys(r["dtype"] for r in ours["results"]))
+        configs = {r["config"] for r in ours["results"]}
+        layered = [c for c in configs if "/" in c]
+        if layered:
+            args.layers = int(layered[0].split("/")[1].split("-")[0])
+    args.tokens = [int(t) for t in str(args.tokens).split(",")]
+    ensure_venv()
+    if args.child:
+        print(json.dumps(measure(args, args.dtype)))
+        return
+    results, memory = [], []
+    for dtype in args.dtype.split(","):
+        cmd = [sys.executable, __file__, "--child", "--dtype", dtype, "--threads", str(args.threads),
+               "--tokens", ",".join(map(str, args.tokens)), "--caption-tokens", str(args.caption_tokens),
+               "--repeat", str(args.repeat)]
+        if args.layers:
+            cmd += ["--layers", str(args.layers)]
+        out = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+        results += out["results"]
+        memory.append(out["memory"])
+    import torch
+    theirs = dict(torch=torch.__version__, threads=args.threads, results=results, memory=memory)
+    if ours is None:
+        print(json.dumps(theirs))
+    else:
+        print(compare(ours, theirs))
+
+
+if __name__ == "__main__":
+    main()

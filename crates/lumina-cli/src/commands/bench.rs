@@ -1,0 +1,308 @@
+//! `lumina bench`: this CPU's arithmetic peak, then Next-DiT blocks and full denoising steps at
+//! the Lumina-Next 2B config (random weights), for each dtype and token count, in one run.
+//!
+//! A *step* is one transformer forward at batch 1 (one solver evaluation without CFG; with
+//! CFG a sampler step costs two). A *block* is the median block of that same forward, timed
+//! as it runs. A *linear* is the block's largest matmul (SwiGLU's D → ffn projection) alone.
+//! Each dtype runs in a child process, so its resident memory is its own.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use lumina::kernels::probe::{peak_gflops, Arith};
+use lumina::config::Validate;
+use lumina::kernels::Isa;
+use lumina::nn::Linear;
+use lumina::weights::Init;
+use lumina::{DitInput, NextDit, NextDitConfig, Weights};
+use serde_json::{json, Value};
+
+use crate::cli::{BenchArgs, DtypeArg};
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    for &n in &args.tokens {
+        if square_side(n).is_none() {
+            bail!("--tokens {n}: expected a square number of tokens (256, 1024, 4096, …)");
+        }
+    }
+    if args.repeat == 0 {
+        bail!("--repeat 0: expected at least one timed forward");
+    }
+    if args.child {
+        let [dtype] = args.dtype[..] else {
+            bail!("a bench child runs exactly one dtype");
+        };
+        println!("{}", measure_dtype(args, dtype)?);
+        return Ok(());
+    }
+    let threads = rayon_threads();
+    eprintln!(
+        "probing peak arithmetic on {threads} threads ({})…",
+        Isa::detect().describe()
+    );
+    let peak = |a| peak_gflops(a, threads, args.probe_seconds);
+    let peaks = json!({
+        "f32": peak(Arith::F32),
+        "bf16": peak(Arith::Bf16),
+        "int8": peak(Arith::Int8),
+    });
+    let mut results = Vec::new();
+    let mut memory = Vec::new();
+    for &dtype in &args.dtype {
+        let child = run_child(args, dtype)?;
+        results.extend(child["results"].as_array().cloned().unwrap_or_default());
+        memory.push(child["memory"].clone());
+    }
+    let report = json!({
+        "isa": Isa::detect().describe(),
+        "threads": threads,
+        "peak_gflops": peaks,
+        "results": results,
+        "memory": memory,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn square_side(n: usize) -> Option<usize> {
+    let s = (n as f64).sqrt().round() as usize;
+    (s > 0 && s * s == n).then_some(s)
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn dtype_name(d: DtypeArg) -> &'static str {
+    match d {
+        DtypeArg::F32 => "f32",
+        DtypeArg::Bf16 => "bf16",
+        DtypeArg::F16 => "f16",
+    }
+}
+
+/// Re-runs this binary for one dtype and parses the JSON it prints.
+fn run_child(args: &BenchArgs, dtype: DtypeArg) -> Result<Value> {
+    let exe = std::env::current_exe().context("locating the lumina binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("bench")
+        .arg("--child")
+        .arg("--dtype")
+        .arg(dtype_name(dtype))
+        .arg("--tokens")
+        .arg(
+            args.tokens
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .arg("--caption-tokens")
+        .arg(args.caption_tokens.to_string())
+        .arg("--repeat")
+        .arg(args.repeat.to_string());
+    if let Some(layers) = args.layers {
+        cmd.arg("--layers").arg(layers.to_string());
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the bench child")?;
+    if !out.status.success() {
+        bail!("the {} bench failed ({})", dtype_name(dtype), out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("reading the bench child's JSON")
+}
+
+/// Loads the model in `dtype`, then times one forward per token count.
+fn measure_dtype(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<Value> {
+    let dtype = DType::from(dtype_arg);
+    let name = dtype_name(dtype_arg);
+    let mut cfg = NextDitConfig::next_dit_2b();
+    if let Some(layers) = args.layers {
+        cfg.num_layers = layers;
+    }
+    cfg.validate()?;
+    let config_name = match args.layers {
+        None => "next-dit-2b".to_string(),
+        Some(l) => format!("next-dit-2b/{l}-layers"),
+    };
+    let dev = Device::Cpu;
+    let rss_before = proc_status_bytes("VmRSS");
+    eprintln!("{name}: building {config_name} with random weights…");
+    let weights = Weights::random(0, dtype, &dev);
+    let model = NextDit::load(&cfg, &weights)?;
+    let weight_bytes = weights.parameter_count() * dtype.size_in_bytes() as u64;
+    let rss_loaded = proc_status_bytes("VmRSS");
+    // the largest matmul of a block: the SwiGLU's input projection, D → ffn
+    let ffn_in = Linear::load(
+        &Weights::random(1, dtype, &dev).pp("w1"),
+        cfg.hidden_size,
+        cfg.ffn_hidden(),
+        false,
+        Init::XavierUniform,
+    )?;
+    let mut results = Vec::new();
+    for &n in &args.tokens {
+        let side = square_side(n).unwrap_or(1) * cfg.patch_size;
+        let latents = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, side, side), &dev)?;
+        let t = Tensor::new(&[0.5f32], &dev)?;
+        let caption = Tensor::randn(
+            0f32,
+            1.0,
+            (1, args.caption_tokens, cfg.cross_attention_dim),
+            &dev,
+        )?;
+        let mask = Tensor::ones((1, args.caption_tokens), DType::U8, &dev)?;
+        let inp = DitInput::new(&latents, &t, &caption, &mask);
+        let (mut best_step, mut best_block) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..args.repeat {
+            let mut blocks = Vec::with_capacity(cfg.num_layers);
+            let start = Instant::now();
+            let mut last = start;
+            model.forward_observed(&inp, |_| {
+                let now = Instant::now();
+                blocks.push((now - last).as_secs_f64());
+                last = now;
+            })?;
+            best_step = best_step.min(start.elapsed().as_secs_f64());
+            // the first block also carries the embedders; the median skips it
+            blocks.sort_by(f64::total_cmp);
+            best_block = best_block.min(blocks[blocks.len() / 2]);
+        }
+        let (block_flops, step_flops) = flops(&cfg, n, args.caption_tokens);
+        let (linear_secs, linear_flops) = time_linear(&ffn_in, n, dtype, args.repeat)?;
+        for (what, secs, f) in [
+            ("linear", linear_secs, linear_flops),
+            ("block", best_block, block_flops),
+            ("step", best_step, step_flops),
+        ] {
+            eprintln!(
+                "{name} {n:>5} tokens {what:<5} {:>10.1} ms {:>7.1} GFLOP/s",
+                secs * 1e3,
+                f / secs / 1e9
+            );
+            results.push(json!({
+                "name": what,
+                "config": config_name,
+                "tokens": n,
+                "dtype": name,
+                "ms": secs * 1e3,
+                "gflops": f / secs / 1e9,
+            }));
+        }
+    }
+    Ok(json!({
+        "results": results,
+        "memory": {
+            "dtype": name,
+            "config": config_name,
+            "weight_bytes": weight_bytes,
+            "rss_model_bytes": rss_loaded.saturating_sub(rss_before),
+            "peak_rss_bytes": proc_status_bytes("VmHWM"),
+        },
+    }))
+}
+
+/// The fastest of `repeat` (at least 3) passes of `tokens` rows through `linear`.
+fn time_linear(linear: &Linear, tokens: usize, dtype: DType, repeat: usize) -> Result<(f64, f64)> {
+    let (in_dim, out_dim) = (linear.weight().dim(1)?, linear.out_dim());
+    let x = Tensor::randn(0f32, 1.0, (tokens, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat.max(3) {
+        let start = Instant::now();
+        linear.forward(&x)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok((best, 2.0 * (tokens * in_dim * out_dim) as f64))
+}
+
+/// FLOPs of one block and of one forward at batch 1: 2·(multiply-adds) of every matmul,
+/// attention's two products included (norms, activations and RoPE are not counted).
+fn flops(cfg: &NextDitConfig, tokens: usize, caption: usize) -> (f64, f64) {
+    let (n, l) = (tokens as f64, caption as f64);
+    let d = cfg.hidden_size as f64;
+    let dkv = (cfg.kv_heads() * cfg.head_dim()) as f64;
+    let cap = cfg.cross_attention_dim as f64;
+    let ffn = cfg.ffn_hidden() as f64;
+    let dc = cfg.cond_dim() as f64;
+    let block = 2.0 * n * (d * d + 2.0 * d * dkv) // q, k, v
+        + 2.0 * l * cap * 2.0 * dkv // caption k, v
+        + 4.0 * n * n * d // self-attention: q kᵀ and p v
+        + 4.0 * n * l * d // cross-attention
+        + 2.0 * n * d * d // output projection
+        + 2.0 * n * 3.0 * d * ffn // SwiGLU
+        + 2.0 * dc * 4.0 * d; // adaLN modulation
+    let p2 = (cfg.patch_size * cfg.patch_size) as f64;
+    let step = cfg.num_layers as f64 * block
+        + 2.0 * n * p2 * cfg.in_channels as f64 * d // patch embedder
+        + 2.0 * n * d * p2 * cfg.out_channels() as f64; // final layer
+    (block, step)
+}
+
+/// A `/proc/self/status` field in bytes (0 where there is no procfs).
+fn proc_status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+            rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn print_table(report: &Value) {
+    let peak = &report["peak_gflops"];
+    let show = |v: &Value| v.as_f64().map_or("n/a".to_string(), |g| format!("{g:.0}"));
+    println!(
+        "peak ({} threads, {}): f32 {} GFLOP/s · bf16 {} GFLOP/s · int8 {} GOP/s",
+        report["threads"],
+        report["isa"].as_str().unwrap_or(""),
+        show(&peak["f32"]),
+        show(&peak["bf16"]),
+        show(&peak["int8"])
+    );
+    println!(
+        "\n| what | config | tokens | dtype | ms | GFLOP/s | % of peak |\n|---|---|---|---|---:|---:|---:|"
+    );
+    for r in report["results"].as_array().into_iter().flatten() {
+        let dtype = r["dtype"].as_str().unwrap_or("");
+        let gflops = r["gflops"].as_f64().unwrap_or(0.0);
+        let pct = peak[dtype]
+            .as_f64()
+            .map_or("n/a".into(), |p| format!("{:.0} %", 100.0 * gflops / p));
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {:.0} | {} |",
+            r["name"].as_str().unwrap_or(""),
+            r["config"].as_str().unwrap_or(""),
+            r["tokens"],
+            dtype,
+            r["ms"].as_f64().unwrap_or(0.0),
+            gflops,
+            pct
+        );
+    }
+    println!("\n| dtype | weights | resident after load | ratio | peak resident |\n|---|---:|---:|---:|---:|");
+    for m in report["memory"].as_array().into_iter().flatten() {
+        let gib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        let w = gib(&m["weight_bytes"]);
+        let rss = gib(&m["rss_model_bytes"]);
+        println!(
+            "| {} | {w:.2} GiB | {rss:.2} GiB | {:.2}× | {:.2} GiB |",
+            m["dtype"].as_str().unwrap_or(""),
+            rss / w.max(1e-9),
+            gib(&m["peak_rss_bytes"])
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! Hand-written CPU kernels for inference, each beside a plain reference it is tested against:
+//!
+//! - [`flash`]: attention that never materialises the N×M score matrix (tiled, online softmax).
+//! - [`bf16_gemm`]: bf16 × bf16 → f32-accumulated linear layers on `vdpbf16ps`.
+//! - [`probe`]: this machine's arithmetic peak (f32 FMA, bf16 dot, int8 VNNI), the yardstick
+//!   `lumina bench` reports against.
+//!
+//! Instruction sets are detected at run time ([`Isa::detect`]): one portable binary uses
+//! AVX-512 where the CPU has it and plain Rust elsewhere.
+
+pub mod bf16_gemm;
+pub mod flash;
+mod math;
+pub mod probe;
+
+pub use flash::flash_attention;
+
+/// The CPU features these kernels can use, detected once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Isa {
+    /// AVX-512 foundation (512-bit FMA).
+    pub avx512f: bool,
+    /// `vdpbf16ps`: bf16 pair dot products into f32.
+    pub avx512_bf16: bool,
+    /// `vpdpbusd`: u8×i8 quad dot products into i32.
+    pub avx512_vnni: bool,
+}
+
+impl Isa {
+    pub fn detect() -> Self {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let f = std::arch::is_x86_feature_detected!("avx512f");
+                Isa {
+                    avx512f: f,
+                    avx512_bf16: f && std::arch::is_x86_feature_detected!("avx512bf16"),
+                    avx512_vnni: f
+                        && std::arch::is_x86_feature_detected!("avx512vnni")
+                        && std::arch::is_x86_feature_detected!("avx512bw"),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                Isa {
+                    avx512f: false,
+                    avx512_bf16: false,
+                    avx512_vnni: false,
+                }
+            }
+        })
+    }
+
+    /// A short description, e.g. `avx512f+bf16+vnni` or `portable`.
+    pub fn describe(&self) -> String {
+        if !self.avx512f {
+            return "portable".into();
+        }
+        let mut s = String::from("avx512f");
+        if self.avx512_bf16 {
+            s.push_str("+bf16");
+        }
+        if self.avx512_vnni {
+            s.push_str("+vnni");
+        }
+        s
+    }
+}
