@@ -2,6 +2,7 @@
 //!
 //! - [`flash`]: attention that never materialises the N×M score matrix (tiled, online softmax).
 //! - [`bf16_gemm`]: bf16 × bf16 → f32-accumulated linear layers on `vdpbf16ps`.
+//! - [`modulate`]: RMSNorm fused with adaLN scaling and with the tanh-gated residual.
 //! - [`probe`]: this machine's arithmetic peak (f32 FMA, bf16 dot, int8 VNNI), the yardstick
 //!   `lumina bench` reports against.
 //!
@@ -11,6 +12,7 @@
 pub mod bf16_gemm;
 pub mod flash;
 mod math;
+pub mod modulate;
 pub mod probe;
 
 pub use flash::flash_attention;

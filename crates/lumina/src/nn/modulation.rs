@@ -41,7 +41,7 @@ impl RmsNormZero {
             scale_mlp: chunks[2].clone(),
             gate_mlp: chunks[3].clone(),
         };
-        let xn = scale(&self.norm.forward(x)?, &m.scale_msa)?;
+        let xn = self.norm.forward_scaled(x, &m.scale_msa)?;
         Ok((xn, m))
     }
 }

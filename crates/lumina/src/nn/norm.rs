@@ -2,7 +2,8 @@
 
 use candle_core::{DType, Tensor};
 
-use super::ops;
+use super::{gated_residual, ops, scale};
+use crate::kernels::modulate;
 use crate::error::Result;
 use crate::weights::{Init, Weights};
 
@@ -23,6 +24,26 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::rms_norm(x, &self.weight.to_dtype(x.dtype())?, self.eps)
+    }
+
+    /// `RMSNorm(x)·(1 + s)` for `x` (B, N, D) and `s` (B, D): adaLN scaling, one fused pass
+    /// at inference.
+    pub fn forward_scaled(&self, x: &Tensor, s: &Tensor) -> Result<Tensor> {
+        if modulate::applies(&[x, s]) && !self.weight.track_op() {
+            modulate::rms_scale(x, &self.weight, s, self.eps)
+        } else {
+            scale(&self.forward(x)?, s)
+        }
+    }
+
+    /// `x + tanh(g)·RMSNorm(y)` for `x`, `y` (B, N, D) and `g` (B, D): the gated residual of a
+    /// sandwich-normed branch, one fused pass at inference.
+    pub fn gated_residual(&self, x: &Tensor, g: &Tensor, y: &Tensor) -> Result<Tensor> {
+        if modulate::applies(&[x, y, g]) && !self.weight.track_op() {
+            modulate::rms_gated_residual(x, y, &self.weight, g, self.eps)
+        } else {
+            gated_residual(x, g, &self.forward(y)?)
+        }
     }
 }
 

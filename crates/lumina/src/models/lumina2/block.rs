@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use super::Lumina2Config;
 use crate::error::Result;
 use crate::nn::ops::rope_interleaved;
-use crate::nn::{attention, gated_residual, scale, FeedForward, Linear, RmsNorm, RmsNormZero};
+use crate::nn::{attention, FeedForward, Linear, RmsNorm, RmsNormZero};
 use crate::weights::{Init, Weights};
 
 /// What one block call needs besides its input.
@@ -90,13 +90,11 @@ impl Lumina2Block {
         match &self.norm1 {
             Norm1::Modulated(norm1) => {
                 let (xn, m) = norm1.forward(x, inp.temb)?; // (B, N, D)
-                let attn = self.norm2.forward(&self.attention(&xn, inp)?)?;
-                let x = gated_residual(x, &m.gate_msa, &attn)?;
-                let ffn_in = scale(&self.ffn_norm1.forward(&x)?, &m.scale_mlp)?;
-                let ffn = self
-                    .ffn_norm2
-                    .forward(&self.feed_forward.forward(&ffn_in)?)?;
-                gated_residual(&x, &m.gate_mlp, &ffn)
+                let attn = self.attention(&xn, inp)?; // (B, N, D)
+                let x = self.norm2.gated_residual(x, &m.gate_msa, &attn)?;
+                let ffn_in = self.ffn_norm1.forward_scaled(&x, &m.scale_mlp)?;
+                let ffn = self.feed_forward.forward(&ffn_in)?; // (B, N, D)
+                self.ffn_norm2.gated_residual(&x, &m.gate_mlp, &ffn)
             }
             Norm1::Plain(norm1) => {
                 let attn = self.attention(&norm1.forward(x)?, inp)?;

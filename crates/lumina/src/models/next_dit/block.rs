@@ -11,7 +11,7 @@ use super::NextDitConfig;
 use crate::error::Result;
 use crate::nn::ops::rope_interleaved;
 use crate::nn::{
-    attention, gated_residual, same_values, scale, FeedForward, LayerNorm, Linear, RmsNorm,
+    attention, same_values, FeedForward, LayerNorm, Linear, RmsNorm,
     RmsNormZero,
 };
 use crate::weights::{Init, Weights};
@@ -148,12 +148,10 @@ impl NextDitBlock {
     pub(super) fn forward(&self, x: &Tensor, ctx: &BlockContext) -> Result<Tensor> {
         let (xn, m) = self.norm1.forward(x, ctx.temb)?; // (B, N, D)
         let attn = self.attention(&xn, ctx)?; // (B, N, D)
-        let x = gated_residual(x, &m.gate_msa, &self.norm2.forward(&attn)?)?;
-        let ffn_in = scale(&self.ffn_norm1.forward(&x)?, &m.scale_mlp)?;
-        let ffn = self
-            .ffn_norm2
-            .forward(&self.feed_forward.forward(&ffn_in)?)?;
-        gated_residual(&x, &m.gate_mlp, &ffn)
+        let x = self.norm2.gated_residual(x, &m.gate_msa, &attn)?; // (B, N, D)
+        let ffn_in = self.ffn_norm1.forward_scaled(&x, &m.scale_mlp)?;
+        let ffn = self.feed_forward.forward(&ffn_in)?; // (B, N, D)
+        self.ffn_norm2.gated_residual(&x, &m.gate_mlp, &ffn)
     }
 
     /// Self-attention over image tokens plus tanh-gated cross-attention to the caption, summed
