@@ -240,7 +240,7 @@ impl TrainConfig {
                 "smaller than the task's vocabulary",
             );
         }
-        if self.data.side == 0 || self.data.side % self.transformer.patch_size != 0 {
+        if self.data.side == 0 || !self.data.side.is_multiple_of(self.transformer.patch_size) {
             return bad("data.side", "must be a positive multiple of the patch size");
         }
         if !(0.0..1.0).contains(&self.data.caption_dropout) {

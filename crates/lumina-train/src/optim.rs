@@ -131,7 +131,7 @@ impl AdamW {
 
     /// The factor decoupled weight decay multiplies a parameter by, if it decays.
     fn keep(&self, var: &Var, lr: f64) -> Option<f64> {
-        (decays(var) && self.cfg.weight_decay > 0.0).then(|| 1.0 - lr * self.cfg.weight_decay)
+        (decays(var) && self.cfg.weight_decay > 0.0).then_some(1.0 - lr * self.cfg.weight_decay)
     }
 
     fn update_composed(

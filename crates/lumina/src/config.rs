@@ -172,7 +172,7 @@ fn positive(field: &'static str, value: f64) -> Result<()> {
 
 /// `value % divisor == 0`.
 fn divisible(field: &'static str, value: usize, divisor: usize, by: &str) -> Result<()> {
-    if divisor == 0 || value % divisor != 0 {
+    if divisor == 0 || !value.is_multiple_of(divisor) {
         return Err(Error::invalid_config(
             field,
             value,

@@ -46,7 +46,7 @@ impl WordEncoderConfig {
                 "vocab_size, max_length, hidden_size and num_attention_heads must be >= 1".into(),
             ));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(bad(format!(
                 "hidden_size {} must be a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

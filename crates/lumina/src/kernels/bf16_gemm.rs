@@ -41,7 +41,7 @@ pub fn bf16_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     {
         return Err(Error::input(
             "bf16 linear operands",
-            format!("x (M, K) and w (N, K) in bf16 with equal K"),
+            "x (M, K) and w (N, K) in bf16 with equal K",
             format!(
                 "x {:?} {:?}, w {:?} {:?}",
                 x.dims(),
@@ -87,7 +87,11 @@ impl CustomOp2 for Bf16Linear {
             candle_core::bail!("bf16 linear takes (M, K) and (N, K)")
         };
         let y = gemm(bf16_slice(s1, l1)?, bf16_slice(s2, l2)?, m, n, k);
-        let y = y.into_iter().map(bf16::from_f32).collect();
+        let mut out = vec![bf16::ZERO; y.len()];
+        out.par_chunks_mut(1 << 16)
+            .zip(y.par_chunks(1 << 16))
+            .for_each(|(o, y)| o.iter_mut().zip(y).for_each(|(o, y)| *o = bf16::from_f32(*y)));
+        let y = out;
         Ok((CpuStorage::BF16(y), Shape::from_dims(&[m, n])))
     }
 }

@@ -47,7 +47,7 @@ pub fn flash_attention(
     if bk != b || dhk != dh || v.dims() != k.dims() || h_kv == 0 || h % h_kv != 0 {
         return Err(Error::input(
             "flash attention operands",
-            format!("q (B, H, N, Dh), k and v (B, Hkv, M, Dh) with H a multiple of Hkv"),
+            "q (B, H, N, Dh), k and v (B, Hkv, M, Dh) with H a multiple of Hkv",
             format!("q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims()),
         ));
     }

@@ -134,14 +134,14 @@ impl NextDitConfig {
 impl Validate for NextDitConfig {
     fn validate(&self) -> Result<()> {
         self.dims().validate()?;
-        if self.coordinate_embedding && self.hidden_size % 4 != 0 {
+        if self.coordinate_embedding && !self.hidden_size.is_multiple_of(4) {
             return Err(Error::invalid_config(
                 "hidden_size",
                 self.hidden_size,
                 "the coordinate embedding needs a width divisible by 4",
             ));
         }
-        if self.head_dim() % 4 != 0 {
+        if !self.head_dim().is_multiple_of(4) {
             let reason = format!(
                 "2D RoPE needs a head dim divisible by 4, got {}",
                 self.head_dim()
