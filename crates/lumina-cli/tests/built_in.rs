@@ -35,6 +35,27 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u8>, String) {
     (frame.width, frame.height, buf, text)
 }
 
+/// Words outside the model's vocabulary would all read as `<unk>`: an error naming them.
+#[test]
+fn words_outside_the_vocabulary_are_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("x.png");
+    let o = lumina(
+        &tmp.path().join("cache"),
+        &[
+            "generate",
+            "--prompt",
+            "a pink elephant",
+            "--output",
+            out.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("pink elephant") && err.contains("circle"), "{err}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn generate_needs_no_model_argument_and_is_reproducible() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -459,6 +459,18 @@ impl Pipeline {
         let max = r.max_sequence_length;
         let tokenizer = match &self.conditioner {
             Conditioner::Words { tokenizer, encoder } => {
+                // a word-level model knows only its vocabulary: an unknown word would be
+                // drawn as noise, so it is an error
+                for prompt in r.prompts.iter().chain(&negatives) {
+                    let unknown = tokenizer.unknown_words(prompt);
+                    if !unknown.is_empty() {
+                        return Err(Error::request(
+                            "prompt words",
+                            format!("words of the model's vocabulary: {}", tokenizer.vocabulary().join(" ")),
+                            format!("{:?} in {prompt:?}", unknown.join(" ")),
+                        ));
+                    }
+                }
                 let (ids, mask, truncated) = tokenizer.encode(&r.prompts, &self.device)?;
                 let cond = Tokens {
                     ids,

@@ -206,6 +206,20 @@ impl WordTokenizer {
         Ok(tok)
     }
 
+    /// The words of `text` outside the vocabulary (they would all read as `<unk>`).
+    pub fn unknown_words(&self, text: &str) -> Vec<String> {
+        text.to_lowercase()
+            .split_whitespace()
+            .filter(|w| !self.words[3..].iter().any(|v| v == w))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The vocabulary's words, special tokens left out.
+    pub fn vocabulary(&self) -> &[String] {
+        &self.words[3..]
+    }
+
     /// Ids (B, L) and mask (B, L) padded to the longest caption (at most `max_length`), and
     /// per caption the words truncation dropped.
     pub fn encode(
