@@ -56,6 +56,56 @@ fn words_outside_the_vocabulary_are_named() {
     assert!(!out.exists());
 }
 
+/// The AVX-512 kernels (tiled attention's exponentials, the `vdpbf16ps` linear) and the
+/// portable paths a CPU without them takes draw the same picture.
+#[test]
+fn portable_kernels_draw_the_same_image() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("cache");
+    for dtype in ["f32", "bf16"] {
+        let run = |portable: bool| {
+            let out = tmp.path().join(format!("{dtype}-{portable}.png"));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_lumina"));
+            cmd.env("LUMINA_CACHE_DIR", &cache).args([
+                "generate",
+                "--prompt",
+                "a big green square on the left",
+                "--seed",
+                "3",
+                "--dtype",
+                dtype,
+                "--output",
+                out.to_str().expect("utf-8"),
+            ]);
+            if portable {
+                cmd.env("LUMINA_PORTABLE_KERNELS", "1");
+            }
+            let o = cmd.output().expect("the lumina binary runs");
+            assert!(o.status.success(), "{}", stderr(&o));
+            read_png(&out).2
+        };
+        let (fast, portable) = (run(false), run(true));
+        let worst = fast
+            .iter()
+            .zip(&portable)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
+        let mean = fast
+            .iter()
+            .zip(&portable)
+            .map(|(a, b)| f64::from(a.abs_diff(*b)))
+            .sum::<f64>()
+            / fast.len() as f64;
+        // f32: only summation order differs; bf16: candle's matmul rounds differently
+        let (max_worst, max_mean) = if dtype == "f32" { (2, 0.05) } else { (64, 2.0) };
+        assert!(
+            worst <= max_worst && mean <= max_mean,
+            "{dtype}: pixels differ by up to {worst}, {mean:.3} on average"
+        );
+    }
+}
+
 #[test]
 fn generate_needs_no_model_argument_and_is_reproducible() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -80,8 +80,9 @@ impl Denoiser<'_> {
             .with_rope(self.rope.at(t))
             .with_base_sequence_length(self.base_sequence_length);
         let v = self.model.forward(&input)?;
-        // keep the velocity; a learn_sigma model appends σ channels after it
-        Ok(v.narrow(1, 0, x.dim(1)?)?)
+        // keep the velocity; a learn_sigma model appends σ channels after it. In the state's
+        // dtype: a bf16 model may drive an f32 state (the solver then integrates in f32).
+        Ok(v.narrow(1, 0, x.dim(1)?)?.to_dtype(x.dtype())?)
     }
 }
 

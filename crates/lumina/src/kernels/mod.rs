@@ -29,9 +29,18 @@ pub struct Isa {
 }
 
 impl Isa {
+    /// The CPU's features, unless `LUMINA_PORTABLE_KERNELS` is set (to anything but `0`):
+    /// then none, so the portable paths can be run and compared on any machine.
     pub fn detect() -> Self {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
+            if std::env::var_os("LUMINA_PORTABLE_KERNELS").is_some_and(|v| v != "0") {
+                return Isa {
+                    avx512f: false,
+                    avx512_bf16: false,
+                    avx512_vnni: false,
+                };
+            }
             #[cfg(target_arch = "x86_64")]
             {
                 let f = std::arch::is_x86_feature_detected!("avx512f");
