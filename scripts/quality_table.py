@@ -37,6 +37,13 @@ def evaluate(binary, model, per_kind, seeds, prompt_seed, overrides):
     return report
 
 
+def same(a, b):
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
 def row(label, report):
     nfe = report["steps"] * NFE_PER_STEP[report["solver"]]
     kinds = " | ".join(f"{report['per_kind'][k]['accuracy']:.3f}" for k in KINDS)
@@ -63,8 +70,17 @@ def main():
     p.add_argument("--solvers", default="euler,midpoint,heun,rk4")
     args = p.parse_args()
 
-    run = lambda **o: evaluate(args.binary, args.model, args.per_kind, args.seeds,
-                               args.prompt_seed, o)
+    cache = {}
+
+    def run(**overrides):
+        # a sweep point equal to the defaults reuses the default evaluation
+        key = tuple(sorted((k, str(v)) for k, v in overrides.items() if not same(v, default.get(k))))
+        if key not in cache:
+            cache[key] = evaluate(args.binary, args.model, args.per_kind, args.seeds,
+                                  args.prompt_seed, dict(key))
+        return cache[key]
+
+    default = {}
     default = run()
     print(f"Defaults: {default['steps']} steps, {default['solver']}, guidance "
           f"{default['guidance']}, shift {default['shift']}; {default['total']} images "
