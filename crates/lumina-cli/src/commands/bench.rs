@@ -37,7 +37,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", measure_dtype(args, dtype)?);
         return Ok(());
     }
-    let threads = rayon_threads();
+    let threads = candle_core::utils::get_num_threads();
     eprintln!(
         "probing peak arithmetic on {threads} threads ({})…",
         Isa::detect().describe()
@@ -75,13 +75,7 @@ fn square_side(n: usize) -> Option<usize> {
     (s > 0 && s * s == n).then_some(s)
 }
 
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
+
 
 fn dtype_name(d: DtypeArg) -> &'static str {
     match d {

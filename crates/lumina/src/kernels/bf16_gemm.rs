@@ -13,6 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+use super::storage::contiguous_bf16;
 use super::Isa;
 use crate::error::{Error, Result};
 
@@ -67,12 +68,7 @@ pub fn bf16_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct Bf16Linear;
 
-fn bf16_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [bf16]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::BF16(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("bf16 linear takes contiguous bf16 tensors"),
-    }
-}
+
 
 impl CustomOp2 for Bf16Linear {
     fn name(&self) -> &'static str {
@@ -89,7 +85,8 @@ impl CustomOp2 for Bf16Linear {
         let (&[m, k], &[n, _]) = (l1.dims(), l2.dims()) else {
             candle_core::bail!("bf16 linear takes (M, K) and (N, K)")
         };
-        let y = gemm(bf16_slice(s1, l1)?, bf16_slice(s2, l2)?, m, n, k);
+        let x = contiguous_bf16(s1, l1, "bf16 linear x")?;
+        let y = gemm(x, contiguous_bf16(s2, l2, "bf16 linear w")?, m, n, k);
         let mut out = vec![bf16::ZERO; y.len()];
         out.par_chunks_mut(1 << 16)
             .zip(y.par_chunks(1 << 16))

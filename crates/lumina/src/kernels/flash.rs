@@ -12,6 +12,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::math;
+use super::storage::contiguous_f32;
 use crate::error::{Error, Result};
 
 /// Query rows per task: one task's scores (64 × 256 f32 = 64 KiB) stay in L2.
@@ -80,12 +81,7 @@ struct FlashAttention {
     bias: Option<Vec<f32>>,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("flash attention takes contiguous f32 tensors"),
-    }
-}
+
 
 fn dims4(l: &Layout) -> candle_core::Result<[usize; 4]> {
     match *l.dims() {
@@ -119,9 +115,9 @@ impl CustomOp3 for FlashAttention {
             head_dim,
         };
         let out = attention_f32(
-            f32_slice(s1, l1)?,
-            f32_slice(s2, l2)?,
-            f32_slice(s3, l3)?,
+            contiguous_f32(s1, l1, "flash attention q")?,
+            contiguous_f32(s2, l2, "flash attention k")?,
+            contiguous_f32(s3, l3, "flash attention v")?,
             self.bias.as_deref(),
             dims,
             self.scale,

@@ -59,6 +59,12 @@ fn exp_shifted_sum_body(row: &mut [f32], max: f32) -> f32 {
     sum
 }
 
+/// `1 / sqrt(mean(x²) + eps)`: the RMSNorm factor of one row.
+pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
 /// The largest value of a slice (−∞ for an empty one).
 pub fn max(row: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];

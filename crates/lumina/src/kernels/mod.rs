@@ -11,9 +11,10 @@
 
 pub mod bf16_gemm;
 pub mod flash;
-mod math;
+pub(crate) mod math;
 pub mod modulate;
 pub mod probe;
+pub(crate) mod storage;
 
 pub use flash::flash_attention;
 

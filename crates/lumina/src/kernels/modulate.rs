@@ -12,6 +12,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use half::bf16;
 use rayon::prelude::*;
 
+use super::math::inv_rms;
+use super::storage::{contiguous_bf16, contiguous_f32};
 use crate::error::{Error, Result};
 
 /// Whether the fused kernels can take these operands (CPU, f32 or bf16, no autograd).
@@ -86,10 +88,9 @@ enum Rows<'a> {
 
 impl<'a> Rows<'a> {
     fn new(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Self> {
-        match (s, l.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => Ok(Rows::F32(&v[a..b])),
-            (CpuStorage::BF16(v), Some((a, b))) => Ok(Rows::Bf16(&v[a..b])),
-            _ => candle_core::bail!("fused modulation takes contiguous f32 or bf16 tensors"),
+        match s {
+            CpuStorage::BF16(_) => Ok(Rows::Bf16(contiguous_bf16(s, l, "modulated rows")?)),
+            _ => Ok(Rows::F32(contiguous_f32(s, l, "modulated rows")?)),
         }
     }
 
@@ -116,17 +117,7 @@ impl<'a> Rows<'a> {
     }
 }
 
-fn factor_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused modulation takes a contiguous f32 factor"),
-    }
-}
 
-fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
-    1.0 / (ms + eps).sqrt()
-}
 
 impl RowOp {
     /// Runs `f(row, widened x row, out row)` over all rows in parallel and stores the result
@@ -172,7 +163,7 @@ impl CustomOp2 for RowOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = Rows::new(s1, l1)?;
-        let factor = factor_slice(s2, l2)?;
+        let factor = contiguous_f32(s2, l2, "modulation factor")?;
         let d = l1.dims().last().copied().unwrap_or(1);
         Ok(self.map_rows(&x, d, l1.dims(), |r, xr, out| {
             let f = &factor[(r / self.rows_per_batch) * d..][..d];
@@ -200,7 +191,7 @@ impl CustomOp3 for RowOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = Rows::new(s1, l1)?;
         let y = Rows::new(s2, l2)?;
-        let factor = factor_slice(s3, l3)?;
+        let factor = contiguous_f32(s3, l3, "modulation factor")?;
         let d = l1.dims().last().copied().unwrap_or(1);
         Ok(self.map_rows(&x, d, l1.dims(), |r, xr, out| {
             let f = &factor[(r / self.rows_per_batch) * d..][..d];

@@ -10,18 +10,12 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::kernels::math::inv_rms as rsqrt_mean_sq;
+use crate::kernels::storage::contiguous_f32 as slice;
 
 type CResult<T> = candle_core::Result<T>;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: fused kernels take f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: fused kernels take contiguous tensors"),
-    }
-}
+
 
 fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
@@ -54,10 +48,7 @@ fn column_sums(rows: usize, d: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> V
         )
 }
 
-fn rsqrt_mean_sq(x: &[f32], eps: f32) -> f32 {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    1.0 / (ms + eps).sqrt()
-}
+
 
 // ----------------------------------------------------------------------------- RMSNorm
 
