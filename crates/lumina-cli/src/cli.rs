@@ -12,6 +12,11 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Activations of ternary layers: `int8` (per-token, VNNI; the fast path), `exact` (the
+    /// trained model's own f32/bf16 numerics), or `auto` (int8 where the CPU has VNNI).
+    #[arg(long, value_enum, default_value_t = TernaryActivationsArg::Auto, global = true)]
+    pub ternary_activations: TernaryActivationsArg,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,6 +34,38 @@ pub enum Command {
     Eval(EvalArgs),
     /// Measure this CPU's peak, then Next-DiT blocks and denoising steps at the 2B config.
     Bench(BenchArgs),
+    /// Ternarise a Next-DiT or Lumina-Image-2.0 transformer after training (absmean, TerDiT's
+    /// layers): writes a 2-bit packed checkpoint, for experiments — QAT (`lumina train
+    /// --preset shapes-ternary`) keeps quality, post-training ternarisation mostly does not.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// A diffusers pipeline folder (its `transformer/` is quantised, the rest copied) or one
+    /// transformer folder (with config.json), in diffusers key layout.
+    pub input: PathBuf,
+
+    /// The folder to write (must not exist).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TernaryActivationsArg {
+    Auto,
+    Exact,
+    Int8,
+}
+
+impl From<TernaryActivationsArg> for lumina::kernels::ternary::Activations {
+    fn from(a: TernaryActivationsArg) -> Self {
+        match a {
+            TernaryActivationsArg::Auto => Self::Auto,
+            TernaryActivationsArg::Exact => Self::Exact,
+            TernaryActivationsArg::Int8 => Self::Int8,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -37,9 +74,10 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [256, 1024, 4096])]
     pub tokens: Vec<usize>,
 
-    /// Compute dtypes, each measured in a process of its own (clean resident-memory figures).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [DtypeArg::F32, DtypeArg::Bf16])]
-    pub dtype: Vec<DtypeArg>,
+    /// Weight formats, each measured in a process of its own (clean resident-memory figures).
+    /// `ternary`: TerDiT's layers 2-bit ternary, the rest and the activations bf16.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchDtype::F32, BenchDtype::Bf16, BenchDtype::Ternary])]
+    pub dtype: Vec<BenchDtype>,
 
     /// Blocks of the model (default: the 2B config's 24); fewer for a quick look.
     #[arg(long)]
@@ -75,6 +113,15 @@ pub struct InspectArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `lumina bench` measures: a compute dtype, or ternary weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchDtype {
+    F32,
+    Bf16,
+    F16,
+    Ternary,
 }
 
 /// Compute dtype of the models.

@@ -85,7 +85,9 @@ fn extract(root: &Path, dir: &Path) -> Result<()> {
     let staging = root.join(format!(
         ".staging-{}-{}",
         std::process::id(),
-        dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        dir.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;

@@ -52,7 +52,10 @@ fn words_outside_the_vocabulary_are_named() {
     );
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("pink elephant") && err.contains("circle"), "{err}");
+    assert!(
+        err.contains("pink elephant") && err.contains("circle"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 

@@ -458,3 +458,51 @@ fn an_upstream_transformer_file_replaces_the_pipelines_own() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(read_png(&a).2, read_png(&b).2);
 }
+
+/// `quantize` packs a whole pipeline's transformer to 2 bits (other components copied),
+/// `inspect` shows the packed size, and the ternary pipeline generates with either
+/// activation path; an existing output folder is refused.
+#[test]
+fn quantize_writes_a_ternary_pipeline_that_inspects_and_generates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out_dir = tmp.path().join("ternary");
+    let src = next_pipeline();
+    let out = lumina(&[
+        "quantize",
+        src.to_str().expect("utf-8"),
+        "-o",
+        out_dir.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ternary layers"), "{}", stdout(&out));
+    assert!(
+        out_dir.join("vae/config.json").is_file() && out_dir.join("model_index.json").is_file()
+    );
+
+    let out = lumina(&["inspect", out_dir.to_str().expect("utf-8")]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for want in ["ternary  ", "packed at 2 bits", "keys     complete"] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+
+    for activations in ["exact", "int8"] {
+        let png = tmp.path().join(format!("{activations}.png"));
+        let out = generate(&out_dir, &png, &["--ternary-activations", activations]);
+        assert!(out.status.success(), "{activations}: {}", stderr(&out));
+        assert!(png.is_file());
+    }
+
+    let again = lumina(&[
+        "quantize",
+        src.to_str().expect("utf-8"),
+        "-o",
+        out_dir.to_str().expect("utf-8"),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+}

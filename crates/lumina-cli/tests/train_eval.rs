@@ -50,7 +50,9 @@ fn train_exports_a_model_that_eval_and_generate_load() {
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
 
     // resuming goes on from step 30
-    let o = lumina(&["train", "--out", run_s, "--resume", "--steps", "33", "--quiet"]);
+    let o = lumina(&[
+        "train", "--out", run_s, "--resume", "--steps", "33", "--quiet",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let steps: Vec<u64> = log_lines(&run)
         .iter()

@@ -50,8 +50,21 @@ pub struct WeightSummary {
     pub tensors: usize,
     pub parameters: u64,
     pub bytes: u64,
-    /// Parameters stored in each dtype.
+    /// Parameters stored in each dtype (ternary weights under `ternary`, 4 per packed byte).
     pub dtypes: BTreeMap<String, u64>,
+    /// Ternary (2-bit packed) layers, when the file has any.
+    pub ternary: Option<TernarySummary>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TernarySummary {
+    pub layers: usize,
+    /// Ternary weights (the dense matrices' element count, padding included).
+    pub weights: u64,
+    /// Bytes of the packed codes.
+    pub packed_bytes: u64,
+    /// What the same matrices would take in bf16.
+    pub bf16_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -210,19 +223,31 @@ fn summarize(files: &WeightFiles) -> WeightSummary {
         parameters: 0,
         bytes: 0,
         dtypes: BTreeMap::new(),
+        ternary: None,
     };
+    let mut ternary = TernarySummary::default();
     for key in files.keys() {
         let Some(info) = files.info(key) else {
             continue;
         };
         let n: u64 = info.shape.iter().map(|&d| d as u64).product();
+        let bytes = n * info.dtype.size_in_bytes() as u64;
         summary.tensors += 1;
-        summary.parameters += n;
-        summary.bytes += n * info.dtype.size_in_bytes() as u64;
-        *summary
-            .dtypes
-            .entry(format!("{:?}", info.dtype).to_lowercase())
-            .or_default() += n;
+        summary.bytes += bytes;
+        let (params, dtype) = if key.ends_with(lumina::nn::PACKED_KEY) {
+            ternary.layers += 1;
+            ternary.weights += 4 * n;
+            ternary.packed_bytes += bytes;
+            ternary.bf16_bytes += 8 * n;
+            (4 * n, "ternary".to_string())
+        } else {
+            (n, format!("{:?}", info.dtype).to_lowercase())
+        };
+        summary.parameters += params;
+        *summary.dtypes.entry(dtype).or_default() += params;
+    }
+    if ternary.layers > 0 {
+        summary.ternary = Some(ternary);
     }
     summary
 }

@@ -466,7 +466,10 @@ impl Pipeline {
                     if !unknown.is_empty() {
                         return Err(Error::request(
                             "prompt words",
-                            format!("words of the model's vocabulary: {}", tokenizer.vocabulary().join(" ")),
+                            format!(
+                                "words of the model's vocabulary: {}",
+                                tokenizer.vocabulary().join(" ")
+                            ),
                             format!("{:?} in {prompt:?}", unknown.join(" ")),
                         ));
                     }

@@ -132,7 +132,7 @@ impl PixelModel<'_> {
             &with_class(SAMPLER_CLASS, self.defaults)?,
         )?;
         let save = |tensors: &HashMap<String, Tensor>, path: &Path| -> Result<()> {
-            candle_core::safetensors::save(tensors, path).map_err(|e| Error::Output {
+            lumina::weights::ternary::save(tensors, path).map_err(|e| Error::Output {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })

@@ -71,8 +71,12 @@ pub fn to_image(t: &Tensor) -> Result<Image> {
 pub fn batch(cfg: &DataConfig, size: usize, rng: &mut impl Rng, device: &Device) -> Result<Batch> {
     let mut images = Vec::with_capacity(size);
     let mut captions = Vec::with_capacity(size);
+    let mix = CaptionMix {
+        two_objects: cfg.two_objects,
+        ..CaptionMix::TRAINING
+    };
     for _ in 0..size {
-        let caption = sample_caption(rng, &CaptionMix::TRAINING);
+        let caption = sample_caption(rng, &mix);
         let scene = sample_scene(&caption, rng);
         images.push(render(&scene, cfg.side));
         let dropped = rng.gen_bool(cfg.caption_dropout);
@@ -120,6 +124,7 @@ mod tests {
             &DataConfig {
                 side: 16,
                 caption_dropout: 0.5,
+                two_objects: 0.5,
             },
             4,
             &mut rng,

@@ -100,7 +100,8 @@ pub fn evaluate(
     }
     if let Some(path) = grid {
         if !strips.is_empty() {
-            let per_row = ((strips.len() as f64 / seeds.max(1) as f64).sqrt().ceil() as usize).max(1);
+            let per_row =
+                ((strips.len() as f64 / seeds.max(1) as f64).sqrt().ceil() as usize).max(1);
             let text: Vec<String> = prompts.iter().map(Caption::text).collect();
             save_png(
                 path,

@@ -164,7 +164,6 @@ pub fn adamw_apply(
 
 /// Whether the in-place kernels cover these tensors (contiguous f32 on the CPU).
 pub fn applies(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| {
-        t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
-    })
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
 }

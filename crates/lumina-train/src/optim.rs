@@ -166,8 +166,14 @@ impl AdamW {
     /// Copies of the moments keyed `m.<name>` / `v.<name>` (copies: the live ones change in
     /// place at the next step).
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
-        let m = self.m.iter().map(|(k, t)| Ok((format!("m.{k}"), t.copy()?)));
-        let v = self.v.iter().map(|(k, t)| Ok((format!("v.{k}"), t.copy()?)));
+        let m = self
+            .m
+            .iter()
+            .map(|(k, t)| Ok((format!("m.{k}"), t.copy()?)));
+        let v = self
+            .v
+            .iter()
+            .map(|(k, t)| Ok((format!("v.{k}"), t.copy()?)));
         m.chain(v).collect()
     }
 
@@ -203,6 +209,7 @@ mod tests {
             eps: 1e-8,
             weight_decay: 0.0,
             grad_clip: 1.0,
+            shards: 1,
         }
     }
 
@@ -239,7 +246,9 @@ mod tests {
         for step in 0..6 {
             let lr = learning_rate(&c, step);
             for (vars, opt, composed) in [(&fast, &mut a, false), (&slow, &mut b, true)] {
-                let y = x.matmul(vars[0].1.as_tensor())?.broadcast_add(vars[1].1.as_tensor())?;
+                let y = x
+                    .matmul(vars[0].1.as_tensor())?
+                    .broadcast_add(vars[1].1.as_tensor())?;
                 let grads = y.tanh()?.sqr()?.sum_all()?.backward()?;
                 if composed {
                     opt.step_composed(&grads, vars, lr)?;
@@ -253,7 +262,10 @@ mod tests {
                     s.as_tensor().flatten_all()?.to_vec1::<f32>()?,
                 );
                 let same = f.iter().zip(&s).all(|(p, q)| p.to_bits() == q.to_bits());
-                assert!(same, "step {step}: `{name}` differs between in-place and composed");
+                assert!(
+                    same,
+                    "step {step}: `{name}` differs between in-place and composed"
+                );
             }
         }
         let (sa, sb) = (a.state()?, b.state()?);

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use lumina::models::{DitInput, NextDit, Transformer, TransformerConfig};
 use lumina::sample::{noise, shift_time, time};
@@ -73,6 +74,10 @@ pub struct Trainer {
     ema: HashMap<String, Tensor>,
     rng: ChaCha8Rng,
     step: usize,
+    /// One single-thread pool per shard (see `OptimConfig::shards`).
+    pools: Vec<rayon::ThreadPool>,
+    /// The transformer's QAT layers (key prefixes), packed on export.
+    ternary_layers: Vec<String>,
 }
 
 fn with_prefix(prefix: &str, vars: Vec<(String, Var)>) -> Vec<(String, Var)> {
@@ -94,8 +99,10 @@ impl Trainer {
         cfg.validate()?;
         let device = Device::Cpu;
         let tw = Weights::init(cfg.seed, DType::F32, &device);
+        let tw = if cfg.ternary { tw.with_ternary() } else { tw };
         let ew = Weights::init(cfg.seed.wrapping_add(1), DType::F32, &device);
         let model = NextDit::load(&cfg.transformer, &tw)?;
+        let ternary_layers = tw.ternary_layers();
         let encoder = WordEncoder::load(&cfg.text_encoder, &ew)?;
         let mut vars = with_prefix(TRANSFORMER, tw.vars());
         vars.extend(with_prefix(TEXT_ENCODER, ew.vars()));
@@ -105,6 +112,15 @@ impl Trainer {
             .iter()
             .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
             .collect::<Result<_>>()?;
+        let pools = (0..cfg.optim.shards)
+            .map(|i| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("lumina-shard-{i}"))
+                    .build()
+                    .map_err(|e| Error::Config(format!("starting shard thread {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             optimizer: AdamW::new(&cfg.optim),
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
@@ -116,6 +132,8 @@ impl Trainer {
             vars,
             ema,
             step: 0,
+            pools,
+            ternary_layers,
         })
     }
 
@@ -158,19 +176,20 @@ impl Trainer {
         let t = self.sample_times(b)?; // (B,)
         let xt = time::interpolate(&x0, &x1, &t)?;
         let target = time::velocity_target(&x0, &x1)?;
-        let caption = self.encoder.encode(&ids, &mask)?; // (B, L, Dcap)
-        let v = self
-            .model
-            .forward(&DitInput::new(&xt, &t, &caption, &mask))?;
-        let loss = (v - target)?.sqr()?.mean_all()?;
-        let loss_value = loss.to_scalar::<f32>()?;
+        let whole = Shard {
+            ids,
+            mask,
+            xt,
+            t,
+            target,
+        };
+        let (loss_value, mut grads) = self.sharded_gradients(&whole)?;
         if !loss_value.is_finite() {
             return Err(Error::Diverged {
                 step: self.step + 1,
                 loss: loss_value,
             });
         }
-        let mut grads = loss.backward()?;
         let grad_norm = clip_grad_norm(&mut grads, &self.vars, self.cfg.optim.grad_clip)?;
         let lr = learning_rate(&self.cfg.optim, self.step);
         self.optimizer.step(&grads, &self.vars, lr)?;
@@ -184,6 +203,64 @@ impl Trainer {
         })
     }
 
+    /// The whole batch's mean loss and its gradients, computed shard by shard at the same time
+    /// (`optim.shards`, one single-thread pool each). Each shard's loss is weighted by its share
+    /// of the batch, so the summed gradients are those of the batch mean.
+    fn sharded_gradients(&self, whole: &Shard) -> Result<(f32, GradStore)> {
+        let b = self.cfg.optim.batch_size;
+        let shards = whole.split(self.cfg.optim.shards, b)?;
+        if shards.len() == 1 {
+            return self.shard_gradients(whole, 1.0);
+        }
+        let results: Vec<Result<(f32, GradStore)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .iter()
+                .zip(&self.pools)
+                .map(|(shard, pool)| {
+                    let weight = shard.len()? as f64 / b as f64;
+                    Ok(scope.spawn(move || pool.install(|| self.shard_gradients(shard, weight))))
+                })
+                .collect::<Result<_>>()?;
+            Ok::<_, Error>(
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Config("a shard thread panicked".into()))
+                        })
+                    })
+                    .collect(),
+            )
+        })?;
+        let mut results = results.into_iter();
+        let (mut loss, mut grads) = results
+            .next()
+            .ok_or_else(|| Error::Config("no shard".into()))??;
+        for result in results {
+            let (l, g) = result?;
+            loss += l;
+            for (_, var) in &self.vars {
+                let summed = match (grads.get(var.as_tensor()), g.get(var.as_tensor())) {
+                    (Some(a), Some(b)) => (a + b)?,
+                    (None, Some(b)) => b.clone(),
+                    _ => continue,
+                };
+                grads.insert(var.as_tensor(), summed);
+            }
+        }
+        Ok((loss, grads))
+    }
+
+    /// `weight` × the shard's mean loss, and its gradients.
+    fn shard_gradients(&self, shard: &Shard, weight: f64) -> Result<(f32, GradStore)> {
+        let caption = self.encoder.encode(&shard.ids, &shard.mask)?; // (b, L, Dcap)
+        let v = self
+            .model
+            .forward(&DitInput::new(&shard.xt, &shard.t, &caption, &shard.mask))?; // (b, 3, S, S)
+        let loss = ((v - &shard.target)?.sqr()?.mean_all()? * weight)?;
+        Ok((loss.to_scalar::<f32>()?, loss.backward()?))
+    }
+
     fn update_ema(&mut self) -> Result<()> {
         let k = self.step as f64;
         let decay = self.cfg.ema_decay.min((1.0 + k) / (10.0 + k));
@@ -191,9 +268,7 @@ impl Trainer {
             let current = var.as_tensor().detach();
             match self.ema.get(name) {
                 // the same bits as `(e * decay)? + (current * (1.0 - decay))?`, in one pass
-                Some(e) if inplace::applies(&[e, &current]) => {
-                    inplace::moment(e, &current, decay)?
-                }
+                Some(e) if inplace::applies(&[e, &current]) => inplace::moment(e, &current, decay)?,
                 Some(e) => {
                     let next = ((e * decay)? + (current * (1.0 - decay))?)?;
                     self.ema.insert(name.clone(), next);
@@ -222,6 +297,12 @@ impl Trainer {
     /// The EMA model as a transformer and an encoder, for sampling.
     pub fn ema_parts(&self) -> Result<(Transformer, WordEncoder)> {
         let tw = Weights::from_tensors(component(&self.ema, TRANSFORMER), DType::F32, &self.device);
+        // a QAT state (latent + α) samples as the ternary model it exports to
+        let tw = if self.cfg.ternary {
+            tw.with_ternary()
+        } else {
+            tw
+        };
         let ew =
             Weights::from_tensors(component(&self.ema, TEXT_ENCODER), DType::F32, &self.device);
         let model = Transformer::load(
@@ -238,14 +319,24 @@ impl Trainer {
     /// Writes the EMA weights as a pixel-model folder, in `dtype`, with the run's config beside
     /// them as `train_config.toml` (its provenance; the loaders do not read it).
     pub fn export(&self, dir: &Path, dtype: DType) -> Result<()> {
+        // packed codes stay u8 and ternary scales f32 whatever the export dtype
         let cast = |m: HashMap<String, Tensor>| -> Result<HashMap<String, Tensor>> {
             m.into_iter()
-                .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+                .map(|(k, t)| {
+                    let keep = t.dtype() == DType::U8 || k.ends_with(lumina::nn::SCALE_KEY);
+                    Ok((k, if keep { t } else { t.to_dtype(dtype)? }))
+                })
                 .collect()
+        };
+        let transformer = component(&self.ema, TRANSFORMER);
+        let transformer = if self.cfg.ternary {
+            lumina::weights::ternary::pack_layers(&transformer, &self.ternary_layers)?
+        } else {
+            transformer
         };
         PixelModel {
             transformer: &self.cfg.transformer,
-            transformer_weights: &cast(component(&self.ema, TRANSFORMER))?,
+            transformer_weights: &cast(transformer)?,
             encoder: &self.cfg.text_encoder,
             encoder_weights: &cast(component(&self.ema, TEXT_ENCODER))?,
             tokenizer: &self.tokenizer,
@@ -346,6 +437,40 @@ impl Trainer {
         trainer.rng = rng;
         trainer.step = state.step;
         Ok(trainer)
+    }
+}
+
+/// One slice of a step's batch: everything the loss of those samples needs.
+struct Shard {
+    ids: Tensor,
+    mask: Tensor,
+    xt: Tensor,
+    t: Tensor,
+    target: Tensor,
+}
+
+impl Shard {
+    fn len(&self) -> Result<usize> {
+        Ok(self.t.dim(0)?)
+    }
+
+    /// `n` contiguous slices of a batch of `b` samples, the first `b % n` one sample longer.
+    fn split(&self, n: usize, b: usize) -> Result<Vec<Shard>> {
+        let mut out = Vec::with_capacity(n);
+        let mut start = 0;
+        for i in 0..n {
+            let len = b / n + usize::from(i < b % n);
+            let cut = |t: &Tensor| t.narrow(0, start, len);
+            out.push(Shard {
+                ids: cut(&self.ids)?,
+                mask: cut(&self.mask)?,
+                xt: cut(&self.xt)?,
+                t: cut(&self.t)?,
+                target: cut(&self.target)?,
+            });
+            start += len;
+        }
+        Ok(out)
     }
 }
 

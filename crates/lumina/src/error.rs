@@ -62,6 +62,13 @@ pub enum Error {
         dtype: String,
     },
 
+    #[error("ternary weight `{key}`: expected {expected}, got {got}")]
+    Ternary {
+        key: String,
+        expected: String,
+        got: String,
+    },
+
     // === Call arguments ===
     #[error("{what}: expected {expected}, got {got}")]
     Input {

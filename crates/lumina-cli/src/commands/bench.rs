@@ -11,15 +11,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use lumina::kernels::probe::{peak_gflops, Arith};
 use lumina::config::Validate;
+use lumina::kernels::probe::{peak_gflops, Arith};
+use lumina::kernels::ternary::Activations;
 use lumina::kernels::Isa;
 use lumina::nn::Linear;
 use lumina::weights::Init;
 use lumina::{DitInput, NextDit, NextDitConfig, Weights};
 use serde_json::{json, Value};
 
-use crate::cli::{BenchArgs, DtypeArg};
+use crate::cli::{BenchArgs, BenchDtype};
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     for &n in &args.tokens {
@@ -75,21 +76,68 @@ fn square_side(n: usize) -> Option<usize> {
     (s > 0 && s * s == n).then_some(s)
 }
 
-
-
-fn dtype_name(d: DtypeArg) -> &'static str {
+fn dtype_name(d: BenchDtype) -> &'static str {
     match d {
-        DtypeArg::F32 => "f32",
-        DtypeArg::Bf16 => "bf16",
-        DtypeArg::F16 => "f16",
+        BenchDtype::F32 => "f32",
+        BenchDtype::Bf16 => "bf16",
+        BenchDtype::F16 => "f16",
+        BenchDtype::Ternary => "ternary",
     }
 }
 
+/// The compute dtype of a bench run (ternary layers compute with bf16 activations).
+fn compute_dtype(d: BenchDtype) -> DType {
+    match d {
+        BenchDtype::F32 => DType::F32,
+        BenchDtype::Bf16 | BenchDtype::Ternary => DType::BF16,
+        BenchDtype::F16 => DType::F16,
+    }
+}
+
+/// Weights for a bench model of `dtype`, seeded.
+fn bench_weights(seed: u64, dtype: BenchDtype) -> Weights {
+    let w = Weights::random(seed, compute_dtype(dtype), &Device::Cpu);
+    if dtype == BenchDtype::Ternary {
+        w.with_ternary()
+    } else {
+        w
+    }
+}
+
+/// Bytes the model's weights take: stored dtype for dense tensors, 2 bits per ternary weight
+/// plus its scale.
+fn weight_bytes(weights: &Weights, dtype: DType) -> u64 {
+    let ternary: std::collections::HashSet<String> = weights
+        .ternary_layers()
+        .into_iter()
+        .filter(|_| weights.ternary())
+        .map(|l| format!("{l}.weight"))
+        .collect();
+    weights
+        .requested()
+        .iter()
+        .map(|(key, shape)| {
+            let n: u64 = shape.iter().map(|&d| d as u64).product();
+            match shape.as_slice() {
+                [out, inp] if ternary.contains(key) => (out * inp.div_ceil(4)) as u64 + 4,
+                _ => n * dtype.size_in_bytes() as u64,
+            }
+        })
+        .sum()
+}
+
 /// Re-runs this binary for one dtype and parses the JSON it prints.
-fn run_child(args: &BenchArgs, dtype: DtypeArg) -> Result<Value> {
+fn run_child(args: &BenchArgs, dtype: BenchDtype) -> Result<Value> {
     let exe = std::env::current_exe().context("locating the lumina binary")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("bench")
+    let activations = match lumina::kernels::ternary::activations() {
+        Activations::Auto => "auto",
+        Activations::Exact => "exact",
+        Activations::Int8 => "int8",
+    };
+    cmd.arg("--ternary-activations")
+        .arg(activations)
+        .arg("bench")
         .arg("--child")
         .arg("--dtype")
         .arg(dtype_name(dtype))
@@ -119,8 +167,8 @@ fn run_child(args: &BenchArgs, dtype: DtypeArg) -> Result<Value> {
 }
 
 /// Loads the model in `dtype`, then times one forward per token count.
-fn measure_dtype(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<Value> {
-    let dtype = DType::from(dtype_arg);
+fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
+    let dtype = compute_dtype(dtype_arg);
     let name = dtype_name(dtype_arg);
     let mut cfg = NextDitConfig::next_dit_2b();
     if let Some(layers) = args.layers {
@@ -134,13 +182,13 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<Value> {
     let dev = Device::Cpu;
     let rss_before = proc_status_bytes("VmRSS");
     eprintln!("{name}: building {config_name} with random weights…");
-    let weights = Weights::random(0, dtype, &dev);
+    let weights = bench_weights(0, dtype_arg);
     let model = NextDit::load(&cfg, &weights)?;
-    let weight_bytes = weights.parameter_count() * dtype.size_in_bytes() as u64;
+    let weight_bytes = weight_bytes(&weights, dtype);
     let rss_loaded = proc_status_bytes("VmRSS");
     // the largest matmul of a block: the SwiGLU's input projection, D → ffn
-    let ffn_in = Linear::load(
-        &Weights::random(1, dtype, &dev).pp("w1"),
+    let ffn_in = Linear::load_ternarizable(
+        &bench_weights(1, dtype_arg).pp("w1"),
         cfg.hidden_size,
         cfg.ffn_hidden(),
         false,
@@ -210,7 +258,7 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<Value> {
 
 /// The fastest of `repeat` (at least 3) passes of `tokens` rows through `linear`.
 fn time_linear(linear: &Linear, tokens: usize, dtype: DType, repeat: usize) -> Result<(f64, f64)> {
-    let (in_dim, out_dim) = (linear.weight().dim(1)?, linear.out_dim());
+    let (in_dim, out_dim) = (linear.in_dim(), linear.out_dim());
     let x = Tensor::randn(0f32, 1.0, (tokens, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
     let mut best = f64::INFINITY;
     for _ in 0..repeat.max(3) {
@@ -273,7 +321,9 @@ fn print_table(report: &Value) {
     for r in report["results"].as_array().into_iter().flatten() {
         let dtype = r["dtype"].as_str().unwrap_or("");
         let gflops = r["gflops"].as_f64().unwrap_or(0.0);
-        let pct = peak[dtype]
+        // ternary layers run on int8 arithmetic (the rest of a ternary step on bf16)
+        let yardstick = if dtype == "ternary" { "int8" } else { dtype };
+        let pct = peak[yardstick]
             .as_f64()
             .map_or("n/a".into(), |p| format!("{:.0} %", 100.0 * gflops / p));
         println!(

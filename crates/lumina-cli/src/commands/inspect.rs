@@ -64,6 +64,15 @@ fn render_component(c: &Component) -> String {
             format::bytes(w.bytes),
             dtypes.join(", ")
         );
+        if let Some(t) = &w.ternary {
+            out += &format!(
+                "  ternary  {} layers, {} weights packed at 2 bits in {} ({:.1}× smaller than bf16)\n",
+                t.layers,
+                format::count(t.weights),
+                format::bytes(t.packed_bytes),
+                t.bf16_bytes as f64 / t.packed_bytes.max(1) as f64
+            );
+        }
     }
     if let Some(keys) = &c.keys {
         if keys.is_complete() {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod quantize;
 pub mod train;
 
 use std::path::PathBuf;

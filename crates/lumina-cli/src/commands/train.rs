@@ -137,7 +137,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             trainer.save_checkpoint(&ckpt)?;
         }
         if cfg.eval.every > 0 && stats.step % cfg.eval.every == 0 && stats.step < cfg.optim.steps {
-            let report = judge(&ema_pipeline(&trainer)?, &format!("step-{:06}.png", stats.step))?;
+            let report = judge(
+                &ema_pipeline(&trainer)?,
+                &format!("step-{:06}.png", stats.step),
+            )?;
             let line = format!("step {}: judge accuracy {}", stats.step, report.summary());
             if bar.is_hidden() {
                 eprintln!("{line}");

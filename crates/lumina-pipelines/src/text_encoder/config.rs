@@ -132,7 +132,9 @@ impl EncoderConfig {
             .collect::<Result<Vec<_>>>()?;
         if raw.num_attention_heads == 0
             || raw.num_key_value_heads == 0
-            || !raw.num_attention_heads.is_multiple_of(raw.num_key_value_heads)
+            || !raw
+                .num_attention_heads
+                .is_multiple_of(raw.num_key_value_heads)
         {
             return Err(bad(format!(
                 "num_attention_heads {} must be a non-zero multiple of num_key_value_heads {}",

@@ -41,8 +41,7 @@ pub fn available() -> bool {
 pub fn bf16_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let (n, kw) = w.dims2()?;
-    if k != kw || x.dtype() != candle_core::DType::BF16 || w.dtype() != candle_core::DType::BF16
-    {
+    if k != kw || x.dtype() != candle_core::DType::BF16 || w.dtype() != candle_core::DType::BF16 {
         return Err(Error::input(
             "bf16 linear operands",
             "x (M, K) and w (N, K) in bf16 with equal K",
@@ -63,12 +62,11 @@ pub fn bf16_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         ));
     }
     tracing::trace!(m, n, k, "bf16 linear");
-    Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &Bf16Linear)?)
+    Ok(x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &Bf16Linear)?)
 }
 
 struct Bf16Linear;
-
-
 
 impl CustomOp2 for Bf16Linear {
     fn name(&self) -> &'static str {
@@ -90,7 +88,11 @@ impl CustomOp2 for Bf16Linear {
         let mut out = vec![bf16::ZERO; y.len()];
         out.par_chunks_mut(1 << 16)
             .zip(y.par_chunks(1 << 16))
-            .for_each(|(o, y)| o.iter_mut().zip(y).for_each(|(o, y)| *o = bf16::from_f32(*y)));
+            .for_each(|(o, y)| {
+                o.iter_mut()
+                    .zip(y)
+                    .for_each(|(o, y)| *o = bf16::from_f32(*y))
+            });
         let y = out;
         Ok((CpuStorage::BF16(y), Shape::from_dims(&[m, n])))
     }
@@ -164,7 +166,15 @@ fn pad_k(a: &[bf16], rows: usize, k: usize) -> Vec<bf16> {
 /// Packs `w[j0..j0+cols, p0..p0+depth]` as strips of NR columns, each strip laid out
 /// `[depth/2][NR][2]`: for every k-pair, the NR columns' two weights side by side, which is
 /// the operand order of `vdpbf16ps`. Columns past `cols` are zero.
-fn pack_panel(w: &[bf16], k: usize, j0: usize, cols: usize, p0: usize, depth: usize, out: &mut [u16]) {
+fn pack_panel(
+    w: &[bf16],
+    k: usize,
+    j0: usize,
+    cols: usize,
+    p0: usize,
+    depth: usize,
+    out: &mut [u16],
+) {
     for s in 0..cols.div_ceil(NR) {
         let strip = &mut out[s * depth * NR..(s + 1) * depth * NR];
         for c in 0..NR {
@@ -205,7 +215,16 @@ unsafe fn tile(
     debug_assert!(a.len() >= (mr - 1) * lda + depth && strip.len() >= depth * NR);
     let mut acc = [0f32; MR * NR];
     // SAFETY: forwarded from the caller; `acc` is MR × NR.
-    unsafe { avx512::kernel(a.as_ptr().cast(), lda, strip.as_ptr(), depth / 2, &mut acc, mr) };
+    unsafe {
+        avx512::kernel(
+            a.as_ptr().cast(),
+            lda,
+            strip.as_ptr(),
+            depth / 2,
+            &mut acc,
+            mr,
+        )
+    };
     for r in 0..mr {
         // SAFETY: row r of the tile has nr valid columns (caller's contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), nr) };

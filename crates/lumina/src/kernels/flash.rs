@@ -61,7 +61,11 @@ pub fn flash_attention(
                     format!("{:?}", t.dims()),
                 ));
             }
-            Some(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+            Some(
+                t.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            )
         }
         None => None,
     };
@@ -69,9 +73,8 @@ pub fn flash_attention(
         scale: scale as f32,
         bias,
     };
-    let f32 = |t: &Tensor| -> Result<Tensor> {
-        Ok(t.to_dtype(candle_core::DType::F32)?.contiguous()?)
-    };
+    let f32 =
+        |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(candle_core::DType::F32)?.contiguous()?) };
     let out = f32(q)?.apply_op3_no_bwd(&f32(k)?, &f32(v)?, &op)?;
     Ok(out.to_dtype(q.dtype())?)
 }
@@ -80,8 +83,6 @@ struct FlashAttention {
     scale: f32,
     bias: Option<Vec<f32>>,
 }
-
-
 
 fn dims4(l: &Layout) -> candle_core::Result<[usize; 4]> {
     match *l.dims() {
@@ -153,7 +154,15 @@ pub fn attention_f32(
         let q_rows = &q[(bh * d.n + q0) * dh..][..rows * dh];
         let kv_range = kv * d.m * dh..(kv + 1) * d.m * dh;
         let bias = bias.map(|all| &all[b * d.m..(b + 1) * d.m]);
-        query_block(q_rows, &k[kv_range.clone()], &v[kv_range], bias, o, dh, scale);
+        query_block(
+            q_rows,
+            &k[kv_range.clone()],
+            &v[kv_range],
+            bias,
+            o,
+            dh,
+            scale,
+        );
     });
     out
 }
@@ -338,7 +347,11 @@ mod tests {
                     .zip(&want)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
-                assert!(err < 2e-5, "{d:?} masked={}: max error {err}", bias.is_some());
+                assert!(
+                    err < 2e-5,
+                    "{d:?} masked={}: max error {err}",
+                    bias.is_some()
+                );
             }
         }
     }

@@ -3,6 +3,7 @@
 //! - [`flash`]: attention that never materialises the N×M score matrix (tiled, online softmax).
 //! - [`bf16_gemm`]: bf16 × bf16 → f32-accumulated linear layers on `vdpbf16ps`.
 //! - [`modulate`]: RMSNorm fused with adaLN scaling and with the tanh-gated residual.
+//! - [`ternary`]: 2-bit ternary weights (TerDiT): reference, exact and int8-VNNI matmuls.
 //! - [`probe`]: this machine's arithmetic peak (f32 FMA, bf16 dot, int8 VNNI), the yardstick
 //!   `lumina bench` reports against.
 //!
@@ -15,6 +16,7 @@ pub(crate) mod math;
 pub mod modulate;
 pub mod probe;
 pub(crate) mod storage;
+pub mod ternary;
 
 pub use flash::flash_attention;
 

@@ -32,7 +32,8 @@ pub fn rms_scale(x: &Tensor, weight: &Tensor, s: &Tensor, eps: f64) -> Result<Te
         eps: eps as f32,
         rows_per_batch: rows_per_batch(x, &factor)?,
     };
-    Ok(x.contiguous()?.apply_op2_no_bwd(&factor.contiguous()?, &op)?)
+    Ok(x.contiguous()?
+        .apply_op2_no_bwd(&factor.contiguous()?, &op)?)
 }
 
 /// `x + tanh(g)·RMSNorm(y)·w` for `x`, `y` (B, N, D), the norm weight `w` (D,), `g` (B, D).
@@ -57,8 +58,7 @@ pub fn rms_gated_residual(
         eps: eps as f32,
         rows_per_batch: rows_per_batch(x, &factor)?,
     };
-    Ok(x
-        .contiguous()?
+    Ok(x.contiguous()?
         .apply_op3_no_bwd(&y.contiguous()?, &factor.contiguous()?, &op)?)
 }
 
@@ -116,8 +116,6 @@ impl<'a> Rows<'a> {
         matches!(self, Rows::Bf16(_))
     }
 }
-
-
 
 impl RowOp {
     /// Runs `f(row, widened x row, out row)` over all rows in parallel and stores the result

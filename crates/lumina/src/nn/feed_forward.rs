@@ -26,9 +26,27 @@ pub struct FeedForward {
 impl FeedForward {
     pub fn load(w: &Weights, dim: usize, hidden: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: Linear::load(&w.pp("linear_1"), dim, hidden, false, Init::XavierUniform)?,
-            linear_2: Linear::load(&w.pp("linear_2"), hidden, dim, false, Init::XavierUniform)?,
-            linear_3: Linear::load(&w.pp("linear_3"), dim, hidden, false, Init::XavierUniform)?,
+            linear_1: Linear::load_ternarizable(
+                &w.pp("linear_1"),
+                dim,
+                hidden,
+                false,
+                Init::XavierUniform,
+            )?,
+            linear_2: Linear::load_ternarizable(
+                &w.pp("linear_2"),
+                hidden,
+                dim,
+                false,
+                Init::XavierUniform,
+            )?,
+            linear_3: Linear::load_ternarizable(
+                &w.pp("linear_3"),
+                dim,
+                hidden,
+                false,
+                Init::XavierUniform,
+            )?,
         })
     }
 

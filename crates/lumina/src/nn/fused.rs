@@ -15,8 +15,6 @@ use crate::kernels::storage::contiguous_f32 as slice;
 
 type CResult<T> = candle_core::Result<T>;
 
-
-
 fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
 }
@@ -47,8 +45,6 @@ fn column_sums(rows: usize, d: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> V
             },
         )
 }
-
-
 
 // ----------------------------------------------------------------------------- RMSNorm
 
@@ -466,7 +462,10 @@ impl CustomOp2 for SwiGlu {
         same_len("swiglu", a.len(), b.len())?;
         let mut y = vec![0f32; a.len()];
         y.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks(ELEMENTS_PER_TASK)))
+            .zip(
+                a.par_chunks(ELEMENTS_PER_TASK)
+                    .zip(b.par_chunks(ELEMENTS_PER_TASK)),
+            )
             .for_each(|(y, (a, b))| {
                 for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
                     *y = silu(a) * b;

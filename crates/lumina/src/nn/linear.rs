@@ -1,19 +1,50 @@
-//! The linear layer. Weight stored `(out, in)` like every PyTorch checkpoint.
+//! The linear layer: weight stored `(out, in)` like every PyTorch checkpoint, in one of three
+//! formats. Quantisation is a property of this layer only — the model code is the same for
+//! every format.
+//!
+//! - dense: `weight` in f32 / bf16 / f16;
+//! - ternary (TerDiT inference): `weight_packed` u8 `(out, ⌈in/4⌉)` 2-bit codes and
+//!   `weight_scale` f32 `(1,)` or `(out,)` (layout: [`crate::kernels::ternary`]);
+//! - ternary quantisation-aware training: a latent full-precision `weight`, ternarised on
+//!   every forward by absmean with a straight-through gradient, times a learnable
+//!   `weight_scale` α (TerDiT `fairscale/.../layers.py`).
+
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::kernels::bf16_gemm;
+use crate::kernels::ternary::{self, TernaryMatrix};
 use crate::weights::{Init, Weights};
+
+/// Key of the packed 2-bit codes of a ternary layer.
+pub const PACKED_KEY: &str = "weight_packed";
+/// Key of a ternary layer's α.
+pub const SCALE_KEY: &str = "weight_scale";
+
+#[derive(Clone, Debug)]
+enum Weight {
+    Dense(Tensor),
+    Ternary(Arc<TernaryMatrix>),
+    /// QAT: the latent matrix and α `(1,)`, both trainable.
+    Qat {
+        latent: Tensor,
+        alpha: Tensor,
+    },
+}
 
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+    out_dim: usize,
+    in_dim: usize,
 }
 
 impl Linear {
-    /// Loads `weight` (out, in) and, when `bias`, `bias` (out,) under `w`.
+    /// Loads `weight` (out, in) and, when `bias`, `bias` (out,) under `w`; a layer stored
+    /// ternary (`weight_packed` + `weight_scale`) loads as such.
     pub fn load(
         w: &Weights,
         in_dim: usize,
@@ -21,21 +52,124 @@ impl Linear {
         bias: bool,
         init: Init,
     ) -> Result<Self> {
-        let weight = w.get("weight", &[out_dim, in_dim], init)?;
+        let weight = if w.stores(PACKED_KEY) {
+            Weight::Ternary(Arc::new(load_packed(w, in_dim, out_dim)?))
+        } else {
+            Weight::Dense(w.get("weight", &[out_dim, in_dim], init)?)
+        };
+        Self::with_bias(w, weight, in_dim, out_dim, bias)
+    }
+
+    /// A layer TerDiT makes ternary (attention and feed-forward projections, the blocks' adaLN
+    /// linear). Like [`Linear::load`], and when the weights ask for ternary layers
+    /// ([`Weights::ternary`]): trainable latent + α under upstream initialisation, else the
+    /// dense weight ternarised by absmean as it loads.
+    pub fn load_ternarizable(
+        w: &Weights,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        init: Init,
+    ) -> Result<Self> {
+        if w.ternary() || w.stores(PACKED_KEY) {
+            w.note_ternary_layer();
+        }
+        if !w.ternary() || w.stores(PACKED_KEY) || w.is_audit() {
+            return Self::load(w, in_dim, out_dim, bias, init);
+        }
+        if let Some(random) = w.random_ternary("weight", out_dim, in_dim) {
+            let weight = Weight::Ternary(Arc::new(random?));
+            return Self::with_bias(w, weight, in_dim, out_dim, bias);
+        }
+        let latent = w.get("weight", &[out_dim, in_dim], init)?;
+        let weight = if w.trainable() {
+            // α starts at mean |W| (TerDiT's released code draws it at random; the reference
+            // notes recommend γ of the initial weights). A zero-initialised layer gets 1.
+            let gamma = latent
+                .abs()?
+                .mean_all()?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
+            let start = if gamma > 0.0 { gamma } else { 1.0 };
+            let alpha = w.get(SCALE_KEY, &[1], Init::Constant(start as f64))?;
+            Weight::Qat { latent, alpha }
+        } else {
+            // A QAT state (latent + trained α) or a dense checkpoint (post-training: α fitted)
+            let alpha = if w.stores(SCALE_KEY) {
+                Some(
+                    w.get_stored(SCALE_KEY, &[1], DType::F32)?
+                        .to_vec1::<f32>()?,
+                )
+            } else {
+                None
+            };
+            let values = latent
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Weight::Ternary(Arc::new(TernaryMatrix::absmean(
+                &values, out_dim, in_dim, alpha,
+            )?))
+        };
+        Self::with_bias(w, weight, in_dim, out_dim, bias)
+    }
+
+    fn with_bias(
+        w: &Weights,
+        weight: Weight,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let bias = if bias {
             Some(w.get("bias", &[out_dim], Init::Zeros)?)
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            out_dim,
+            in_dim,
+        })
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The dense weight `(out, in)`: the stored one, α·w of a ternary layer, or the effective
+    /// (ternarised) weight of a QAT layer.
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Ok(w.clone()),
+            Weight::Ternary(t) => t.dequantize(&candle_core::Device::Cpu),
+            Weight::Qat { latent, alpha } => qat_weight(latent, alpha),
+        }
+    }
+
+    /// The packed matrix of a ternary layer.
+    pub fn ternary(&self) -> Option<&TernaryMatrix> {
+        match &self.weight {
+            Weight::Ternary(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Whether two layers hold the same weights (detects projections a checkpoint stores twice).
+    pub fn same_weights(&self, other: &Linear) -> Result<bool> {
+        match (&self.weight, &other.weight) {
+            (Weight::Ternary(a), Weight::Ternary(b)) => Ok(a == b),
+            (Weight::Dense(a), Weight::Dense(b)) => super::same_values(a, b),
+            (Weight::Qat { latent: a, .. }, Weight::Qat { latent: b, .. }) => {
+                super::same_values(a, b)
+            }
+            _ => Ok(false),
+        }
     }
 
     pub fn out_dim(&self) -> usize {
-        self.weight.dims()[0]
+        self.out_dim
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
     }
 
     /// `(.., in)` -> `(.., out)`.
@@ -44,23 +178,81 @@ impl Linear {
             return Err(Error::input("linear input", "rank >= 1", "a scalar"));
         };
         let rows: usize = lead.iter().product();
-        // Parameters may be stored narrower than the activations (a bf16 checkpoint computed
-        // in f32): widen one matrix at a time instead of holding a wide copy of the model.
-        let w = self.weight.to_dtype(x.dtype())?;
         let x = x.reshape((rows, in_dim))?; // (M, in)
-        let y = if use_bf16_kernel(&x, &w) {
-            crate::kernels::bf16_gemm::bf16_linear(&x, &w)?
-        } else {
-            x.matmul(&w.t()?)?
+        let y = match &self.weight {
+            // Parameters may be stored narrower than the activations (a bf16 checkpoint
+            // computed in f32): widen one matrix at a time instead of holding a wide copy.
+            Weight::Dense(w) => dense_matmul(&x, &w.to_dtype(x.dtype())?)?,
+            Weight::Qat { latent, alpha } => {
+                dense_matmul(&x, &qat_weight(latent, alpha)?.to_dtype(x.dtype())?)?
+            }
+            Weight::Ternary(t) if use_int8_kernel(&x) => {
+                let bias = match &self.bias {
+                    Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                    None => None,
+                };
+                let y = ternary::int8::int8_linear(&x, t, bias.as_deref())?; // (M, out)
+                return reshape_out(y, lead, self.out_dim);
+            }
+            Weight::Ternary(t) => ternary::exact_linear(&x, t, dense_matmul)?,
         }; // (M, out)
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         };
-        let mut out_dims = lead.to_vec();
-        out_dims.push(self.out_dim());
-        Ok(y.reshape(out_dims)?)
+        reshape_out(y, lead, self.out_dim)
     }
+}
+
+fn reshape_out(y: Tensor, lead: &[usize], out_dim: usize) -> Result<Tensor> {
+    let mut out_dims = lead.to_vec();
+    out_dims.push(out_dim);
+    Ok(y.reshape(out_dims)?)
+}
+
+/// `x (M, in) · wᵀ` for `w (out, in)` in `x`'s dtype.
+fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if use_bf16_kernel(x, w) {
+        bf16_gemm::bf16_linear(x, w)
+    } else {
+        Ok(x.matmul(&w.t()?)?)
+    }
+}
+
+/// The ternary layer's codes and α under `w`.
+fn load_packed(w: &Weights, in_dim: usize, out_dim: usize) -> Result<TernaryMatrix> {
+    let stride = in_dim.div_ceil(4);
+    let packed = w.get_stored(PACKED_KEY, &[out_dim, stride], DType::U8)?;
+    let scale = w.get_stored_any_shape(SCALE_KEY, DType::F32)?;
+    let key = w.full_key(PACKED_KEY);
+    let scale = match scale.dims() {
+        [1] => scale.to_vec1::<f32>()?,
+        [n] if *n == out_dim => scale.to_vec1::<f32>()?,
+        got => {
+            return Err(Error::Ternary {
+                key: w.full_key(SCALE_KEY),
+                expected: format!("shape [1] or [{out_dim}]"),
+                got: format!("{got:?}"),
+            })
+        }
+    };
+    let rows = packed.flatten_all()?.to_vec1::<u8>()?;
+    TernaryMatrix::from_rows(&rows, out_dim, in_dim, scale, &key)
+}
+
+/// QAT's effective weight `α · ternarize(W)`: the forward value is exactly the ternary matrix,
+/// the gradient reaches the latent W unchanged (straight-through estimator) and α as
+/// Σ (∂L/∂W_eff) ⊙ w. Composed from differentiable ops only (see the training notes in
+/// ARCHITECTURE.md: candle's fused ops carry no gradient).
+pub fn qat_weight(latent: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+    let gamma = latent.abs()?.mean_all()?.detach(); // γ = mean |W|, per tensor
+    let codes = latent
+        .broadcast_div(&(gamma + 1e-6)?)?
+        .round()?
+        .clamp(-1f32, 1f32)?
+        .detach(); // (out, in) ∈ {−1, 0, 1}
+    let ste = (latent + (codes - latent)?.detach())?; // value: codes; gradient: identity
+    Ok(ste.broadcast_mul(alpha)?)
 }
 
 /// bf16 inference on a CPU with AVX-512 BF16 runs the `vdpbf16ps` kernel; training (inputs
@@ -71,4 +263,43 @@ fn use_bf16_kernel(x: &Tensor, w: &Tensor) -> bool {
         && x.device().is_cpu()
         && !(x.track_op() || w.track_op())
         && bf16_gemm::available()
+}
+
+/// Ternary layers take the int8 path unless it was switched off
+/// ([`ternary::set_activations`]) or the input needs gradients; without VNNI it runs its
+/// portable reference, so [`ternary::Activations::Auto`] picks the exact path there instead.
+fn use_int8_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu()
+        && !x.track_op()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && ternary::int8_activations()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The straight-through estimator: the forward value is α·w exactly; the latent gets the
+    /// upstream gradient times α unchanged, α gets Σ g ⊙ w.
+    #[test]
+    fn qat_weight_passes_gradients_straight_through() -> Result<()> {
+        let dev = Device::Cpu;
+        let latent = Var::new(&[[0.9f32, -0.05, 0.3], [-1.2, 0.0, 0.45]], &dev)?;
+        let alpha = Var::new(&[0.7f32], &dev)?;
+        let g = Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &dev)?;
+        let w = qat_weight(latent.as_tensor(), alpha.as_tensor())?;
+        let signs = [[1f32, 0.0, 1.0], [-1.0, 0.0, 1.0]]; // γ = 0.4833
+        let want = Tensor::new(&signs, &dev)?.affine(0.7, 0.0)?;
+        assert_eq!(w.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
+        let grads = (w * &g)?.sum_all()?.backward()?;
+        let gl = grads.get(latent.as_tensor()).expect("latent gradient");
+        assert_eq!(gl.to_vec2::<f32>()?, g.affine(0.7, 0.0)?.to_vec2::<f32>()?);
+        let ga = grads
+            .get(alpha.as_tensor())
+            .expect("α gradient")
+            .to_vec1::<f32>()?;
+        assert_eq!(ga, [1.0 + 3.0 - 4.0 + 6.0]);
+        Ok(())
+    }
 }

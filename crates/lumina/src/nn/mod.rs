@@ -13,7 +13,7 @@ pub mod ops;
 pub use attention::{attention, key_bias};
 pub use embedding::{coordinate_features, timestep_features, TimestepEmbedder, TIMESTEP_FEATURES};
 pub use feed_forward::{swiglu_hidden, FeedForward};
-pub use linear::Linear;
+pub use linear::{qat_weight, Linear, PACKED_KEY, SCALE_KEY};
 pub use modulation::{gated_residual, scale, Modulation, NormOut, RmsNormZero};
 pub use norm::{LayerNorm, RmsNorm};
 

@@ -19,14 +19,28 @@ pub struct Modulation {
 #[derive(Clone, Debug)]
 pub struct RmsNormZero {
     linear: Linear,
+    /// TerDiT's RMSNorm on the modulation (`NextDitConfig::modulation_norm`).
+    norm_modulation: Option<RmsNorm>,
     norm: RmsNorm,
 }
 
 impl RmsNormZero {
     /// The adaLN linear is zero-initialised upstream: every residual branch starts closed.
-    pub fn load(w: &Weights, dim: usize, cond_dim: usize, eps: f64) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        dim: usize,
+        cond_dim: usize,
+        eps: f64,
+        modulation_norm: bool,
+    ) -> Result<Self> {
+        let linear =
+            Linear::load_ternarizable(&w.pp("linear"), cond_dim, 4 * dim, true, Init::Zeros)?;
+        let norm_modulation = modulation_norm
+            .then(|| RmsNorm::load(&w.pp("norm_modulation"), 4 * dim, eps))
+            .transpose()?;
         Ok(Self {
-            linear: Linear::load(&w.pp("linear"), cond_dim, 4 * dim, true, Init::Zeros)?,
+            linear,
+            norm_modulation,
             norm: RmsNorm::load(&w.pp("norm"), dim, eps)?,
         })
     }
@@ -34,6 +48,10 @@ impl RmsNormZero {
     /// `x` (B, N, D), `temb` (B, Dc) → (`RMSNorm(x)·(1 + scale_msa)`, modulation).
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<(Tensor, Modulation)> {
         let emb = self.linear.forward(&temb.silu()?)?; // (B, 4D)
+        let emb = match &self.norm_modulation {
+            Some(norm) => norm.forward(&emb)?,
+            None => emb,
+        };
         let chunks = emb.chunk(4, 1)?;
         let m = Modulation {
             scale_msa: chunks[0].clone(),

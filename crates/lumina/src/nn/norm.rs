@@ -3,8 +3,8 @@
 use candle_core::{DType, Tensor};
 
 use super::{gated_residual, ops, scale};
-use crate::kernels::modulate;
 use crate::error::Result;
+use crate::kernels::modulate;
 use crate::weights::{Init, Weights};
 
 /// RMSNorm with a learnable weight (diffusers `RMSNorm`, elementwise_affine).

@@ -38,6 +38,8 @@ struct Location {
 pub struct WeightFiles {
     files: Vec<MappedFile>,
     index: BTreeMap<String, (Location, TensorInfo)>,
+    /// The files' `__metadata__` entries, merged.
+    metadata: BTreeMap<String, String>,
 }
 
 /// File names diffusers and transformers write for an unsharded model, in lookup order.
@@ -141,6 +143,7 @@ impl WeightFiles {
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut index = BTreeMap::new();
+        let mut merged = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
             let mmap = open_mmap(path)?;
             let (header_len, metadata) =
@@ -148,6 +151,9 @@ impl WeightFiles {
                     path: path.clone(),
                     reason: truncation(path).unwrap_or_else(|| e.to_string()),
                 })?;
+            if let Some(m) = metadata.metadata() {
+                merged.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
             for (key, st_info) in metadata.tensors() {
                 let dtype = DType::try_from(st_info.dtype).map_err(|_| Error::TensorDtype {
                     key: key.clone(),
@@ -181,7 +187,16 @@ impl WeightFiles {
                 data_start: 8 + header_len,
             });
         }
-        Ok(Self { files, index })
+        Ok(Self {
+            files,
+            index,
+            metadata: merged,
+        })
+    }
+
+    /// The files' `__metadata__` (string pairs), merged across shards.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     pub fn info(&self, key: &str) -> Option<&TensorInfo> {

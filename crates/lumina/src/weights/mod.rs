@@ -5,6 +5,7 @@
 //! is recorded, which gives `lumina inspect` its missing/unused key audit for free.
 
 mod files;
+pub mod ternary;
 mod var_builder;
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +33,8 @@ pub enum Init {
     },
     /// Xavier/Glorot uniform over (fan_out, fan_in) = the stored (out, in) shape.
     XavierUniform,
+    /// Every element this value (a ternary layer's α starts at mean |W|).
+    Constant(f64),
 }
 
 /// A weight that was asked for but is absent or of the wrong shape (audit mode only).
@@ -78,6 +81,8 @@ struct Store {
     /// Every key asked for, with the shape the model expects.
     requested: Mutex<BTreeMap<String, Vec<usize>>>,
     problems: Mutex<Vec<WeightProblem>>,
+    /// Key prefixes of the layers that loaded as ternary (or would, in audit mode).
+    ternary_layers: Mutex<Vec<String>>,
 }
 
 /// Maps the key a model asks for to the key a checkpoint stores it under.
@@ -90,6 +95,9 @@ pub struct Weights {
     prefix: String,
     /// Applied to every full key before lookup: one model, several checkpoint layouts.
     key_map: Option<KeyMap>,
+    /// Whether the layers TerDiT ternarises should be ternary even where the weights are
+    /// dense (see `Linear::load_ternarizable`).
+    ternary: bool,
 }
 
 impl Weights {
@@ -143,12 +151,82 @@ impl Weights {
             mode,
             requested: Mutex::default(),
             problems: Mutex::default(),
+            ternary_layers: Mutex::default(),
         };
         Self {
             store: Arc::new(store),
             prefix: String::new(),
             key_map: None,
+            ternary: false,
         }
+    }
+
+    /// Asks for ternary layers where TerDiT has them: QAT layers under upstream
+    /// initialisation, dense weights ternarised by absmean as they load otherwise. Layers
+    /// stored ternary load as ternary with or without it.
+    pub fn with_ternary(self) -> Self {
+        Self {
+            ternary: true,
+            ..self
+        }
+    }
+
+    /// See [`Weights::with_ternary`].
+    pub fn ternary(&self) -> bool {
+        self.ternary
+    }
+
+    /// For seeded random weights ([`Weights::random`]): a random ternary matrix `name` of
+    /// `(out, in)` — codes uniform over {−1, 0, 1}, α half the Xavier bound — drawn without a
+    /// dense copy (the 2B bench model never holds its f32 weights). `None` for other sources.
+    pub fn random_ternary(
+        &self,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Option<Result<crate::kernels::ternary::TernaryMatrix>> {
+        let Source::Random(rng) = &self.store.source else {
+            return None;
+        };
+        lock(&self.store.requested).insert(self.key(name), vec![out_dim, in_dim]);
+        let seed: u64 = lock(rng).gen();
+        let alpha = (6.0 / (out_dim + in_dim).max(1) as f32).sqrt() / 2.0;
+        // a counter-based generator (splitmix64), so panels can be drawn in parallel
+        let code = move |m: usize, k: usize| {
+            let mut z =
+                seed.wrapping_add(((m * in_dim + k) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % 3) as u8
+        };
+        Some(crate::kernels::ternary::TernaryMatrix::from_codes(
+            out_dim,
+            in_dim,
+            vec![alpha],
+            code,
+        ))
+    }
+
+    /// Records this prefix as a ternary layer (see [`Weights::ternary_layers`]).
+    pub fn note_ternary_layer(&self) {
+        lock(&self.store.ternary_layers).push(self.key("").trim_end_matches('.').to_string());
+    }
+
+    /// The key prefixes of the layers built ternary so far, in load order: what
+    /// `lumina quantize` packs, found by building the model itself (in audit mode, without
+    /// reading a weight).
+    pub fn ternary_layers(&self) -> Vec<String> {
+        lock(&self.store.ternary_layers).clone()
+    }
+
+    /// Whether tensors are stand-ins that are never read ([`Weights::audit`]).
+    pub fn is_audit(&self) -> bool {
+        self.store.mode == Mode::Audit
+    }
+
+    /// Whether parameters are trainable variables (upstream initialisation).
+    pub fn trainable(&self) -> bool {
+        matches!(self.store.source, Source::Init { .. })
     }
 
     /// Reads every key through `map` (a checkpoint layout other than the model's own).
@@ -171,6 +249,7 @@ impl Weights {
             store: self.store.clone(),
             prefix,
             key_map: self.key_map,
+            ternary: self.ternary,
         }
     }
 
@@ -193,6 +272,86 @@ impl Weights {
         match self.key_map {
             Some(map) => map(&key),
             None => key,
+        }
+    }
+
+    /// The full stored key of `name` under this prefix (for messages).
+    pub fn full_key(&self, name: &str) -> String {
+        self.key(name)
+    }
+
+    /// Whether checkpoint files or in-memory tensors really hold `name` (false for generated
+    /// weights, which "contain" every key).
+    pub fn stores(&self, name: &str) -> bool {
+        match &self.store.source {
+            Source::Files(files) => files.info(&self.key(name)).is_some(),
+            Source::Tensors(map) => map.contains_key(&self.key(name)),
+            Source::Random(_) | Source::Zeros | Source::Init { .. } => false,
+        }
+    }
+
+    /// The stored tensor `name` exactly as stored (no dtype conversion), which must have
+    /// `dtype` and, when given, `shape`. For packed and integer data.
+    pub fn get_stored(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.get_stored_any_shape(name, dtype)?;
+        if t.dims() != shape {
+            return Err(Error::TensorShape {
+                key: self.key(name),
+                file: self.origin(name),
+                expected: shape.to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// Like [`Weights::get_stored`], whatever the shape.
+    pub fn get_stored_any_shape(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        let key = self.key(name);
+        let t = match &self.store.source {
+            Source::Files(files) => {
+                let info = files.info(&key).ok_or_else(|| Error::MissingTensor {
+                    key: key.clone(),
+                    files: files.describe(),
+                })?;
+                let shape = info.shape.clone();
+                let t = files.load(&key, &self.store.device)?;
+                lock(&self.store.requested).insert(key.clone(), shape);
+                t
+            }
+            Source::Tensors(map) => {
+                let t = map.get(&key).ok_or_else(|| Error::MissingTensor {
+                    key: key.clone(),
+                    files: "the in-memory weights".into(),
+                })?;
+                lock(&self.store.requested).insert(key.clone(), t.dims().to_vec());
+                t.clone()
+            }
+            Source::Random(_) | Source::Zeros | Source::Init { .. } => {
+                return Err(Error::MissingTensor {
+                    key,
+                    files: "generated weights (no files)".into(),
+                })
+            }
+        };
+        if t.dtype() != dtype {
+            return Err(Error::TensorDtype {
+                key,
+                file: self.origin(name),
+                dtype: format!("{:?} (expected {dtype:?})", t.dtype()),
+            });
+        }
+        Ok(t)
+    }
+
+    /// The file that stores `name`, for messages.
+    fn origin(&self, name: &str) -> PathBuf {
+        match &self.store.source {
+            Source::Files(files) => files
+                .info(&self.key(name))
+                .map(|i| i.file.clone())
+                .unwrap_or_default(),
+            _ => PathBuf::from("(in memory)"),
         }
     }
 
@@ -410,6 +569,7 @@ fn init_tensor(rng: &mut StdRng, shape: &[usize], init: Init, store: &Store) -> 
     let values: Vec<f32> = match init {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
+        Init::Constant(v) => vec![v as f32; n],
         Init::Normal { std } => (0..n).map(|_| std as f32 * normal(rng)).collect(),
         Init::XavierUniform => {
             let (fan_out, fan_in) = match shape {

@@ -64,19 +64,31 @@ impl Lumina2Block {
         let kv = cfg.num_kv_heads * dh;
         let a = w.pp("attn");
         let norm1 = if modulated {
-            Norm1::Modulated(RmsNormZero::load(&w.pp("norm1"), d, cfg.cond_dim(), eps)?)
+            Norm1::Modulated(RmsNormZero::load(
+                &w.pp("norm1"),
+                d,
+                cfg.cond_dim(),
+                eps,
+                false,
+            )?)
         } else {
             Norm1::Plain(RmsNorm::load(&w.pp("norm1"), d, eps)?)
         };
         Ok(Self {
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_kv_heads,
-            to_q: Linear::load(&a.pp("to_q"), d, d, false, Init::XavierUniform)?,
-            to_k: Linear::load(&a.pp("to_k"), d, kv, false, Init::XavierUniform)?,
-            to_v: Linear::load(&a.pp("to_v"), d, kv, false, Init::XavierUniform)?,
+            to_q: Linear::load_ternarizable(&a.pp("to_q"), d, d, false, Init::XavierUniform)?,
+            to_k: Linear::load_ternarizable(&a.pp("to_k"), d, kv, false, Init::XavierUniform)?,
+            to_v: Linear::load_ternarizable(&a.pp("to_v"), d, kv, false, Init::XavierUniform)?,
             norm_q: RmsNorm::load(&a.pp("norm_q"), dh, 1e-5)?,
             norm_k: RmsNorm::load(&a.pp("norm_k"), dh, 1e-5)?,
-            to_out: Linear::load(&a.pp("to_out").pp(0), d, d, false, Init::XavierUniform)?,
+            to_out: Linear::load_ternarizable(
+                &a.pp("to_out").pp(0),
+                d,
+                d,
+                false,
+                Init::XavierUniform,
+            )?,
             feed_forward: FeedForward::load(&w.pp("feed_forward"), d, cfg.ffn_hidden())?,
             norm1,
             ffn_norm1: RmsNorm::load(&w.pp("ffn_norm1"), d, eps)?,

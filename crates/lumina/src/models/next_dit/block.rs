@@ -10,10 +10,7 @@ use candle_core::Tensor;
 use super::NextDitConfig;
 use crate::error::Result;
 use crate::nn::ops::rope_interleaved;
-use crate::nn::{
-    attention, same_values, FeedForward, LayerNorm, Linear, RmsNorm,
-    RmsNormZero,
-};
+use crate::nn::{attention, FeedForward, LayerNorm, Linear, RmsNorm, RmsNormZero};
 use crate::weights::{Init, Weights};
 
 /// What every block of one forward shares.
@@ -57,7 +54,7 @@ impl Query {
     fn load(w: &Weights, cfg: &NextDitConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            to_q: Linear::load(&w.pp("to_q"), d, d, false, Init::XavierUniform)?,
+            to_q: Linear::load_ternarizable(&w.pp("to_q"), d, d, false, Init::XavierUniform)?,
             norm_q: layer_norm_if(cfg.qk_norm, &w.pp("norm_q"), d)?,
         })
     }
@@ -74,7 +71,7 @@ impl Query {
             (None, None) => true,
             _ => false,
         };
-        Ok(norms_equal && same_values(self.to_q.weight(), other.to_q.weight())?)
+        Ok(norms_equal && self.to_q.same_weights(&other.to_q)?)
     }
 }
 
@@ -127,16 +124,46 @@ impl NextDitBlock {
             kv_heads: cfg.kv_heads(),
             gate: w.get("gate", &[cfg.num_attention_heads], Init::Zeros)?,
             attn1_query,
-            attn1_to_k: Linear::load(&a1.pp("to_k"), d, kv, false, Init::XavierUniform)?,
-            attn1_to_v: Linear::load(&a1.pp("to_v"), d, kv, false, Init::XavierUniform)?,
+            attn1_to_k: Linear::load_ternarizable(
+                &a1.pp("to_k"),
+                d,
+                kv,
+                false,
+                Init::XavierUniform,
+            )?,
+            attn1_to_v: Linear::load_ternarizable(
+                &a1.pp("to_v"),
+                d,
+                kv,
+                false,
+                Init::XavierUniform,
+            )?,
             attn1_norm_k: layer_norm_if(cfg.qk_norm, &a1.pp("norm_k"), kv)?,
             attn2_query,
-            attn2_to_k: Linear::load(&a2.pp("to_k"), cap, kv, false, Init::XavierUniform)?,
-            attn2_to_v: Linear::load(&a2.pp("to_v"), cap, kv, false, Init::XavierUniform)?,
+            attn2_to_k: Linear::load_ternarizable(
+                &a2.pp("to_k"),
+                cap,
+                kv,
+                false,
+                Init::XavierUniform,
+            )?,
+            attn2_to_v: Linear::load_ternarizable(
+                &a2.pp("to_v"),
+                cap,
+                kv,
+                false,
+                Init::XavierUniform,
+            )?,
             attn2_norm_k: layer_norm_if(cfg.qk_norm, &a2.pp("norm_k"), kv)?,
-            attn2_to_out: Linear::load(&a2.pp("to_out").pp(0), d, d, false, Init::XavierUniform)?,
+            attn2_to_out: Linear::load_ternarizable(
+                &a2.pp("to_out").pp(0),
+                d,
+                d,
+                false,
+                Init::XavierUniform,
+            )?,
             feed_forward: FeedForward::load(&w.pp("feed_forward"), d, cfg.ffn_hidden())?,
-            norm1: RmsNormZero::load(&w.pp("norm1"), d, cfg.cond_dim(), eps)?,
+            norm1: RmsNormZero::load(&w.pp("norm1"), d, cfg.cond_dim(), eps, cfg.modulation_norm)?,
             ffn_norm1: RmsNorm::load(&w.pp("ffn_norm1"), d, eps)?,
             norm2: RmsNorm::load(&w.pp("norm2"), d, eps)?,
             ffn_norm2: RmsNorm::load(&w.pp("ffn_norm2"), d, eps)?,

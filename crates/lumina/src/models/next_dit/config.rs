@@ -36,6 +36,12 @@ pub struct NextDitConfig {
     /// one another; this tells them where on the canvas they are, at any resolution.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub coordinate_embedding: bool,
+    /// TerDiT's change for ternary models, off upstream: an RMSNorm (learnable weight, over
+    /// all 4·D values) on each block's adaLN modulation output before it is split into
+    /// scales and gates (`norm1.norm_modulation.weight`). A ternary adaLN linear produces far
+    /// larger modulations than a full-precision one; this brings them back in range.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub modulation_norm: bool,
 }
 
 impl Default for NextDitConfig {
@@ -57,6 +63,7 @@ impl Default for NextDitConfig {
             cross_attention_dim: 2048,
             scaling_factor: 1.0,
             coordinate_embedding: false,
+            modulation_norm: false,
         }
     }
 }
