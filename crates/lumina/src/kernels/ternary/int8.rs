@@ -120,13 +120,35 @@ pub fn int8_linear(x: &Tensor, w: &TernaryMatrix, bias: Option<&[f32]>) -> Resul
         ));
     }
     let q = QuantizedRows::from_tensor(x)?;
-    let y = if available() {
-        vnni_gemm(&q, w, bias)
-    } else {
-        int8_reference(&q, w, bias)
-    };
-    let y = Tensor::from_vec(y, (rows, w.out_dim()), x.device())?;
-    Ok(y.to_dtype(x.dtype())?)
+    let shape = (rows, w.out_dim());
+    // bf16 results are rounded once, in the epilogue: no f32 copy of the output
+    Ok(match (x.dtype(), available()) {
+        (DType::BF16, true) => Tensor::from_vec(vnni_gemm::<bf16>(&q, w, bias), shape, x.device())?,
+        (DType::BF16, false) => {
+            Tensor::from_vec(int8_reference::<bf16>(&q, w, bias), shape, x.device())?
+        }
+        (_, true) => Tensor::from_vec(vnni_gemm::<f32>(&q, w, bias), shape, x.device())?,
+        (_, false) => Tensor::from_vec(int8_reference::<f32>(&q, w, bias), shape, x.device())?,
+    })
+}
+
+/// An output element type of the int8 path.
+pub trait Output: Copy + Default + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Output for f32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Output for bf16 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
 }
 
 /// The epilogue shared by both implementations, so that they agree to the bit.
@@ -137,9 +159,13 @@ fn epilogue(acc: i32, sum: i32, step: f32, alpha: f32, bias: f32) -> f32 {
 
 /// The plain integer reference of the int8 path: exact int32 dot products of the codes with
 /// the quantised activations, then [`epilogue`].
-pub fn int8_reference(q: &QuantizedRows, w: &TernaryMatrix, bias: Option<&[f32]>) -> Vec<f32> {
+pub fn int8_reference<T: Output>(
+    q: &QuantizedRows,
+    w: &TernaryMatrix,
+    bias: Option<&[f32]>,
+) -> Vec<T> {
     let (m_dim, k_dim) = (w.out_dim(), w.in_dim());
-    let mut y = vec![0f32; q.rows * m_dim];
+    let mut y = vec![T::default(); q.rows * m_dim];
     y.par_chunks_mut(m_dim.max(1))
         .enumerate()
         .for_each(|(n, row)| {
@@ -148,19 +174,19 @@ pub fn int8_reference(q: &QuantizedRows, w: &TernaryMatrix, bias: Option<&[f32]>
                     .map(|k| w.code(m, k) as i32 * q.value(n, k) as i32)
                     .sum();
                 let b = bias.map_or(0.0, |b| b[m]);
-                *out = epilogue(acc, q.sums[n], q.step[n], w.alpha(m), b);
+                *out = T::from_f32(epilogue(acc, q.sums[n], q.step[n], w.alpha(m), b));
             }
         });
     y
 }
 
 /// The output, shared by tasks that write disjoint tiles of it.
-struct SharedOut(*mut f32);
+struct SharedOut<T>(*mut T);
 // SAFETY: tasks write disjoint (row, column) tiles; see `vnni_gemm`.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T> Sync for SharedOut<T> {}
 
-impl SharedOut {
-    fn ptr(&self) -> *mut f32 {
+impl<T> SharedOut<T> {
+    fn ptr(&self) -> *mut T {
         self.0
     }
 }
@@ -168,9 +194,12 @@ impl SharedOut {
 /// The VNNI GEMM. Each task takes [`TASK_ROWS`] tokens × [`TASK_PANELS`] panels; a panel
 /// (K/4 × 64 bytes, 36 KiB at K = 2304) stays in L1/L2 while the task's token tiles pass
 /// over it.
-fn vnni_gemm(q: &QuantizedRows, w: &TernaryMatrix, bias: Option<&[f32]>) -> Vec<f32> {
+fn vnni_gemm<T: Output>(q: &QuantizedRows, w: &TernaryMatrix, bias: Option<&[f32]>) -> Vec<T> {
     let m_dim = w.out_dim();
-    let mut y = vec![0f32; q.rows * m_dim];
+    let mut y = vec![T::default(); q.rows * m_dim];
+    // per-channel factors once, not a branch per element
+    let alphas: Vec<f32> = (0..m_dim).map(|m| w.alpha(m)).collect();
+    let biases: Vec<f32> = bias.map_or_else(|| vec![0.0; m_dim], <[f32]>::to_vec);
     if q.rows == 0 || m_dim == 0 {
         return y;
     }
@@ -204,10 +233,14 @@ fn vnni_gemm(q: &QuantizedRows, w: &TernaryMatrix, bias: Option<&[f32]>) -> Vec<
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(out.ptr().add(n * m_dim + p * PANEL), cols)
                     };
-                    for (c, d) in dst.iter_mut().enumerate() {
-                        let m = p * PANEL + c;
-                        let b = bias.map_or(0.0, |b| b[m]);
-                        *d = epilogue(acc[r * PANEL + c], q.sums[n], q.step[n], w.alpha(m), b);
+                    let (sum, step) = (q.sums[n], q.step[n]);
+                    let cols_alpha = &alphas[p * PANEL..p * PANEL + cols];
+                    let cols_bias = &biases[p * PANEL..p * PANEL + cols];
+                    let accs = &acc[r * PANEL..r * PANEL + cols];
+                    for (((d, &a), &alpha), &b) in
+                        dst.iter_mut().zip(accs).zip(cols_alpha).zip(cols_bias)
+                    {
+                        *d = T::from_f32(epilogue(a, sum, step, alpha, b));
                     }
                 }
             }
@@ -299,9 +332,12 @@ mod tests {
             let bias: Vec<f32> = (0..out).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let x: Vec<f32> = (0..rows * inp).map(|_| rng.gen_range(-3.0..3.0)).collect();
             let q = QuantizedRows::new(rows, inp, |j| x[j]);
-            let fast = vnni_gemm(&q, &w, Some(&bias));
-            let slow = int8_reference(&q, &w, Some(&bias));
+            let fast = vnni_gemm::<f32>(&q, &w, Some(&bias));
+            let slow = int8_reference::<f32>(&q, &w, Some(&bias));
             assert_eq!(fast, slow, "({rows}, {out}, {inp})");
+            let fast = vnni_gemm::<bf16>(&q, &w, None);
+            let slow = int8_reference::<bf16>(&q, &w, None);
+            assert_eq!(fast, slow, "({rows}, {out}, {inp}) in bf16");
         }
         Ok(())
     }
