@@ -129,30 +129,85 @@ fn gemm(x: &[bf16], w: &[bf16], m: usize, n: usize, k: usize) -> Vec<f32> {
         .step_by(MC)
         .flat_map(|i| (0..n).step_by(NC).map(move |j| (i, j)))
         .collect();
-    tiles.into_par_iter().for_each(|(i0, j0)| {
-        let rows = MC.min(m - i0);
-        let cols = NC.min(n - j0);
-        let mut panel = vec![0u16; KC.min(k) * NC.div_ceil(NR) * NR];
-        for p0 in (0..k).step_by(KC) {
-            let depth = KC.min(k - p0);
-            pack_panel(w, k, j0, cols, p0, depth, &mut panel);
-            for r0 in (0..rows).step_by(MR) {
-                let mr = MR.min(rows - r0);
-                for (s, strip) in panel.chunks(depth * NR).take(cols.div_ceil(NR)).enumerate() {
-                    let c0 = s * NR;
-                    let nr = NR.min(cols - c0);
-                    let a = &x[(i0 + r0) * k + p0..];
-                    // SAFETY: the tile (i0+r0.., j0+c0..) of mr × nr lies inside y, no other
-                    // task writes it, and `a` holds mr rows of stride k from p0 on.
-                    unsafe {
-                        let c = out.ptr().add((i0 + r0) * n + j0 + c0);
-                        tile(a, k, strip, depth, c, n, mr, nr, p0 > 0);
-                    }
+    let operands = Operands {
+        x,
+        ldx: k,
+        w,
+        ldw: k,
+        m,
+        n,
+        k,
+    };
+    tiles
+        .into_par_iter()
+        .for_each(|(i0, j0)| output_tile(&operands, &out, i0, j0));
+    y
+}
+
+/// The operands of one product: `x` (m, k) with row stride `ldx`, `w` (n, k) with row
+/// stride `ldw`, k even.
+struct Operands<'a> {
+    x: &'a [bf16],
+    ldx: usize,
+    w: &'a [bf16],
+    ldw: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+/// The (MC, NC) output tile at (i0, j0).
+fn output_tile(p: &Operands, out: &SharedOut, i0: usize, j0: usize) {
+    let rows = MC.min(p.m - i0);
+    let cols = NC.min(p.n - j0);
+    let mut panel = vec![0u16; KC.min(p.k) * NC.div_ceil(NR) * NR];
+    for p0 in (0..p.k).step_by(KC) {
+        let depth = KC.min(p.k - p0);
+        pack_panel(p.w, p.ldw, j0, cols, p0, depth, &mut panel);
+        for r0 in (0..rows).step_by(MR) {
+            let mr = MR.min(rows - r0);
+            for (s, strip) in panel.chunks(depth * NR).take(cols.div_ceil(NR)).enumerate() {
+                let c0 = s * NR;
+                let nr = NR.min(cols - c0);
+                let a = &p.x[(i0 + r0) * p.ldx + p0..];
+                // SAFETY: the tile (i0+r0.., j0+c0..) of mr × nr lies inside the output, no
+                // other task writes it, and `a` holds mr rows of stride ldx from p0 on.
+                unsafe {
+                    let c = out.ptr().add((i0 + r0) * p.n + j0 + c0);
+                    tile(a, p.ldx, strip, depth, c, p.n, mr, nr, p0 > 0);
                 }
             }
         }
-    });
-    y
+    }
+}
+
+/// `x (m, k) · wᵀ` for `w (n, k)`, with row strides `ldx` and `ldw`, to f32 (m, n), on the
+/// calling thread (for kernels that are already parallel, such as tiled attention).
+/// `k` must be even and the CPU must have AVX-512 BF16 ([`available`]).
+pub(crate) fn gemm_serial(
+    x: &[bf16],
+    ldx: usize,
+    w: &[bf16],
+    ldw: usize,
+    (m, n, k): (usize, usize, usize),
+    y: &mut [f32],
+) {
+    debug_assert!(k % 2 == 0 && available() && y.len() >= m * n);
+    let out = SharedOut(y.as_mut_ptr());
+    let operands = Operands {
+        x,
+        ldx,
+        w,
+        ldw,
+        m,
+        n,
+        k,
+    };
+    for i0 in (0..m).step_by(MC) {
+        for j0 in (0..n).step_by(NC) {
+            output_tile(&operands, &out, i0, j0);
+        }
+    }
 }
 
 fn pad_k(a: &[bf16], rows: usize, k: usize) -> Vec<bf16> {

@@ -7,12 +7,13 @@
 //! are spread over rayon's threads. Forward only: training takes the composed, differentiable
 //! path in `nn::attention`.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::Parallelism;
+use half::bf16;
 use rayon::prelude::*;
 
-use super::math;
-use super::storage::contiguous_f32;
+use super::storage::{contiguous_bf16, contiguous_f32};
+use super::{bf16_gemm, math};
 use crate::error::{Error, Result};
 
 /// Query rows per task: one task's scores (64 × 256 f32 = 64 KiB) stay in L2.
@@ -73,9 +74,15 @@ pub fn flash_attention(
         scale: scale as f32,
         bias,
     };
-    let f32 =
-        |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(candle_core::DType::F32)?.contiguous()?) };
-    let out = f32(q)?.apply_op3_no_bwd(&f32(k)?, &f32(v)?, &op)?;
+    let bf16_kernel = q.dtype() == DType::BF16
+        && k.dtype() == DType::BF16
+        && v.dtype() == DType::BF16
+        && dh % 2 == 0
+        && bf16_gemm::available();
+    // bf16 stays bf16 where the vdpbf16ps kernel runs; everything else computes in f32
+    let dtype = if bf16_kernel { DType::BF16 } else { DType::F32 };
+    let cast = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.contiguous()?) };
+    let out = cast(q)?.apply_op3_no_bwd(&cast(k)?, &cast(v)?, &op)?;
     Ok(out.to_dtype(q.dtype())?)
 }
 
@@ -115,15 +122,26 @@ impl CustomOp3 for FlashAttention {
             m,
             head_dim,
         };
-        let out = attention_f32(
-            contiguous_f32(s1, l1, "flash attention q")?,
-            contiguous_f32(s2, l2, "flash attention k")?,
-            contiguous_f32(s3, l3, "flash attention v")?,
-            self.bias.as_deref(),
-            dims,
-            self.scale,
-        );
-        Ok((CpuStorage::F32(out), Shape::from_dims(l1.dims())))
+        let out = if let CpuStorage::BF16(_) = s1 {
+            CpuStorage::BF16(attention_bf16(
+                contiguous_bf16(s1, l1, "flash attention q")?,
+                contiguous_bf16(s2, l2, "flash attention k")?,
+                contiguous_bf16(s3, l3, "flash attention v")?,
+                self.bias.as_deref(),
+                dims,
+                self.scale,
+            ))
+        } else {
+            CpuStorage::F32(attention_f32(
+                contiguous_f32(s1, l1, "flash attention q")?,
+                contiguous_f32(s2, l2, "flash attention k")?,
+                contiguous_f32(s3, l3, "flash attention v")?,
+                self.bias.as_deref(),
+                dims,
+                self.scale,
+            ))
+        };
+        Ok((out, Shape::from_dims(l1.dims())))
     }
 }
 
@@ -265,6 +283,124 @@ fn query_block(
     }
 }
 
+/// The bf16 kernel: both block products on `vdpbf16ps` (bf16 operands, f32 accumulation), the
+/// online softmax in f32, the probabilities rounded to bf16 for the second product (as bf16
+/// attention kernels do). Twice the f32 rate on AVX-512 BF16; `head_dim` must be even.
+pub fn attention_bf16(
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+    bias: Option<&[f32]>,
+    d: Dims,
+    scale: f32,
+) -> Vec<bf16> {
+    let dh = d.head_dim;
+    let mut out = vec![bf16::ZERO; d.batch * d.heads * d.n * dh];
+    if out.is_empty() || d.m == 0 {
+        return out;
+    }
+    // Vᵀ per kv head, (Dh, M) with M padded to even: the second product's "weight" operand
+    // (`gemm_serial` multiplies by a row-major (N, K) matrix's transpose)
+    let m_pad = d.m.next_multiple_of(2);
+    let mut vt = vec![bf16::ZERO; d.batch * d.kv_heads * dh * m_pad];
+    vt.par_chunks_mut(dh * m_pad)
+        .zip(v.par_chunks(d.m * dh))
+        .for_each(|(t, head)| {
+            for (j, row) in head.chunks(dh).enumerate() {
+                for (c, &x) in row.iter().enumerate() {
+                    t[c * m_pad + j] = x;
+                }
+            }
+        });
+    let mut tasks = Vec::new();
+    for (bh, head_out) in out.chunks_mut(d.n * dh).enumerate() {
+        for (qb, block) in head_out.chunks_mut(QUERY_BLOCK * dh).enumerate() {
+            tasks.push((bh, qb * QUERY_BLOCK, block));
+        }
+    }
+    tasks.into_par_iter().for_each(|(bh, q0, o)| {
+        let (b, h) = (bh / d.heads, bh % d.heads);
+        let kv = b * d.kv_heads + h / (d.heads / d.kv_heads);
+        let rows = o.len() / dh;
+        let q_rows = &q[(bh * d.n + q0) * dh..][..rows * dh];
+        let keys = &k[kv * d.m * dh..(kv + 1) * d.m * dh];
+        let values_t = &vt[kv * dh * m_pad..(kv + 1) * dh * m_pad];
+        let bias = bias.map(|all| &all[b * d.m..(b + 1) * d.m]);
+        query_block_bf16(q_rows, keys, values_t, m_pad, bias, o, dh, scale);
+    });
+    out
+}
+
+/// One block of query rows against every key, bf16 operands; see [`attention_bf16`].
+#[allow(clippy::too_many_arguments)]
+fn query_block_bf16(
+    q: &[bf16],
+    k: &[bf16],
+    vt: &[bf16],
+    m_pad: usize,
+    bias: Option<&[f32]>,
+    o: &mut [bf16],
+    dh: usize,
+    scale: f32,
+) {
+    let rows = o.len() / dh;
+    let m = k.len() / dh;
+    let mut acc = vec![0f32; rows * dh];
+    let mut pv = vec![0f32; rows * dh];
+    let mut scores = vec![0f32; rows * KEY_BLOCK];
+    let mut probs = vec![bf16::ZERO; rows * KEY_BLOCK];
+    let mut row_max = vec![f32::NEG_INFINITY; rows];
+    let mut row_sum = vec![0f32; rows];
+    for j0 in (0..m).step_by(KEY_BLOCK) {
+        let cols = KEY_BLOCK.min(m - j0);
+        let cols_even = cols.next_multiple_of(2); // padded keys: P = 0 and Vᵀ = 0
+        let s = &mut scores[..rows * cols];
+        // S = Q · K_blkᵀ, (rows, cols)
+        bf16_gemm::gemm_serial(q, dh, &k[j0 * dh..], dh, (rows, cols, dh), s);
+        let p = &mut probs[..rows * cols_even];
+        for i in 0..rows {
+            let srow = &mut s[i * cols..(i + 1) * cols];
+            srow.iter_mut().for_each(|x| *x *= scale);
+            if let Some(bias) = bias {
+                srow.iter_mut()
+                    .zip(&bias[j0..j0 + cols])
+                    .for_each(|(x, b)| *x += b);
+            }
+            let new_max = row_max[i].max(math::max(srow));
+            let sum = math::exp_shifted_sum(srow, new_max);
+            let correction = math::exp(row_max[i] - new_max);
+            if correction != 1.0 {
+                acc[i * dh..(i + 1) * dh]
+                    .iter_mut()
+                    .for_each(|x| *x *= correction);
+            }
+            row_sum[i] = row_sum[i] * correction + sum;
+            row_max[i] = new_max;
+            let prow = &mut p[i * cols_even..(i + 1) * cols_even];
+            prow.iter_mut()
+                .zip(srow.iter())
+                .for_each(|(d, &x)| *d = bf16::from_f32(x));
+            prow[cols..].iter_mut().for_each(|d| *d = bf16::ZERO);
+        }
+        // PV = P · V_blk = P · (Vᵀ_blk)ᵀ, (rows, Dh)
+        bf16_gemm::gemm_serial(
+            p,
+            cols_even,
+            &vt[j0..],
+            m_pad,
+            (rows, dh, cols_even),
+            &mut pv,
+        );
+        acc.iter_mut().zip(&pv).for_each(|(a, x)| *a += x);
+    }
+    for (i, (orow, arow)) in o.chunks_mut(dh).zip(acc.chunks(dh)).enumerate() {
+        let inv = 1.0 / row_sum[i];
+        orow.iter_mut()
+            .zip(arow)
+            .for_each(|(d, &x)| *d = bf16::from_f32(x * inv));
+    }
+}
+
 /// The plain reference: every score materialised, softmax in f64.
 pub fn attention_reference(
     q: &[f32],
@@ -349,6 +485,55 @@ mod tests {
                     .fold(0f32, f32::max);
                 assert!(
                     err < 2e-5,
+                    "{d:?} masked={}: max error {err}",
+                    bias.is_some()
+                );
+            }
+        }
+    }
+
+    /// The bf16 kernel against the f64 reference on the same bf16-rounded inputs: off by the
+    /// bf16 rounding of the probabilities and of the output only (odd key counts, GQA, masks).
+    #[test]
+    fn bf16_tiled_attention_matches_the_reference_within_bf16_rounding() {
+        if !bf16_gemm::available() {
+            eprintln!("skipped: no AVX-512 BF16 on this CPU (bf16 attention computes in f32)");
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(9);
+        for (batch, heads, kv_heads, n, m, dh) in [
+            (1, 1, 1, 1, 1, 4),
+            (2, 4, 2, 65, 301, 8),
+            (1, 6, 3, 130, 513, 72),
+            (1, 2, 2, 64, 128, 96),
+        ] {
+            let d = Dims {
+                batch,
+                heads,
+                kv_heads,
+                n,
+                m,
+                head_dim: dh,
+            };
+            let round = |v: Vec<f32>| -> Vec<bf16> { v.into_iter().map(bf16::from_f32).collect() };
+            let q = round(random(batch * heads * n * dh, &mut rng));
+            let k = round(random(batch * kv_heads * m * dh, &mut rng));
+            let v = round(random(batch * kv_heads * m * dh, &mut rng));
+            let mut bias: Vec<f32> = (0..batch * m)
+                .map(|_| if rng.gen_bool(0.3) { -1e30 } else { 0.0 })
+                .collect();
+            bias[..m].iter_mut().for_each(|b| *b = -1e30);
+            let wide = |x: &[bf16]| -> Vec<f32> { x.iter().map(|v| v.to_f32()).collect() };
+            for bias in [None, Some(&bias[..])] {
+                let got = attention_bf16(&q, &k, &v, bias, d, 0.3);
+                let want = attention_reference(&wide(&q), &wide(&k), &wide(&v), bias, d, 0.3);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a.to_f32() - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    err < 0.03,
                     "{d:?} masked={}: max error {err}",
                     bias.is_some()
                 );
