@@ -68,9 +68,9 @@ pub struct DataConfig {
     pub side: usize,
     /// Probability that a caption is replaced by the empty one (for classifier-free guidance).
     pub caption_dropout: f64,
-    /// Probability that a training caption names two objects and their relation. Binding
-    /// attributes to the right one of two objects is what a small model learns last, so the
-    /// `shapes` preset draws more of them than the spec's even split.
+    /// Probability that a training caption names two objects and their relation (the
+    /// shipped recipe: an even split; 0.65 traded position accuracy for relation accuracy at
+    /// equal overall accuracy in a 5200-step run).
     #[serde(default = "even_split")]
     pub two_objects: f64,
 }
@@ -139,17 +139,17 @@ impl TrainConfig {
                 vocab_size: crate::data::vocabulary().words.len(),
                 max_length: crate::data::MAX_CAPTION_TOKENS,
                 hidden_size: 128,
-                num_layers: 3,
+                num_layers: 2,
                 num_attention_heads: 4,
                 norm_eps: 1e-5,
             },
             data: DataConfig {
                 side: 32,
                 caption_dropout: 0.1,
-                two_objects: 0.65,
+                two_objects: 0.5,
             },
             optim: OptimConfig {
-                steps: 5200,
+                steps: 3600,
                 batch_size: 64,
                 lr: 1e-3,
                 warmup_steps: 200,
@@ -175,7 +175,7 @@ impl TrainConfig {
                 shift: 2.0,
             },
             eval: EvalConfig {
-                every: 650,
+                every: 600,
                 prompts_per_kind: 10,
                 seeds: 1,
             },
