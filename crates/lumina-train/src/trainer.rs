@@ -208,10 +208,10 @@ impl Trainer {
     /// of the batch, so the summed gradients are those of the batch mean.
     fn sharded_gradients(&self, whole: &Shard) -> Result<(f32, GradStore)> {
         let b = self.cfg.optim.batch_size;
-        let shards = whole.split(self.cfg.optim.shards, b)?;
-        if shards.len() == 1 {
+        if self.cfg.optim.shards == 1 {
             return self.shard_gradients(whole, 1.0);
         }
+        let shards = whole.split(self.cfg.optim.shards, b)?;
         let results: Vec<Result<(f32, GradStore)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = shards
                 .iter()

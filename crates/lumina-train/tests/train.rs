@@ -11,9 +11,8 @@ use lumina_train::{TrainConfig, Trainer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-#[test]
-fn loss_falls_on_a_tiny_run() -> Result<()> {
-    let mut cfg = TrainConfig::tiny();
+/// Trains `cfg` for 40 steps: the mean loss of the first and of the last five, and all.
+fn first_and_last_losses(mut cfg: TrainConfig) -> Result<(Trainer, f32, f32, Vec<f32>)> {
     cfg.optim.steps = 40;
     let mut trainer = Trainer::new(cfg)?;
     let losses: Vec<f32> = (0..40)
@@ -21,6 +20,12 @@ fn loss_falls_on_a_tiny_run() -> Result<()> {
         .collect::<Result<_, _>>()?;
     let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
     let (first, last) = (mean(&losses[..5]), mean(&losses[35..]));
+    Ok((trainer, first, last, losses))
+}
+
+#[test]
+fn loss_falls_on_a_tiny_run() -> Result<()> {
+    let (_, first, last, losses) = first_and_last_losses(TrainConfig::tiny())?;
     assert!(
         last < 0.7 * first,
         "loss {first:.3} → {last:.3}: {losses:?}"
@@ -125,14 +130,8 @@ fn ema_weights_are_detached_from_the_graph() -> Result<()> {
 #[test]
 fn ternary_qat_trains_and_exports_a_packed_model() -> Result<()> {
     lumina::kernels::ternary::set_activations(lumina::kernels::ternary::Activations::Exact);
-    let mut cfg = TrainConfig::preset("tiny-ternary")?;
-    cfg.optim.steps = 40;
-    let mut trainer = Trainer::new(cfg)?;
-    let losses: Vec<f32> = (0..40)
-        .map(|_| trainer.step().map(|s| s.loss))
-        .collect::<Result<_, _>>()?;
-    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
-    let (first, last) = (mean(&losses[..5]), mean(&losses[35..]));
+    let (trainer, first, last, losses) =
+        first_and_last_losses(TrainConfig::preset("tiny-ternary")?)?;
     assert!(
         last < 0.8 * first,
         "loss {first:.3} → {last:.3}: {losses:?}"

@@ -110,7 +110,6 @@ fn weight_bytes(weights: &Weights, dtype: DType) -> u64 {
     let ternary: std::collections::HashSet<String> = weights
         .ternary_layers()
         .into_iter()
-        .filter(|_| weights.ternary())
         .map(|l| format!("{l}.weight"))
         .collect();
     weights

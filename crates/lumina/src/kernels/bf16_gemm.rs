@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::storage::contiguous_bf16;
+use super::storage::{contiguous_bf16, SharedOut};
 use super::Isa;
 use crate::error::{Error, Result};
 
@@ -98,18 +98,6 @@ impl CustomOp2 for Bf16Linear {
     }
 }
 
-/// The output, shared by tasks that write disjoint tiles of it.
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint (row, column) tiles; see `gemm`.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// A method, not a field access: closures must capture the whole `Sync` wrapper.
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `x` (M, K) · `w`ᵀ, `w` (N, K), both row-major, to f32 (M, N).
 fn gemm(x: &[bf16], w: &[bf16], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
@@ -157,7 +145,7 @@ struct Operands<'a> {
 }
 
 /// The (MC, NC) output tile at (i0, j0).
-fn output_tile(p: &Operands, out: &SharedOut, i0: usize, j0: usize) {
+fn output_tile(p: &Operands, out: &SharedOut<f32>, i0: usize, j0: usize) {
     let rows = MC.min(p.m - i0);
     let cols = NC.min(p.n - j0);
     let mut panel = vec![0u16; KC.min(p.k) * NC.div_ceil(NR) * NR];

@@ -145,6 +145,67 @@ impl CustomOp3 for FlashAttention {
     }
 }
 
+/// One task: a block of up to [`QUERY_BLOCK`] query rows of one (batch, head).
+struct QueryTask {
+    batch: usize,
+    /// The kv head (batch-major index) its query head reads.
+    kv: usize,
+    /// Its rows' range in the flat (B, H, N, Dh) query slice.
+    queries: std::ops::Range<usize>,
+}
+
+/// `out` (B, H, N, Dh) cut into query blocks, each with what its task reads.
+fn query_tasks<T>(out: &mut [T], d: Dims) -> Vec<(QueryTask, &mut [T])> {
+    let dh = d.head_dim;
+    let mut tasks = Vec::new();
+    for (bh, head_out) in out.chunks_mut(d.n * dh).enumerate() {
+        let (batch, h) = (bh / d.heads, bh % d.heads);
+        let kv = batch * d.kv_heads + h / (d.heads / d.kv_heads);
+        for (qb, block) in head_out.chunks_mut(QUERY_BLOCK * dh).enumerate() {
+            let start = (bh * d.n + qb * QUERY_BLOCK) * dh;
+            let queries = start..start + block.len();
+            tasks.push((QueryTask { batch, kv, queries }, block));
+        }
+    }
+    tasks
+}
+
+/// The running maximum and sum of each query row: FlashAttention's online softmax.
+struct OnlineSoftmax {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+impl OnlineSoftmax {
+    fn new(rows: usize) -> Self {
+        Self {
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0f32; rows],
+        }
+    }
+
+    /// Takes row `i`'s (scaled) scores for one key block: adds the key bias, replaces them by
+    /// exp(s − running max) and rescales the row's output accumulator `acc` to the new max.
+    fn add(&mut self, i: usize, scores: &mut [f32], bias: Option<&[f32]>, acc: &mut [f32]) {
+        if let Some(bias) = bias {
+            scores.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+        let new_max = self.max[i].max(math::max(scores));
+        let sum = math::exp_shifted_sum(scores, new_max);
+        let correction = math::exp(self.max[i] - new_max);
+        if correction != 1.0 {
+            acc.iter_mut().for_each(|x| *x *= correction);
+        }
+        self.sum[i] = self.sum[i] * correction + sum;
+        self.max[i] = new_max;
+    }
+
+    /// 1 / the row's softmax denominator.
+    fn inverse_sum(&self, i: usize) -> f32 {
+        1.0 / self.sum[i]
+    }
+}
+
 /// The kernel on row-major slices; see [`flash_attention`].
 pub fn attention_f32(
     q: &[f32],
@@ -159,19 +220,10 @@ pub fn attention_f32(
     if out.is_empty() || d.m == 0 {
         return out;
     }
-    let mut tasks = Vec::new();
-    for (bh, head_out) in out.chunks_mut(d.n * dh).enumerate() {
-        for (qb, block) in head_out.chunks_mut(QUERY_BLOCK * dh).enumerate() {
-            tasks.push((bh, qb * QUERY_BLOCK, block));
-        }
-    }
-    tasks.into_par_iter().for_each(|(bh, q0, o)| {
-        let (b, h) = (bh / d.heads, bh % d.heads);
-        let kv = b * d.kv_heads + h / (d.heads / d.kv_heads);
-        let rows = o.len() / dh;
-        let q_rows = &q[(bh * d.n + q0) * dh..][..rows * dh];
-        let kv_range = kv * d.m * dh..(kv + 1) * d.m * dh;
-        let bias = bias.map(|all| &all[b * d.m..(b + 1) * d.m]);
+    query_tasks(&mut out, d).into_par_iter().for_each(|(t, o)| {
+        let q_rows = &q[t.queries.clone()];
+        let kv_range = t.kv * d.m * dh..(t.kv + 1) * d.m * dh;
+        let bias = bias.map(|all| &all[t.batch * d.m..(t.batch + 1) * d.m]);
         query_block(
             q_rows,
             &k[kv_range.clone()],
@@ -200,8 +252,7 @@ fn query_block(
     // the scale goes on the queries: rows·Dh multiplications instead of rows·M
     let qs: Vec<f32> = q.iter().map(|x| x * scale).collect();
     let mut scores = vec![0f32; rows * KEY_BLOCK];
-    let mut row_max = vec![f32::NEG_INFINITY; rows];
-    let mut row_sum = vec![0f32; rows];
+    let mut softmax = OnlineSoftmax::new(rows);
     for j0 in (0..m).step_by(KEY_BLOCK) {
         let cols = KEY_BLOCK.min(m - j0);
         let s = &mut scores[..rows * cols];
@@ -233,23 +284,9 @@ fn query_block(
                 Parallelism::None,
             );
         }
-        for i in 0..rows {
-            let srow = &mut s[i * cols..(i + 1) * cols];
-            if let Some(bias) = bias {
-                srow.iter_mut()
-                    .zip(&bias[j0..j0 + cols])
-                    .for_each(|(x, b)| *x += b);
-            }
-            let new_max = row_max[i].max(math::max(srow));
-            let sum = math::exp_shifted_sum(srow, new_max);
-            let correction = math::exp(row_max[i] - new_max);
-            if correction != 1.0 {
-                o[i * dh..(i + 1) * dh]
-                    .iter_mut()
-                    .for_each(|x| *x *= correction);
-            }
-            row_sum[i] = row_sum[i] * correction + sum;
-            row_max[i] = new_max;
+        let bias = bias.map(|b| &b[j0..j0 + cols]);
+        for (i, (srow, orow)) in s.chunks_mut(cols).zip(o.chunks_mut(dh)).enumerate() {
+            softmax.add(i, srow, bias, orow);
         }
         // O += P · V_blk, (rows, Dh)
         // SAFETY: o is rows×Dh row-major, s rows×cols row-major, v_blk cols×Dh row-major.
@@ -278,7 +315,7 @@ fn query_block(
         }
     }
     for (i, orow) in o.chunks_mut(dh).enumerate() {
-        let inv = 1.0 / row_sum[i];
+        let inv = softmax.inverse_sum(i);
         orow.iter_mut().for_each(|x| *x *= inv);
     }
 }
@@ -312,20 +349,11 @@ pub fn attention_bf16(
                 }
             }
         });
-    let mut tasks = Vec::new();
-    for (bh, head_out) in out.chunks_mut(d.n * dh).enumerate() {
-        for (qb, block) in head_out.chunks_mut(QUERY_BLOCK * dh).enumerate() {
-            tasks.push((bh, qb * QUERY_BLOCK, block));
-        }
-    }
-    tasks.into_par_iter().for_each(|(bh, q0, o)| {
-        let (b, h) = (bh / d.heads, bh % d.heads);
-        let kv = b * d.kv_heads + h / (d.heads / d.kv_heads);
-        let rows = o.len() / dh;
-        let q_rows = &q[(bh * d.n + q0) * dh..][..rows * dh];
-        let keys = &k[kv * d.m * dh..(kv + 1) * d.m * dh];
-        let values_t = &vt[kv * dh * m_pad..(kv + 1) * dh * m_pad];
-        let bias = bias.map(|all| &all[b * d.m..(b + 1) * d.m]);
+    query_tasks(&mut out, d).into_par_iter().for_each(|(t, o)| {
+        let q_rows = &q[t.queries.clone()];
+        let keys = &k[t.kv * d.m * dh..(t.kv + 1) * d.m * dh];
+        let values_t = &vt[t.kv * dh * m_pad..(t.kv + 1) * dh * m_pad];
+        let bias = bias.map(|all| &all[t.batch * d.m..(t.batch + 1) * d.m]);
         query_block_bf16(q_rows, keys, values_t, m_pad, bias, o, dh, scale);
     });
     out
@@ -349,8 +377,7 @@ fn query_block_bf16(
     let mut pv = vec![0f32; rows * dh];
     let mut scores = vec![0f32; rows * KEY_BLOCK];
     let mut probs = vec![bf16::ZERO; rows * KEY_BLOCK];
-    let mut row_max = vec![f32::NEG_INFINITY; rows];
-    let mut row_sum = vec![0f32; rows];
+    let mut softmax = OnlineSoftmax::new(rows);
     for j0 in (0..m).step_by(KEY_BLOCK) {
         let cols = KEY_BLOCK.min(m - j0);
         let cols_even = cols.next_multiple_of(2); // padded keys: P = 0 and Vᵀ = 0
@@ -358,24 +385,11 @@ fn query_block_bf16(
         // S = Q · K_blkᵀ, (rows, cols)
         bf16_gemm::gemm_serial(q, dh, &k[j0 * dh..], dh, (rows, cols, dh), s);
         let p = &mut probs[..rows * cols_even];
+        let bias_blk = bias.map(|b| &b[j0..j0 + cols]);
         for i in 0..rows {
             let srow = &mut s[i * cols..(i + 1) * cols];
             srow.iter_mut().for_each(|x| *x *= scale);
-            if let Some(bias) = bias {
-                srow.iter_mut()
-                    .zip(&bias[j0..j0 + cols])
-                    .for_each(|(x, b)| *x += b);
-            }
-            let new_max = row_max[i].max(math::max(srow));
-            let sum = math::exp_shifted_sum(srow, new_max);
-            let correction = math::exp(row_max[i] - new_max);
-            if correction != 1.0 {
-                acc[i * dh..(i + 1) * dh]
-                    .iter_mut()
-                    .for_each(|x| *x *= correction);
-            }
-            row_sum[i] = row_sum[i] * correction + sum;
-            row_max[i] = new_max;
+            softmax.add(i, srow, bias_blk, &mut acc[i * dh..(i + 1) * dh]);
             let prow = &mut p[i * cols_even..(i + 1) * cols_even];
             prow.iter_mut()
                 .zip(srow.iter())
@@ -394,7 +408,7 @@ fn query_block_bf16(
         acc.iter_mut().zip(&pv).for_each(|(a, x)| *a += x);
     }
     for (i, (orow, arow)) in o.chunks_mut(dh).zip(acc.chunks(dh)).enumerate() {
-        let inv = 1.0 / row_sum[i];
+        let inv = softmax.inverse_sum(i);
         orow.iter_mut()
             .zip(arow)
             .for_each(|(d, &x)| *d = bf16::from_f32(x * inv));

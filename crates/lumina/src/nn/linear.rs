@@ -134,16 +134,6 @@ impl Linear {
         })
     }
 
-    /// The dense weight `(out, in)`: the stored one, α·w of a ternary layer, or the effective
-    /// (ternarised) weight of a QAT layer.
-    pub fn weight(&self) -> Result<Tensor> {
-        match &self.weight {
-            Weight::Dense(w) => Ok(w.clone()),
-            Weight::Ternary(t) => t.dequantize(&candle_core::Device::Cpu),
-            Weight::Qat { latent, alpha } => qat_weight(latent, alpha),
-        }
-    }
-
     /// The packed matrix of a ternary layer.
     pub fn ternary(&self) -> Option<&TernaryMatrix> {
         match &self.weight {

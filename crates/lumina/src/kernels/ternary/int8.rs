@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::{TernaryMatrix, BLOCK, PANEL};
 use crate::error::{Error, Result};
+use crate::kernels::storage::SharedOut;
 use crate::kernels::Isa;
 
 /// Tokens per register tile: 6 × 4 accumulators of 16 int32 lanes (24 chains), four weight
@@ -178,17 +179,6 @@ pub fn int8_reference<T: Output>(
             }
         });
     y
-}
-
-/// The output, shared by tasks that write disjoint tiles of it.
-struct SharedOut<T>(*mut T);
-// SAFETY: tasks write disjoint (row, column) tiles; see `vnni_gemm`.
-unsafe impl<T> Sync for SharedOut<T> {}
-
-impl<T> SharedOut<T> {
-    fn ptr(&self) -> *mut T {
-        self.0
-    }
 }
 
 /// The VNNI GEMM. Each task takes [`TASK_ROWS`] tokens × [`TASK_PANELS`] panels; a panel
