@@ -3,7 +3,8 @@
 //!
 //! A *step* is one transformer forward at batch 1 (one solver evaluation without CFG; with
 //! CFG a sampler step costs two). A *block* is the median block of that same forward, timed
-//! as it runs. A *linear* is the block's largest matmul (SwiGLU's D → ffn projection) alone.
+//! as it runs. A *linear* is the block's largest matmul (SwiGLU's D → ffn projection) alone;
+//! *attention* is one block's self-attention product (`softmax(q kᵀ) v`, all heads) alone.
 //! Each dtype runs in a child process, so its resident memory is its own.
 
 use std::process::Command;
@@ -14,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use lumina::config::Validate;
 use lumina::kernels::probe::{peak_gflops, Arith};
 use lumina::kernels::ternary::Activations;
-use lumina::kernels::Isa;
+use lumina::kernels::{flash_attention, Isa};
 use lumina::nn::Linear;
 use lumina::weights::Init;
 use lumina::{DitInput, NextDit, NextDitConfig, Weights};
@@ -223,8 +224,10 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
         }
         let (block_flops, step_flops) = flops(&cfg, n, args.caption_tokens);
         let (linear_secs, linear_flops) = time_linear(&ffn_in, n, dtype, args.repeat)?;
+        let (attention_secs, attention_flops) = time_attention(&cfg, n, dtype, args.repeat)?;
         for (what, secs, f) in [
             ("linear", linear_secs, linear_flops),
+            ("attention", attention_secs, attention_flops),
             ("block", best_block, block_flops),
             ("step", best_step, step_flops),
         ] {
@@ -266,6 +269,34 @@ fn time_linear(linear: &Linear, tokens: usize, dtype: DType, repeat: usize) -> R
         best = best.min(start.elapsed().as_secs_f64());
     }
     Ok((best, 2.0 * (tokens * in_dim * out_dim) as f64))
+}
+
+/// The fastest of `repeat` (at least 3) self-attention products of one block (`softmax(q kᵀ) v`
+/// over all heads, projections excluded).
+fn time_attention(
+    cfg: &NextDitConfig,
+    tokens: usize,
+    dtype: DType,
+    repeat: usize,
+) -> Result<(f64, f64)> {
+    let dh = cfg.head_dim();
+    let heads = |h: usize| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1.0, (1, h, tokens, dh), &Device::Cpu)?.to_dtype(dtype)?)
+    };
+    let (q, k, v) = (
+        heads(cfg.num_attention_heads)?,
+        heads(cfg.kv_heads())?,
+        heads(cfg.kv_heads())?,
+    );
+    let scale = 1.0 / (dh as f64).sqrt();
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat.max(3) {
+        let start = Instant::now();
+        flash_attention(&q, &k, &v, None, scale)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    let flops = 4.0 * (tokens * tokens * cfg.num_attention_heads * dh) as f64;
+    Ok((best, flops))
 }
 
 /// FLOPs of one block and of one forward at batch 1: 2·(multiply-adds) of every matmul,

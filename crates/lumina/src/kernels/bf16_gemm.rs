@@ -169,31 +169,43 @@ fn output_tile(p: &Operands, out: &SharedOut<f32>, i0: usize, j0: usize) {
     }
 }
 
-/// `x (m, k) · wᵀ` for `w (n, k)`, with row strides `ldx` and `ldw`, to f32 (m, n), on the
-/// calling thread (for kernels that are already parallel, such as tiled attention).
-/// `k` must be even and the CPU must have AVX-512 BF16 ([`available`]).
-pub(crate) fn gemm_serial(
-    x: &[bf16],
-    ldx: usize,
-    w: &[bf16],
-    ldw: usize,
+/// Columns of one packed strip (see [`gemm_packed`]).
+pub(crate) const STRIP: usize = NR;
+
+/// `c (m, n) (+)= a (m, k) · B` on the calling thread, for kernels that are already parallel
+/// (tiled attention) and pack their own right-hand operand: strip `s` of `b` (columns
+/// s·[`STRIP`]..) starts at `b[s · strip_len]` and holds `[k/2][STRIP][2]` bf16 bits, as
+/// [`pack_panel`] writes them. `a` is row-major with stride `lda`; `c` row-major with stride
+/// `ldc`. `k` must be even and the CPU must have AVX-512 BF16 ([`available`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_packed(
+    a: &[bf16],
+    lda: usize,
+    b: &[u16],
+    strip_len: usize,
     (m, n, k): (usize, usize, usize),
-    y: &mut [f32],
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
 ) {
-    debug_assert!(k % 2 == 0 && available() && y.len() >= m * n);
-    let out = SharedOut(y.as_mut_ptr());
-    let operands = Operands {
-        x,
-        ldx,
-        w,
-        ldw,
-        m,
-        n,
-        k,
-    };
-    for i0 in (0..m).step_by(MC) {
-        for j0 in (0..n).step_by(NC) {
-            output_tile(&operands, &out, i0, j0);
+    assert!(
+        k % 2 == 0
+            && available()
+            && strip_len >= k * NR
+            && b.len() >= (n.div_ceil(NR) - 1) * strip_len + k * NR
+            && (m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n)),
+        "gemm_packed operands out of range"
+    );
+    for s in 0..n.div_ceil(NR) {
+        let strip = &b[s * strip_len..];
+        let nr = NR.min(n - s * NR);
+        for r0 in (0..m).step_by(MR) {
+            // SAFETY: rows r0..r0+mr of `a` and of `c` (columns s·NR..+nr) are inside the
+            // slices (checked above); the CPU has AVX-512 BF16.
+            unsafe {
+                let c = c.as_mut_ptr().add(r0 * ldc + s * NR);
+                tile(&a[r0 * lda..], lda, strip, k, c, ldc, MR.min(m - r0), nr, accumulate);
+            }
         }
     }
 }

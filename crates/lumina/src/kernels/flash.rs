@@ -13,7 +13,8 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::storage::{contiguous_bf16, contiguous_f32};
-use super::{bf16_gemm, math};
+use super::bf16_gemm::{self, STRIP};
+use super::math;
 use crate::error::{Error, Result};
 
 /// Query rows per task: one task's scores (64 × 256 f32 = 64 KiB) stay in L2.
@@ -336,8 +337,8 @@ pub fn attention_bf16(
     if out.is_empty() || d.m == 0 {
         return out;
     }
-    // Vᵀ per kv head, (Dh, M) with M padded to even: the second product's "weight" operand
-    // (`gemm_serial` multiplies by a row-major (N, K) matrix's transpose)
+    // Vᵀ per kv head, (Dh, M) with M padded to even (the padded key's column is 0): the left
+    // operand of Oᵀ = Vᵀ · Pᵀ, read in place by every query block of the head
     let m_pad = d.m.next_multiple_of(2);
     let mut vt = vec![bf16::ZERO; d.batch * d.kv_heads * dh * m_pad];
     vt.par_chunks_mut(dh * m_pad)
@@ -360,6 +361,13 @@ pub fn attention_bf16(
 }
 
 /// One block of query rows against every key, bf16 operands; see [`attention_bf16`].
+///
+/// It runs transposed, so that both products read their large operand in place (K row-major,
+/// Vᵀ prepared once per head) and pack only the small one, which is cheap: Sᵀ = K_blk · Qᵀ
+/// with the block's queries packed once, then Oᵀ += Vᵀ_blk · Pᵀ with the probabilities packed
+/// as they are rounded to bf16. Packing K and Vᵀ for every query block instead cost more than
+/// the products (attention ran at ~120 GFLOP/s). Each query is a column here, so the online
+/// softmax runs down the rows, one key per row.
 #[allow(clippy::too_many_arguments)]
 fn query_block_bf16(
     q: &[bf16],
@@ -373,46 +381,182 @@ fn query_block_bf16(
 ) {
     let rows = o.len() / dh;
     let m = k.len() / dh;
-    let mut acc = vec![0f32; rows * dh];
-    let mut pv = vec![0f32; rows * dh];
-    let mut scores = vec![0f32; rows * KEY_BLOCK];
-    let mut probs = vec![bf16::ZERO; rows * KEY_BLOCK];
-    let mut softmax = OnlineSoftmax::new(rows);
+    let strips = rows.div_ceil(STRIP);
+    let q_strip = dh * STRIP;
+    let q_packed = pack_queries(q, dh, q_strip, strips);
+    let p_strip = KEY_BLOCK * STRIP;
+    let mut p_packed = vec![0u32; strips * p_strip / 2];
+    let mut st = vec![0f32; KEY_BLOCK * rows];
+    let mut ot = vec![0f32; dh * rows];
+    let mut softmax = ColumnSoftmax::new(rows);
     for j0 in (0..m).step_by(KEY_BLOCK) {
         let cols = KEY_BLOCK.min(m - j0);
-        let cols_even = cols.next_multiple_of(2); // padded keys: P = 0 and Vᵀ = 0
-        let s = &mut scores[..rows * cols];
-        // S = Q · K_blkᵀ, (rows, cols)
-        bf16_gemm::gemm_serial(q, dh, &k[j0 * dh..], dh, (rows, cols, dh), s);
-        let p = &mut probs[..rows * cols_even];
-        let bias_blk = bias.map(|b| &b[j0..j0 + cols]);
-        for i in 0..rows {
-            let srow = &mut s[i * cols..(i + 1) * cols];
-            srow.iter_mut().for_each(|x| *x *= scale);
-            softmax.add(i, srow, bias_blk, &mut acc[i * dh..(i + 1) * dh]);
-            let prow = &mut p[i * cols_even..(i + 1) * cols_even];
-            prow.iter_mut()
-                .zip(srow.iter())
-                .for_each(|(d, &x)| *d = bf16::from_f32(x));
-            prow[cols..].iter_mut().for_each(|d| *d = bf16::ZERO);
+        let cols_even = cols.next_multiple_of(2); // a padded key: P = 0 and Vᵀ = 0
+        let s = &mut st[..cols * rows];
+        // Sᵀ = K_blk · Qᵀ, (cols, rows)
+        let k_blk = &k[j0 * dh..(j0 + cols) * dh];
+        bf16_gemm::gemm_packed(k_blk, dh, &q_packed, q_strip, (cols, rows, dh), s, rows, false);
+        let bias = bias.map(|b| &b[j0..j0 + cols]);
+        softmax.add(s, scale, bias, &mut ot, &mut p_packed, p_strip / 2);
+        // Oᵀ += Vᵀ_blk · Pᵀ, (Dh, rows)
+        let (dims, p) = ((dh, rows, cols_even), as_bf16_bits(&p_packed));
+        bf16_gemm::gemm_packed(&vt[j0..], m_pad, p, p_strip, dims, &mut ot, rows, true);
+    }
+    // O = (Oᵀ)ᵀ / row sums, (rows, Dh)
+    for (i, orow) in o.chunks_mut(dh).enumerate() {
+        let inv = 1.0 / softmax.sum[i];
+        for (c, d) in orow.iter_mut().enumerate() {
+            *d = bf16::from_f32(ot[c * rows + i] * inv);
         }
-        // PV = P · V_blk = P · (Vᵀ_blk)ᵀ, (rows, Dh)
-        bf16_gemm::gemm_serial(
-            p,
-            cols_even,
-            &vt[j0..],
-            m_pad,
-            (rows, dh, cols_even),
-            &mut pv,
-        );
-        acc.iter_mut().zip(&pv).for_each(|(a, x)| *a += x);
     }
-    for (i, (orow, arow)) in o.chunks_mut(dh).zip(acc.chunks(dh)).enumerate() {
-        let inv = softmax.inverse_sum(i);
-        orow.iter_mut()
-            .zip(arow)
-            .for_each(|(d, &x)| *d = bf16::from_f32(x * inv));
+}
+
+/// Qᵀ (Dh, rows) in `gemm_packed`'s strips: strip `s`, pair `p`, lane `c` holds query
+/// s·STRIP + c's values 2p and 2p + 1 (lanes past the last query stay 0).
+fn pack_queries(q: &[bf16], dh: usize, strip_len: usize, strips: usize) -> Vec<u16> {
+    let mut packed = vec![0u16; strips * strip_len];
+    for (i, row) in q.chunks(dh).enumerate() {
+        let strip = &mut packed[(i / STRIP) * strip_len..];
+        let lane = i % STRIP;
+        for (p, pair) in row.chunks_exact(2).enumerate() {
+            let at = (p * STRIP + lane) * 2;
+            strip[at] = pair[0].to_bits();
+            strip[at + 1] = pair[1].to_bits();
+        }
     }
+    packed
+}
+
+/// `x` rounded to bf16 (to nearest, ties to even), as bits: plain integer arithmetic, so loops
+/// over it vectorise. Only for finite values (probabilities here).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    (b + 0x7fff + ((b >> 16) & 1)) >> 16
+}
+
+/// [`OnlineSoftmax`] for the transposed block: one query per column.
+struct ColumnSoftmax {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    new_max: Vec<f32>,
+    block_sum: Vec<f32>,
+}
+
+impl ColumnSoftmax {
+    fn new(rows: usize) -> Self {
+        Self {
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0f32; rows],
+            new_max: vec![0f32; rows],
+            block_sum: vec![0f32; rows],
+        }
+    }
+
+    /// Takes one key block's raw scores `s` (keys, queries): scales them, adds the key bias,
+    /// replaces them by exp(s − running max), rescales the columns of the output accumulator
+    /// `ot` (Dh, queries) to the new maxima, and writes Pᵀ, rounded to bf16, into `packed` in
+    /// `gemm_packed`'s strips (as u32 words, one key pair each): strip `s`, key pair `p`, lane
+    /// `c` holds query s·STRIP + c's probabilities for keys 2p and 2p + 1 (an odd last key is
+    /// paired with a 0).
+    fn add(
+        &mut self,
+        s: &mut [f32],
+        scale: f32,
+        bias: Option<&[f32]>,
+        ot: &mut [f32],
+        packed: &mut [u32],
+        strip_words: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::Isa::detect().avx512f {
+            // SAFETY: the CPU has AVX-512F, checked at run time.
+            return unsafe { self.add_avx512(s, scale, bias, ot, packed, strip_words) };
+        }
+        self.add_body(s, scale, bias, ot, packed, strip_words)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add_avx512(
+        &mut self,
+        s: &mut [f32],
+        scale: f32,
+        bias: Option<&[f32]>,
+        ot: &mut [f32],
+        packed: &mut [u32],
+        strip_words: usize,
+    ) {
+        self.add_body(s, scale, bias, ot, packed, strip_words)
+    }
+
+    /// Plain loops over contiguous rows, written to vectorise.
+    #[inline(always)]
+    fn add_body(
+        &mut self,
+        s: &mut [f32],
+        scale: f32,
+        bias: Option<&[f32]>,
+        ot: &mut [f32],
+        packed: &mut [u32],
+        strip_words: usize,
+    ) {
+        let rows = self.max.len();
+        self.new_max.copy_from_slice(&self.max);
+        for (j, srow) in s.chunks_mut(rows).enumerate() {
+            let b = bias.map_or(0.0, |b| b[j]);
+            for (x, mx) in srow.iter_mut().zip(self.new_max.iter_mut()) {
+                *x = *x * scale + b;
+                *mx = mx.max(*x);
+            }
+        }
+        self.block_sum.fill(0.0);
+        for srow in s.chunks_mut(rows) {
+            for ((x, m), sum) in srow.iter_mut().zip(&self.new_max).zip(&mut self.block_sum) {
+                *x = math::exp(*x - m);
+                *sum += *x;
+            }
+        }
+        // the old maxima become the correction factors exp(old − new)
+        let mut rescale = false;
+        for (i, old) in self.max.iter_mut().enumerate() {
+            let correction = math::exp(*old - self.new_max[i]);
+            rescale |= correction != 1.0;
+            self.sum[i] = self.sum[i] * correction + self.block_sum[i];
+            *old = correction;
+        }
+        if rescale {
+            for orow in ot.chunks_mut(rows) {
+                orow.iter_mut().zip(&self.max).for_each(|(x, c)| *x *= c);
+            }
+        }
+        self.max.copy_from_slice(&self.new_max);
+        for (p, pair) in s.chunks(2 * rows).enumerate() {
+            let (even, odd) = pair.split_at(rows);
+            for (strip, lanes) in even.chunks(STRIP).enumerate() {
+                let dst = &mut packed[strip * strip_words + p * STRIP..][..lanes.len()];
+                let c0 = strip * STRIP;
+                if odd.is_empty() {
+                    dst.iter_mut()
+                        .zip(lanes)
+                        .for_each(|(d, &x)| *d = bf16_bits(x));
+                } else {
+                    let odd = &odd[c0..c0 + lanes.len()];
+                    for ((d, &x), &y) in dst.iter_mut().zip(lanes).zip(odd) {
+                        *d = bf16_bits(x) | (bf16_bits(y) << 16);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The u32 words of a packed strip as the bf16 bit pairs `gemm_packed` reads (little-endian:
+/// the low half is the even key).
+fn as_bf16_bits(words: &[u32]) -> &[u16] {
+    // SAFETY: u16 has weaker alignment than u32 and every bit pattern is a valid u16; the
+    // view covers exactly the words' bytes.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u16>(), words.len() * 2) }
 }
 
 /// The plain reference: every score materialised, softmax in f64.
@@ -520,6 +664,7 @@ mod tests {
             (2, 4, 2, 65, 301, 8),
             (1, 6, 3, 130, 513, 72),
             (1, 2, 2, 64, 128, 96),
+            (1, 2, 1, 100, 257, 16), // a query block ending mid-strip
         ] {
             let d = Dims {
                 batch,
