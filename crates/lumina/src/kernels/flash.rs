@@ -3,24 +3,26 @@
 //! of FlashAttention, Dao et al. 2022). Memory is O(N·Dh) instead of O(N·M); at 4096 tokens and
 //! 32 heads the materialised scores of one layer would be 2 GiB.
 //!
-//! The two block products run on the `gemm` crate's kernels (AVX-512 where present); blocks
-//! are spread over rayon's threads. Forward only: training takes the composed, differentiable
+//! The two block products run on packed register-tile kernels (`f32_packed`, and
+//! `bf16_gemm`'s `vdpbf16ps` tile for bf16; plain Rust without AVX-512); query blocks are
+//! spread over rayon's threads. Forward only: training takes the composed, differentiable
 //! path in `nn::attention`.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
-use gemm::Parallelism;
 use half::bf16;
 use rayon::prelude::*;
 
 use super::storage::{contiguous_bf16, contiguous_f32};
-use super::bf16_gemm::{self, STRIP};
-use super::math;
+use super::{bf16_gemm, f32_packed, math};
 use crate::error::{Error, Result};
 
 /// Query rows per task: one task's scores (64 × 256 f32 = 64 KiB) stay in L2.
 pub const QUERY_BLOCK: usize = 64;
-/// Keys per step of the online softmax.
+/// Keys per step of the online softmax (a multiple of 2: bf16 packs key pairs).
 pub const KEY_BLOCK: usize = 256;
+/// Queries per packed strip: the register tile's width, the same for both element types.
+const STRIP: usize = f32_packed::STRIP;
+const _: () = assert!(bf16_gemm::STRIP == STRIP);
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -171,43 +173,7 @@ fn query_tasks<T>(out: &mut [T], d: Dims) -> Vec<(QueryTask, &mut [T])> {
     tasks
 }
 
-/// The running maximum and sum of each query row: FlashAttention's online softmax.
-struct OnlineSoftmax {
-    max: Vec<f32>,
-    sum: Vec<f32>,
-}
-
-impl OnlineSoftmax {
-    fn new(rows: usize) -> Self {
-        Self {
-            max: vec![f32::NEG_INFINITY; rows],
-            sum: vec![0f32; rows],
-        }
-    }
-
-    /// Takes row `i`'s (scaled) scores for one key block: adds the key bias, replaces them by
-    /// exp(s − running max) and rescales the row's output accumulator `acc` to the new max.
-    fn add(&mut self, i: usize, scores: &mut [f32], bias: Option<&[f32]>, acc: &mut [f32]) {
-        if let Some(bias) = bias {
-            scores.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-        }
-        let new_max = self.max[i].max(math::max(scores));
-        let sum = math::exp_shifted_sum(scores, new_max);
-        let correction = math::exp(self.max[i] - new_max);
-        if correction != 1.0 {
-            acc.iter_mut().for_each(|x| *x *= correction);
-        }
-        self.sum[i] = self.sum[i] * correction + sum;
-        self.max[i] = new_max;
-    }
-
-    /// 1 / the row's softmax denominator.
-    fn inverse_sum(&self, i: usize) -> f32 {
-        1.0 / self.sum[i]
-    }
-}
-
-/// The kernel on row-major slices; see [`flash_attention`].
+/// The kernel on row-major f32 slices; see [`flash_attention`].
 pub fn attention_f32(
     q: &[f32],
     k: &[f32],
@@ -216,114 +182,13 @@ pub fn attention_f32(
     d: Dims,
     scale: f32,
 ) -> Vec<f32> {
-    let dh = d.head_dim;
-    let mut out = vec![0f32; d.batch * d.heads * d.n * dh];
-    if out.is_empty() || d.m == 0 {
-        return out;
-    }
-    query_tasks(&mut out, d).into_par_iter().for_each(|(t, o)| {
-        let q_rows = &q[t.queries.clone()];
-        let kv_range = t.kv * d.m * dh..(t.kv + 1) * d.m * dh;
-        let bias = bias.map(|all| &all[t.batch * d.m..(t.batch + 1) * d.m]);
-        query_block(
-            q_rows,
-            &k[kv_range.clone()],
-            &v[kv_range],
-            bias,
-            o,
-            dh,
-            scale,
-        );
-    });
-    out
-}
-
-/// One block of query rows against every key: `o` (rows, Dh) receives the output.
-fn query_block(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    bias: Option<&[f32]>,
-    o: &mut [f32],
-    dh: usize,
-    scale: f32,
-) {
-    let rows = o.len() / dh;
-    let m = k.len() / dh;
-    // the scale goes on the queries: rows·Dh multiplications instead of rows·M
-    let qs: Vec<f32> = q.iter().map(|x| x * scale).collect();
-    let mut scores = vec![0f32; rows * KEY_BLOCK];
-    let mut softmax = OnlineSoftmax::new(rows);
-    for j0 in (0..m).step_by(KEY_BLOCK) {
-        let cols = KEY_BLOCK.min(m - j0);
-        let s = &mut scores[..rows * cols];
-        let k_blk = &k[j0 * dh..(j0 + cols) * dh];
-        let v_blk = &v[j0 * dh..(j0 + cols) * dh];
-        // S = Qs · K_blkᵀ, (rows, cols)
-        // SAFETY: every pointer/stride pair addresses inside its slice: s is rows×cols
-        // row-major, qs rows×Dh row-major, and Kᵀ(kk, c) = k_blk[c·Dh + kk].
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols,
-                dh,
-                s.as_mut_ptr(),
-                1,
-                cols as isize,
-                false,
-                qs.as_ptr(),
-                1,
-                dh as isize,
-                k_blk.as_ptr(),
-                dh as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
-        let bias = bias.map(|b| &b[j0..j0 + cols]);
-        for (i, (srow, orow)) in s.chunks_mut(cols).zip(o.chunks_mut(dh)).enumerate() {
-            softmax.add(i, srow, bias, orow);
-        }
-        // O += P · V_blk, (rows, Dh)
-        // SAFETY: o is rows×Dh row-major, s rows×cols row-major, v_blk cols×Dh row-major.
-        unsafe {
-            gemm::gemm(
-                rows,
-                dh,
-                cols,
-                o.as_mut_ptr(),
-                1,
-                dh as isize,
-                true,
-                s.as_ptr(),
-                1,
-                cols as isize,
-                v_blk.as_ptr(),
-                1,
-                dh as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
-    }
-    for (i, orow) in o.chunks_mut(dh).enumerate() {
-        let inv = softmax.inverse_sum(i);
-        orow.iter_mut().for_each(|x| *x *= inv);
-    }
+    attention(q, k, v, bias, d, scale)
 }
 
 /// The bf16 kernel: both block products on `vdpbf16ps` (bf16 operands, f32 accumulation), the
 /// online softmax in f32, the probabilities rounded to bf16 for the second product (as bf16
-/// attention kernels do). Twice the f32 rate on AVX-512 BF16; `head_dim` must be even.
+/// attention kernels do). Twice the f32 rate on AVX-512 BF16; `head_dim` must be even and the
+/// CPU must have AVX-512 BF16 (`bf16_gemm::available`).
 pub fn attention_bf16(
     q: &[bf16],
     k: &[bf16],
@@ -332,15 +197,175 @@ pub fn attention_bf16(
     d: Dims,
     scale: f32,
 ) -> Vec<bf16> {
+    attention(q, k, v, bias, d, scale)
+}
+
+/// What the tiled kernel needs from an element type: its two block products on packed right
+/// operands, and how to pack them.
+trait Element: Copy + Default + Send + Sync {
+    /// One packed value: an f32, or for bf16 a pair of neighbours along the depth (the operand
+    /// order of `vdpbf16ps`).
+    type Word: Copy + Default + Send + Sync;
+    /// Depth values per word.
+    const PER_WORD: usize;
+    fn from_f32(x: f32) -> Self;
+    /// Qᵀ (Dh, rows) of the query block `q` (rows, Dh) in strips of `strip_len` words: strip
+    /// `s`, depth word `p`, lane `c` holds query s·STRIP + c (lanes past the last stay 0).
+    fn pack_queries(q: &[Self], dh: usize, strip_len: usize, out: &mut [Self::Word]);
+    /// One strip of Pᵀ from one strip of probabilities `p` (cols keys × STRIP queries).
+    fn pack_probabilities(p: &[f32], cols: usize, out: &mut [Self::Word]);
+    /// `c (m, n) (+)= a (m, k) · B`, B packed as above.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        a: &[Self],
+        lda: usize,
+        b: &[Self::Word],
+        strip_len: usize,
+        dims: (usize, usize, usize),
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    );
+}
+
+impl Element for f32 {
+    type Word = f32;
+    const PER_WORD: usize = 1;
+
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+
+    fn pack_queries(q: &[f32], dh: usize, strip_len: usize, out: &mut [f32]) {
+        for (i, row) in q.chunks(dh).enumerate() {
+            let strip = &mut out[(i / STRIP) * strip_len..];
+            for (p, &x) in row.iter().enumerate() {
+                strip[p * STRIP + i % STRIP] = x;
+            }
+        }
+    }
+
+    fn pack_probabilities(p: &[f32], cols: usize, out: &mut [f32]) {
+        out[..cols * STRIP].copy_from_slice(&p[..cols * STRIP]);
+    }
+
+    fn gemm(
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        strip_len: usize,
+        dims: (usize, usize, usize),
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        f32_packed::gemm_packed(a, lda, b, strip_len, dims, c, ldc, accumulate)
+    }
+}
+
+impl Element for bf16 {
+    type Word = u32;
+    const PER_WORD: usize = 2;
+
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+
+    fn pack_queries(q: &[bf16], dh: usize, strip_len: usize, out: &mut [u32]) {
+        for (i, row) in q.chunks(dh).enumerate() {
+            let strip = &mut out[(i / STRIP) * strip_len..];
+            for (p, pair) in row.chunks_exact(2).enumerate() {
+                strip[p * STRIP + i % STRIP] =
+                    u32::from(pair[0].to_bits()) | (u32::from(pair[1].to_bits()) << 16);
+            }
+        }
+    }
+
+    fn pack_probabilities(p: &[f32], cols: usize, out: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::Isa::detect().avx512f {
+            // SAFETY: the CPU has AVX-512F, checked at run time.
+            return unsafe { pack_bf16_pairs_avx512(p, cols, out) };
+        }
+        pack_bf16_pairs(p, cols, out)
+    }
+
+    fn gemm(
+        a: &[bf16],
+        lda: usize,
+        b: &[u32],
+        strip_len: usize,
+        dims: (usize, usize, usize),
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let b = as_bf16_bits(b);
+        bf16_gemm::gemm_packed(a, lda, b, strip_len * 2, dims, c, ldc, accumulate)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_bf16_pairs_avx512(p: &[f32], cols: usize, out: &mut [u32]) {
+    pack_bf16_pairs(p, cols, out)
+}
+
+/// Word `j·STRIP + c` = query c's probabilities for keys 2j and 2j + 1 as bf16 bits (an odd
+/// last key paired with a 0).
+#[inline(always)]
+fn pack_bf16_pairs(p: &[f32], cols: usize, out: &mut [u32]) {
+    for (pair, dst) in p[..cols * STRIP]
+        .chunks(2 * STRIP)
+        .zip(out.chunks_exact_mut(STRIP))
+    {
+        let (even, odd) = pair.split_at(STRIP);
+        if odd.is_empty() {
+            dst.iter_mut()
+                .zip(even)
+                .for_each(|(d, &x)| *d = bf16_bits(x));
+        } else {
+            for ((d, &x), &y) in dst.iter_mut().zip(even).zip(odd) {
+                *d = bf16_bits(x) | (bf16_bits(y) << 16);
+            }
+        }
+    }
+}
+
+/// `x` rounded to bf16 (to nearest, ties to even), as bits: plain integer arithmetic, so loops
+/// over it vectorise. Only for finite values (probabilities here).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    (b + 0x7fff + ((b >> 16) & 1)) >> 16
+}
+
+/// The u32 words of a packed strip as the bf16 bit pairs `gemm_packed` reads (little-endian:
+/// the low half is the even key).
+fn as_bf16_bits(words: &[u32]) -> &[u16] {
+    // SAFETY: u16 has weaker alignment than u32 and every bit pattern is a valid u16; the
+    // view covers exactly the words' bytes.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u16>(), words.len() * 2) }
+}
+
+/// Both kernels: Vᵀ prepared once per kv head, then every query block on rayon's threads.
+fn attention<T: Element>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    bias: Option<&[f32]>,
+    d: Dims,
+    scale: f32,
+) -> Vec<T> {
     let dh = d.head_dim;
-    let mut out = vec![bf16::ZERO; d.batch * d.heads * d.n * dh];
+    let mut out = vec![T::default(); d.batch * d.heads * d.n * dh];
     if out.is_empty() || d.m == 0 {
         return out;
     }
-    // Vᵀ per kv head, (Dh, M) with M padded to even (the padded key's column is 0): the left
-    // operand of Oᵀ = Vᵀ · Pᵀ, read in place by every query block of the head
-    let m_pad = d.m.next_multiple_of(2);
-    let mut vt = vec![bf16::ZERO; d.batch * d.kv_heads * dh * m_pad];
+    // Vᵀ per kv head, (Dh, M) with M padded to whole words (a padded key's column is 0): the
+    // left operand of Oᵀ = Vᵀ · Pᵀ, read in place by every query block of the head
+    let m_pad = d.m.next_multiple_of(T::PER_WORD);
+    let mut vt = vec![T::default(); d.batch * d.kv_heads * dh * m_pad];
     vt.par_chunks_mut(dh * m_pad)
         .zip(v.par_chunks(d.m * dh))
         .for_each(|(t, head)| {
@@ -355,87 +380,71 @@ pub fn attention_bf16(
         let keys = &k[t.kv * d.m * dh..(t.kv + 1) * d.m * dh];
         let values_t = &vt[t.kv * dh * m_pad..(t.kv + 1) * dh * m_pad];
         let bias = bias.map(|all| &all[t.batch * d.m..(t.batch + 1) * d.m]);
-        query_block_bf16(q_rows, keys, values_t, m_pad, bias, o, dh, scale);
+        query_block(q_rows, keys, values_t, m_pad, bias, o, dh, scale);
     });
     out
 }
 
-/// One block of query rows against every key, bf16 operands; see [`attention_bf16`].
+/// One block of query rows against every key.
 ///
 /// It runs transposed, so that both products read their large operand in place (K row-major,
-/// Vᵀ prepared once per head) and pack only the small one, which is cheap: Sᵀ = K_blk · Qᵀ
-/// with the block's queries packed once, then Oᵀ += Vᵀ_blk · Pᵀ with the probabilities packed
-/// as they are rounded to bf16. Packing K and Vᵀ for every query block instead cost more than
-/// the products (attention ran at ~120 GFLOP/s). Each query is a column here, so the online
-/// softmax runs down the rows, one key per row.
+/// Vᵀ prepared once per head) and pack only the small one: Sᵀ = K_blk · Qᵀ with the block's
+/// queries packed once, then Oᵀ += Vᵀ_blk · Pᵀ with the probabilities packed as they are
+/// rounded. Packing K and Vᵀ for every query block instead (what a library GEMM does) cost
+/// more than the products: attention ran at ~110 GFLOP/s. Each query is a column here, so the
+/// online softmax runs down the rows, one key per row; Sᵀ is kept strip by strip
+/// (keys × STRIP queries), which is already the packed layout of Pᵀ.
 #[allow(clippy::too_many_arguments)]
-fn query_block_bf16(
-    q: &[bf16],
-    k: &[bf16],
-    vt: &[bf16],
+fn query_block<T: Element>(
+    q: &[T],
+    k: &[T],
+    vt: &[T],
     m_pad: usize,
     bias: Option<&[f32]>,
-    o: &mut [bf16],
+    o: &mut [T],
     dh: usize,
     scale: f32,
 ) {
     let rows = o.len() / dh;
     let m = k.len() / dh;
     let strips = rows.div_ceil(STRIP);
-    let q_strip = dh * STRIP;
-    let q_packed = pack_queries(q, dh, q_strip, strips);
-    let p_strip = KEY_BLOCK * STRIP;
-    let mut p_packed = vec![0u32; strips * p_strip / 2];
-    let mut st = vec![0f32; KEY_BLOCK * rows];
+    let q_len = dh / T::PER_WORD * STRIP;
+    let mut q_packed = vec![T::Word::default(); strips * q_len];
+    T::pack_queries(q, dh, q_len, &mut q_packed);
+    let s_len = KEY_BLOCK * STRIP;
+    let mut st = vec![0f32; strips * s_len];
+    let p_len = KEY_BLOCK / T::PER_WORD * STRIP;
+    let mut p_packed = vec![T::Word::default(); strips * p_len];
     let mut ot = vec![0f32; dh * rows];
     let mut softmax = ColumnSoftmax::new(rows);
     for j0 in (0..m).step_by(KEY_BLOCK) {
         let cols = KEY_BLOCK.min(m - j0);
-        let cols_even = cols.next_multiple_of(2); // a padded key: P = 0 and Vᵀ = 0
-        let s = &mut st[..cols * rows];
-        // Sᵀ = K_blk · Qᵀ, (cols, rows)
         let k_blk = &k[j0 * dh..(j0 + cols) * dh];
-        bf16_gemm::gemm_packed(k_blk, dh, &q_packed, q_strip, (cols, rows, dh), s, rows, false);
-        let bias = bias.map(|b| &b[j0..j0 + cols]);
-        softmax.add(s, scale, bias, &mut ot, &mut p_packed, p_strip / 2);
-        // Oᵀ += Vᵀ_blk · Pᵀ, (Dh, rows)
-        let (dims, p) = ((dh, rows, cols_even), as_bf16_bits(&p_packed));
-        bf16_gemm::gemm_packed(&vt[j0..], m_pad, p, p_strip, dims, &mut ot, rows, true);
+        // Sᵀ = K_blk · Qᵀ, (cols, STRIP) per strip of queries
+        for (s, st_s) in st.chunks_mut(s_len).enumerate() {
+            let lanes = STRIP.min(rows - s * STRIP);
+            let qt = &q_packed[s * q_len..];
+            T::gemm(k_blk, dh, qt, q_len, (cols, lanes, dh), st_s, STRIP, false);
+        }
+        softmax.add(&mut st, s_len, cols, scale, bias.map(|b| &b[j0..j0 + cols]), &mut ot);
+        for (st_s, p_s) in st.chunks(s_len).zip(p_packed.chunks_mut(p_len)) {
+            T::pack_probabilities(st_s, cols, p_s);
+        }
+        // Oᵀ += Vᵀ_blk · Pᵀ, (Dh, rows); a padded key has P = 0 and Vᵀ = 0
+        let dims = (dh, rows, cols.next_multiple_of(T::PER_WORD));
+        T::gemm(&vt[j0..], m_pad, &p_packed, p_len, dims, &mut ot, rows, true);
     }
     // O = (Oᵀ)ᵀ / row sums, (rows, Dh)
     for (i, orow) in o.chunks_mut(dh).enumerate() {
         let inv = 1.0 / softmax.sum[i];
         for (c, d) in orow.iter_mut().enumerate() {
-            *d = bf16::from_f32(ot[c * rows + i] * inv);
+            *d = T::from_f32(ot[c * rows + i] * inv);
         }
     }
 }
 
-/// Qᵀ (Dh, rows) in `gemm_packed`'s strips: strip `s`, pair `p`, lane `c` holds query
-/// s·STRIP + c's values 2p and 2p + 1 (lanes past the last query stay 0).
-fn pack_queries(q: &[bf16], dh: usize, strip_len: usize, strips: usize) -> Vec<u16> {
-    let mut packed = vec![0u16; strips * strip_len];
-    for (i, row) in q.chunks(dh).enumerate() {
-        let strip = &mut packed[(i / STRIP) * strip_len..];
-        let lane = i % STRIP;
-        for (p, pair) in row.chunks_exact(2).enumerate() {
-            let at = (p * STRIP + lane) * 2;
-            strip[at] = pair[0].to_bits();
-            strip[at + 1] = pair[1].to_bits();
-        }
-    }
-    packed
-}
-
-/// `x` rounded to bf16 (to nearest, ties to even), as bits: plain integer arithmetic, so loops
-/// over it vectorise. Only for finite values (probabilities here).
-#[inline(always)]
-fn bf16_bits(x: f32) -> u32 {
-    let b = x.to_bits();
-    (b + 0x7fff + ((b >> 16) & 1)) >> 16
-}
-
-/// [`OnlineSoftmax`] for the transposed block: one query per column.
+/// FlashAttention's online softmax (Dao et al. 2022) for the transposed block: a running
+/// maximum and sum per query, each query a column of Sᵀ.
 struct ColumnSoftmax {
     max: Vec<f32>,
     sum: Vec<f32>,
@@ -453,68 +462,72 @@ impl ColumnSoftmax {
         }
     }
 
-    /// Takes one key block's raw scores `s` (keys, queries): scales them, adds the key bias,
-    /// replaces them by exp(s − running max), rescales the columns of the output accumulator
-    /// `ot` (Dh, queries) to the new maxima, and writes Pᵀ, rounded to bf16, into `packed` in
-    /// `gemm_packed`'s strips (as u32 words, one key pair each): strip `s`, key pair `p`, lane
-    /// `c` holds query s·STRIP + c's probabilities for keys 2p and 2p + 1 (an odd last key is
-    /// paired with a 0).
+    /// Takes one key block's raw scores Sᵀ, `cols` keys × STRIP queries in each strip of
+    /// `s_len` values: scales them, adds the key bias, replaces them by exp(s − running max)
+    /// and rescales the columns of the output accumulator `ot` (Dh, queries) to the new maxima.
     fn add(
         &mut self,
-        s: &mut [f32],
+        st: &mut [f32],
+        s_len: usize,
+        cols: usize,
         scale: f32,
         bias: Option<&[f32]>,
         ot: &mut [f32],
-        packed: &mut [u32],
-        strip_words: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
         if super::Isa::detect().avx512f {
             // SAFETY: the CPU has AVX-512F, checked at run time.
-            return unsafe { self.add_avx512(s, scale, bias, ot, packed, strip_words) };
+            return unsafe { self.add_avx512(st, s_len, cols, scale, bias, ot) };
         }
-        self.add_body(s, scale, bias, ot, packed, strip_words)
+        self.add_body(st, s_len, cols, scale, bias, ot)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn add_avx512(
         &mut self,
-        s: &mut [f32],
+        st: &mut [f32],
+        s_len: usize,
+        cols: usize,
         scale: f32,
         bias: Option<&[f32]>,
         ot: &mut [f32],
-        packed: &mut [u32],
-        strip_words: usize,
     ) {
-        self.add_body(s, scale, bias, ot, packed, strip_words)
+        self.add_body(st, s_len, cols, scale, bias, ot)
     }
 
-    /// Plain loops over contiguous rows, written to vectorise.
+    /// Plain loops over STRIP-wide rows, written to vectorise.
     #[inline(always)]
     fn add_body(
         &mut self,
-        s: &mut [f32],
+        st: &mut [f32],
+        s_len: usize,
+        cols: usize,
         scale: f32,
         bias: Option<&[f32]>,
         ot: &mut [f32],
-        packed: &mut [u32],
-        strip_words: usize,
     ) {
         let rows = self.max.len();
         self.new_max.copy_from_slice(&self.max);
-        for (j, srow) in s.chunks_mut(rows).enumerate() {
-            let b = bias.map_or(0.0, |b| b[j]);
-            for (x, mx) in srow.iter_mut().zip(self.new_max.iter_mut()) {
-                *x = *x * scale + b;
-                *mx = mx.max(*x);
-            }
-        }
         self.block_sum.fill(0.0);
-        for srow in s.chunks_mut(rows) {
-            for ((x, m), sum) in srow.iter_mut().zip(&self.new_max).zip(&mut self.block_sum) {
-                *x = math::exp(*x - m);
-                *sum += *x;
+        for (s, st_s) in st.chunks_mut(s_len).enumerate() {
+            let c0 = s * STRIP;
+            let lanes = STRIP.min(rows - c0);
+            let new_max = &mut self.new_max[c0..c0 + lanes];
+            let keys = st_s[..cols * STRIP].chunks_exact_mut(STRIP);
+            for (j, row) in keys.enumerate() {
+                let b = bias.map_or(0.0, |b| b[j]);
+                for (x, mx) in row[..lanes].iter_mut().zip(new_max.iter_mut()) {
+                    *x = *x * scale + b;
+                    *mx = mx.max(*x);
+                }
+            }
+            let sums = &mut self.block_sum[c0..c0 + lanes];
+            for row in st_s[..cols * STRIP].chunks_exact_mut(STRIP) {
+                for ((x, m), sum) in row[..lanes].iter_mut().zip(&*new_max).zip(&mut *sums) {
+                    *x = math::exp(*x - m);
+                    *sum += *x;
+                }
             }
         }
         // the old maxima become the correction factors exp(old − new)
@@ -531,32 +544,7 @@ impl ColumnSoftmax {
             }
         }
         self.max.copy_from_slice(&self.new_max);
-        for (p, pair) in s.chunks(2 * rows).enumerate() {
-            let (even, odd) = pair.split_at(rows);
-            for (strip, lanes) in even.chunks(STRIP).enumerate() {
-                let dst = &mut packed[strip * strip_words + p * STRIP..][..lanes.len()];
-                let c0 = strip * STRIP;
-                if odd.is_empty() {
-                    dst.iter_mut()
-                        .zip(lanes)
-                        .for_each(|(d, &x)| *d = bf16_bits(x));
-                } else {
-                    let odd = &odd[c0..c0 + lanes.len()];
-                    for ((d, &x), &y) in dst.iter_mut().zip(lanes).zip(odd) {
-                        *d = bf16_bits(x) | (bf16_bits(y) << 16);
-                    }
-                }
-            }
-        }
     }
-}
-
-/// The u32 words of a packed strip as the bf16 bit pairs `gemm_packed` reads (little-endian:
-/// the low half is the even key).
-fn as_bf16_bits(words: &[u32]) -> &[u16] {
-    // SAFETY: u16 has weaker alignment than u32 and every bit pattern is a valid u16; the
-    // view covers exactly the words' bytes.
-    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u16>(), words.len() * 2) }
 }
 
 /// The plain reference: every score materialised, softmax in f64.

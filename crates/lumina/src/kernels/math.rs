@@ -31,58 +31,10 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
-/// `row[j] = exp(row[j] − max)` in place; returns the sum of the new values.
-pub fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::Isa::detect().avx512f {
-        // SAFETY: the CPU has AVX-512F, checked at run time.
-        return unsafe { exp_shifted_sum_avx512(row, max) };
-    }
-    exp_shifted_sum_body(row, max)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_sum_avx512(row: &mut [f32], max: f32) -> f32 {
-    exp_shifted_sum_body(row, max)
-}
-
-#[inline(always)]
-fn exp_shifted_sum_body(row: &mut [f32], max: f32) -> f32 {
-    // 16 partial sums: a single accumulator would serialise the loop and block vectorisation
-    let mut acc = [0f32; 16];
-    let mut chunks = row.chunks_exact_mut(16);
-    for c in &mut chunks {
-        for (v, a) in c.iter_mut().zip(acc.iter_mut()) {
-            *v = exp(*v - max);
-            *a += *v;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for v in chunks.into_remainder() {
-        *v = exp(*v - max);
-        sum += *v;
-    }
-    sum
-}
-
 /// `1 / sqrt(mean(x²) + eps)`: the RMSNorm factor of one row.
 pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
     1.0 / (ms + eps).sqrt()
-}
-
-/// The largest value of a slice (−∞ for an empty one).
-pub fn max(row: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let mut chunks = row.chunks_exact(16);
-    for c in &mut chunks {
-        for (v, a) in c.iter().zip(acc.iter_mut()) {
-            *a = a.max(*v);
-        }
-    }
-    let m = acc.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
-    chunks.remainder().iter().fold(m, |a, b| a.max(*b))
 }
 
 #[cfg(test)]
@@ -101,25 +53,5 @@ mod tests {
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert!(exp(f32::NEG_INFINITY) < 1e-37);
         assert_eq!(exp(0.0), 1.0);
-    }
-
-    #[test]
-    fn shifted_sum_and_max_cover_ragged_lengths() {
-        for n in [0usize, 1, 15, 16, 17, 100] {
-            let row: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
-            let m = max(&row);
-            let want_m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            assert_eq!(m, want_m);
-            let want: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
-            // the dispatched path (AVX-512 here when present) and the portable one
-            for path in [exp_shifted_sum, exp_shifted_sum_body] {
-                let mut got = row.clone();
-                let s = path(&mut got, m);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0));
-                }
-                assert!((s - want.iter().sum::<f32>()).abs() < 1e-5 * (n as f32).max(1.0));
-            }
-        }
     }
 }

@@ -11,6 +11,7 @@
 //! AVX-512 where the CPU has it and plain Rust elsewhere.
 
 pub mod bf16_gemm;
+pub(crate) mod f32_packed;
 pub mod flash;
 pub(crate) mod math;
 pub mod modulate;
