@@ -11,7 +11,8 @@ It makes its own virtual environment (bench/.venv, or $LUMINA_BENCH_VENV when th
 one that already has torch and diffusers) and re-runs itself there. Each dtype runs in a
 process of its own, like the Rust bench. Definitions match `lumina bench`: a *step* is one
 transformer forward at batch 1; a *block* the median block of that forward (forward hooks);
-a *linear* the SwiGLU's D -> ffn projection; FLOPs are counted by the same formula.
+a *linear* the SwiGLU's D -> ffn projection; *attention* one block's self-attention product
+(SDPA, as diffusers runs it); FLOPs are counted by the same formula.
 """
 
 import argparse
@@ -137,10 +138,22 @@ def measure(args: argparse.Namespace, dtype_name: str) -> dict:
                 start = time.perf_counter()
                 lin(xl)
                 best_linear = min(best_linear, time.perf_counter() - start)
+            # one block's self-attention product alone, as diffusers' attention processor runs
+            # it (SDPA, kv heads repeated to the query heads)
+            heads, kv = cfg["num_attention_heads"], cfg["num_kv_heads"]
+            q = torch.randn(1, heads, n, head_dim, dtype=dtype)
+            k = torch.randn(1, kv, n, head_dim, dtype=dtype).repeat_interleave(heads // kv, dim=1)
+            v = torch.randn(1, kv, n, head_dim, dtype=dtype).repeat_interleave(heads // kv, dim=1)
+            best_attention = float("inf")
+            for _ in range(max(3, args.repeat)):
+                start = time.perf_counter()
+                torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                best_attention = min(best_attention, time.perf_counter() - start)
         block_f, step_f = flops(cfg, n, args.caption_tokens)
         linear_f = 2.0 * n * cfg["hidden_size"] * ffn_hidden(cfg)
-        for what, secs, f in [("linear", best_linear, linear_f), ("block", best_block, block_f),
-                              ("step", best_step, step_f)]:
+        attention_f = 4.0 * n * n * heads * head_dim
+        for what, secs, f in [("linear", best_linear, linear_f), ("attention", best_attention, attention_f),
+                              ("block", best_block, block_f), ("step", best_step, step_f)]:
             print(f"torch {dtype_name} {n:>5} tokens {what:<6} {secs * 1e3:>10.1f} ms "
                   f"{f / secs / 1e9:>7.1f} GFLOP/s", file=sys.stderr)
             results.append(dict(name=what, config=name, tokens=n, dtype=dtype_name, ms=secs * 1e3,
