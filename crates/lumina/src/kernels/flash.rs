@@ -363,8 +363,13 @@ fn attention<T: Element>(
         return out;
     }
     // Vᵀ per kv head, (Dh, M) with M padded to whole words (a padded key's column is 0): the
-    // left operand of Oᵀ = Vᵀ · Pᵀ, read in place by every query block of the head
-    let m_pad = d.m.next_multiple_of(T::PER_WORD);
+    // left operand of Oᵀ = Vᵀ · Pᵀ, read in place by every query block of the head. The
+    // register tile reads 12 of its rows at once; a row stride of a multiple of 4 KiB (M =
+    // 4096) would put them all in one L1 set, so such strides get one cache line more.
+    let mut m_pad = d.m.next_multiple_of(T::PER_WORD);
+    if (m_pad * std::mem::size_of::<T>()) % 4096 == 0 {
+        m_pad += 64 / std::mem::size_of::<T>();
+    }
     let mut vt = vec![T::default(); d.batch * d.kv_heads * dh * m_pad];
     vt.par_chunks_mut(dh * m_pad)
         .zip(v.par_chunks(d.m * dh))
