@@ -106,9 +106,9 @@ pub struct BenchArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A diffusers pipeline folder (with model_index.json) or one model folder (with config.json).
-    /// Default: the built-in `shapes` model.
-    pub dir: Option<PathBuf>,
+    /// A diffusers pipeline folder (with model_index.json), one model folder (with
+    /// config.json), or a built-in model's name. Default: the built-in `shapes` model.
+    pub dir: Option<String>,
 
     /// Print one JSON object instead of the text report.
     #[arg(long)]
@@ -165,7 +165,8 @@ impl From<SolverArg> for lumina::sample::Solver {
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// A diffusers pipeline folder, or a Hugging Face repo id (org/name[@revision]) already in
-    /// the local cache; nothing is downloaded. Default: the built-in `shapes` model.
+    /// the local cache (nothing is downloaded), or a built-in model: `shapes` (the default) or
+    /// `shapes-ternary` (trained with ternary QAT, 2-bit weights).
     #[arg(short, long)]
     pub model: Option<String>,
 
@@ -294,8 +295,8 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A pixel-model folder, or a cached Hugging Face repo id. Default: the built-in `shapes`
-    /// model.
+    /// A pixel-model folder, a cached Hugging Face repo id, or a built-in model: `shapes` (the
+    /// default) or `shapes-ternary`.
     #[arg(short, long)]
     pub model: Option<String>,
 

@@ -32,7 +32,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if prompts.is_empty() || args.seeds == 0 {
         bail!("nothing to evaluate: no prompt or --seeds 0");
     }
-    let dir = model_dir(args.model.as_deref())?;
+    let dir = model_dir(args.model.as_deref())?.dir;
     let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading {}", dir.display()))?;
     let mut template = pipeline.default_request(vec![]);

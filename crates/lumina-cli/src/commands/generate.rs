@@ -11,11 +11,11 @@ use lumina_pipelines::pipeline::size_multiple;
 use lumina_pipelines::{Family, Latents, Pipeline, Request};
 
 use crate::cli::GenerateArgs;
-use crate::commands::{model_dir, BUILT_IN_MODEL_NAME};
+use crate::commands::model_dir;
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let dir = model_dir(args.model.as_deref())?;
-    let model_name = args.model.as_deref().unwrap_or(BUILT_IN_MODEL_NAME);
+    let model = model_dir(args.model.as_deref())?;
+    let (dir, model_name) = (model.dir, model.name.as_str());
     check_args(args, &dir)?;
     let dtype = DType::from(args.dtype);
     let loaded = Instant::now();

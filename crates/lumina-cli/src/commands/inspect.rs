@@ -4,17 +4,14 @@ use anyhow::{Context, Result};
 use lumina_pipelines::inspect::{inspect, Component, Inspection};
 
 use crate::cli::InspectArgs;
-use crate::default_model;
+use crate::commands::model_dir;
 use crate::format;
 
 /// Keys listed per category before "… and N more".
 const LIST_LIMIT: usize = 12;
 
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => default_model::dir()?,
-    };
+    let dir = model_dir(args.dir.as_deref())?.dir;
     let report = inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

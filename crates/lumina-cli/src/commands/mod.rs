@@ -7,20 +7,37 @@ pub mod inspect;
 pub mod quantize;
 pub mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use lumina_pipelines::hub::resolve_model;
 
-use crate::default_model;
+use crate::default_model::BuiltIn;
 
-/// What the generation metadata names the built-in model.
-pub const BUILT_IN_MODEL_NAME: &str = "lumina built-in shapes";
+/// A model folder and the name generation metadata gives it.
+pub struct ModelChoice {
+    pub dir: PathBuf,
+    pub name: String,
+}
 
-/// The model folder of `--model`, or the built-in `shapes` model.
-pub fn model_dir(model: Option<&str>) -> Result<PathBuf> {
-    match model {
-        Some(spec) => Ok(resolve_model(spec)?),
-        None => default_model::dir(),
+/// The folder of `--model`: a built-in model's name (`shapes`, `shapes-ternary`) unless a
+/// path of that name exists, else a folder or a cached Hugging Face repo id; the built-in
+/// `shapes` model without `--model`.
+pub fn model_dir(model: Option<&str>) -> Result<ModelChoice> {
+    let built_in = |b: BuiltIn| -> Result<ModelChoice> {
+        Ok(ModelChoice {
+            dir: b.dir()?,
+            name: b.display_name(),
+        })
+    };
+    let Some(spec) = model else {
+        return built_in(BuiltIn::Shapes);
+    };
+    match BuiltIn::from_name(spec).filter(|_| !Path::new(spec).exists()) {
+        Some(b) => built_in(b),
+        None => Ok(ModelChoice {
+            dir: resolve_model(spec)?,
+            name: spec.to_string(),
+        }),
     }
 }
