@@ -68,7 +68,11 @@ impl BuiltIn {
     /// The folder holding the model, extracting it on first use.
     pub fn dir(self) -> Result<PathBuf> {
         let root = cache_root();
-        let dir = root.join(format!("{}-{:016x}", self.name(), content_hash(self.files())));
+        let dir = root.join(format!(
+            "{}-{:016x}",
+            self.name(),
+            content_hash(self.files())
+        ));
         if dir.join(COMPLETE_MARKER).is_file() {
             return Ok(dir);
         }

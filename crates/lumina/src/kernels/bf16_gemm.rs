@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::storage::{contiguous_bf16, SharedOut};
+use super::storage::{contiguous_bf16, store_tile, SharedOut};
 use super::Isa;
 use crate::error::{Error, Result};
 
@@ -204,7 +204,17 @@ pub(crate) fn gemm_packed(
             // slices (checked above); the CPU has AVX-512 BF16.
             unsafe {
                 let c = c.as_mut_ptr().add(r0 * ldc + s * NR);
-                tile(&a[r0 * lda..], lda, strip, k, c, ldc, MR.min(m - r0), nr, accumulate);
+                tile(
+                    &a[r0 * lda..],
+                    lda,
+                    strip,
+                    k,
+                    c,
+                    ldc,
+                    MR.min(m - r0),
+                    nr,
+                    accumulate,
+                );
             }
         }
     }
@@ -280,16 +290,8 @@ unsafe fn tile(
             mr,
         )
     };
-    for r in 0..mr {
-        // SAFETY: row r of the tile has nr valid columns (caller's contract).
-        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), nr) };
-        let src = &acc[r * NR..r * NR + nr];
-        if accumulate {
-            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-        } else {
-            dst.copy_from_slice(src);
-        }
-    }
+    // SAFETY: forwarded from the caller.
+    unsafe { store_tile(&acc, NR, c, ldc, (mr, nr), accumulate) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -331,21 +333,7 @@ mod avx512 {
                     }
                 };
             }
-            // a constant row count lets the compiler keep every accumulator in a register
-            match mr {
-                12 => rows!(12),
-                11 => rows!(11),
-                10 => rows!(10),
-                9 => rows!(9),
-                8 => rows!(8),
-                7 => rows!(7),
-                6 => rows!(6),
-                5 => rows!(5),
-                4 => rows!(4),
-                3 => rows!(3),
-                2 => rows!(2),
-                _ => rows!(1),
-            }
+            with_row_count!(mr, rows);
             for (r, row) in acc.iter().enumerate().take(mr) {
                 _mm512_storeu_ps(acc_out.as_mut_ptr().add(r * NR), row[0]);
                 _mm512_storeu_ps(acc_out.as_mut_ptr().add(r * NR + 16), row[1]);

@@ -3,6 +3,7 @@
 //! read the large one in place. Same register tile as the bf16 kernel (`bf16_gemm`): [`MR`]
 //! rows × [`STRIP`] columns, 24 accumulators of 16 lanes, one broadcast per row and depth step.
 
+use super::storage::store_tile;
 use super::Isa;
 
 /// Rows of the register tile.
@@ -51,14 +52,10 @@ pub(crate) fn gemm_packed(
                 let _ = fast;
                 portable_kernel(rows, lda, strip, k, &mut acc, mr);
             }
-            for r in 0..mr {
-                let dst = &mut c[(r0 + r) * ldc + s * STRIP..][..nr];
-                let src = &acc[r * STRIP..r * STRIP + nr];
-                if accumulate {
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                } else {
-                    dst.copy_from_slice(src);
-                }
+            // SAFETY: rows r0..r0+mr, columns s·STRIP..+nr of `c` lie inside it (checked above).
+            unsafe {
+                let dst = c.as_mut_ptr().add(r0 * ldc + s * STRIP);
+                store_tile(&acc, STRIP, dst, ldc, (mr, nr), accumulate);
             }
         }
     }
@@ -119,21 +116,7 @@ mod avx512 {
                     }
                 };
             }
-            // a constant row count lets the compiler keep every accumulator in a register
-            match mr {
-                12 => rows!(12),
-                11 => rows!(11),
-                10 => rows!(10),
-                9 => rows!(9),
-                8 => rows!(8),
-                7 => rows!(7),
-                6 => rows!(6),
-                5 => rows!(5),
-                4 => rows!(4),
-                3 => rows!(3),
-                2 => rows!(2),
-                _ => rows!(1),
-            }
+            with_row_count!(mr, rows);
             for (r, row) in acc.iter().enumerate().take(mr) {
                 _mm512_storeu_ps(acc_out.as_mut_ptr().add(r * STRIP), row[0]);
                 _mm512_storeu_ps(acc_out.as_mut_ptr().add(r * STRIP + 16), row[1]);
@@ -169,7 +152,10 @@ mod tests {
                 for j in 0..n {
                     let dot: f32 = (0..k).map(|p| a[i * lda + p] * bt[j * k + p]).sum();
                     let got = c[i * ldc + j];
-                    assert!((got - 1.0 - dot).abs() < 1e-4, "({m}, {n}, {k}) at ({i}, {j})");
+                    assert!(
+                        (got - 1.0 - dot).abs() < 1e-4,
+                        "({m}, {n}, {k}) at ({i}, {j})"
+                    );
                 }
             }
             let mut acc = [0f32; MR * STRIP];

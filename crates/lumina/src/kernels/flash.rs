@@ -367,7 +367,7 @@ fn attention<T: Element>(
     // register tile reads 12 of its rows at once; a row stride of a multiple of 4 KiB (M =
     // 4096) would put them all in one L1 set, so such strides get one cache line more.
     let mut m_pad = d.m.next_multiple_of(T::PER_WORD);
-    if (m_pad * std::mem::size_of::<T>()) % 4096 == 0 {
+    if (m_pad * std::mem::size_of::<T>()).is_multiple_of(4096) {
         m_pad += 64 / std::mem::size_of::<T>();
     }
     let mut vt = vec![T::default(); d.batch * d.kv_heads * dh * m_pad];
@@ -431,13 +431,29 @@ fn query_block<T: Element>(
             let qt = &q_packed[s * q_len..];
             T::gemm(k_blk, dh, qt, q_len, (cols, lanes, dh), st_s, STRIP, false);
         }
-        softmax.add(&mut st, s_len, cols, scale, bias.map(|b| &b[j0..j0 + cols]), &mut ot);
+        softmax.add(
+            &mut st,
+            s_len,
+            cols,
+            scale,
+            bias.map(|b| &b[j0..j0 + cols]),
+            &mut ot,
+        );
         for (st_s, p_s) in st.chunks(s_len).zip(p_packed.chunks_mut(p_len)) {
             T::pack_probabilities(st_s, cols, p_s);
         }
         // Oᵀ += Vᵀ_blk · Pᵀ, (Dh, rows); a padded key has P = 0 and Vᵀ = 0
         let dims = (dh, rows, cols.next_multiple_of(T::PER_WORD));
-        T::gemm(&vt[j0..], m_pad, &p_packed, p_len, dims, &mut ot, rows, true);
+        T::gemm(
+            &vt[j0..],
+            m_pad,
+            &p_packed,
+            p_len,
+            dims,
+            &mut ot,
+            rows,
+            true,
+        );
     }
     // O = (Oᵀ)ᵀ / row sums, (rows, Dh)
     for (i, orow) in o.chunks_mut(dh).enumerate() {

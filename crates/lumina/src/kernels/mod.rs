@@ -10,6 +10,27 @@
 //! Instruction sets are detected at run time ([`Isa::detect`]): one portable binary uses
 //! AVX-512 where the CPU has it and plain Rust elsewhere.
 
+/// `$body!(n)` with `n` the literal equal to `$mr` (1 to 12; 1 for anything else): a register
+/// tile kernel's row loop with a constant count keeps every accumulator in a register.
+macro_rules! with_row_count {
+    ($mr:expr, $body:ident) => {
+        match $mr {
+            12 => $body!(12),
+            11 => $body!(11),
+            10 => $body!(10),
+            9 => $body!(9),
+            8 => $body!(8),
+            7 => $body!(7),
+            6 => $body!(6),
+            5 => $body!(5),
+            4 => $body!(4),
+            3 => $body!(3),
+            2 => $body!(2),
+            _ => $body!(1),
+        }
+    };
+}
+
 pub mod bf16_gemm;
 pub(crate) mod f32_packed;
 pub mod flash;

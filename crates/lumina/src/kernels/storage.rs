@@ -1,5 +1,6 @@
 //! Reading a custom op's operands (the contiguous slice of a CPU storage, in the one dtype the
-//! kernel takes, or an error naming the operand) and sharing an output among tasks.
+//! kernel takes, or an error naming the operand), sharing an output among tasks, and writing
+//! a register tile out.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout};
@@ -41,5 +42,31 @@ impl<T> SharedOut<T> {
     /// A method, not a field access: closures must capture the whole `Sync` wrapper.
     pub(crate) fn ptr(&self) -> *mut T {
         self.0
+    }
+}
+
+/// Writes (or, with `accumulate`, adds) the first `nr` columns of the first `mr` rows of a
+/// register tile `acc` (rows `acc_stride` apart) to `c` (rows `ldc` apart): the store of the
+/// f32 and bf16 tile kernels.
+///
+/// # Safety
+/// `c` must address `mr` rows of stride `ldc` with `nr` valid columns each that no other
+/// thread touches meanwhile; `acc` must hold `mr` rows of `acc_stride ≥ nr` values.
+pub(crate) unsafe fn store_tile(
+    acc: &[f32],
+    acc_stride: usize,
+    c: *mut f32,
+    ldc: usize,
+    (mr, nr): (usize, usize),
+    accumulate: bool,
+) {
+    for (r, src) in acc.chunks(acc_stride).take(mr).enumerate() {
+        // SAFETY: row r of the tile has nr valid columns (caller's contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), nr) };
+        if accumulate {
+            dst.iter_mut().zip(&src[..nr]).for_each(|(d, s)| *d += s);
+        } else {
+            dst.copy_from_slice(&src[..nr]);
+        }
     }
 }

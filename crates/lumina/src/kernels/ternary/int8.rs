@@ -10,13 +10,13 @@
 //! Unlike the exact path this rounds the activations (BitNet's W1.58A8); `lumina bench`
 //! and the ternary model's judge accuracy measure what that costs.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Storage, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
 use super::{TernaryMatrix, BLOCK, PANEL};
 use crate::error::{Error, Result};
-use crate::kernels::storage::SharedOut;
+use crate::kernels::storage::{contiguous_f32, SharedOut};
 use crate::kernels::Isa;
 
 /// Tokens per register tile: 6 × 4 accumulators of 16 int32 lanes (24 chains), four weight
@@ -72,8 +72,21 @@ impl QuantizedRows {
     /// From an f32 or bf16 tensor `(rows, in)`.
     pub fn from_tensor(x: &Tensor) -> Result<Self> {
         let (rows, in_dim) = x.dims2()?;
-        let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self::new(rows, in_dim, &v))
+        // read in place: an f32 input is not copied, a bf16 one converted once
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Err(Error::input(
+                "int8 ternary linear input",
+                "a CPU tensor",
+                format!("{:?}", x.device()),
+            ));
+        };
+        Ok(Self::new(
+            rows,
+            in_dim,
+            contiguous_f32(cpu, layout, "int8 ternary linear x")?,
+        ))
     }
 
     /// The quantised value of token n, input k (0 in the padding).
@@ -413,7 +426,10 @@ mod tests {
         for len in [1usize, 15, 16, 17, 100] {
             let mut row: Vec<f32> = (0..len).map(|_| rng.gen_range(-3.0..3.0)).collect();
             row[0] = 127.0; // amax 127: every half-integer below is an exact tie
-            row.iter_mut().skip(1).step_by(3).for_each(|v| *v = v.round() + 0.5);
+            row.iter_mut()
+                .skip(1)
+                .step_by(3)
+                .for_each(|v| *v = v.round() + 0.5);
             let want: Vec<i8> = row
                 .iter()
                 .map(|v| v.round_ties_even().clamp(-127.0, 127.0) as i8)
