@@ -68,7 +68,14 @@ pub fn to_image(t: &Tensor) -> Result<Image> {
     Ok(Image { side: h, rgb })
 }
 
-pub fn batch(cfg: &DataConfig, size: usize, rng: &mut impl Rng, device: &Device) -> Result<Batch> {
+/// `size` fresh samples on canvases of side `side`.
+pub fn batch(
+    cfg: &DataConfig,
+    side: usize,
+    size: usize,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<Batch> {
     let mut images = Vec::with_capacity(size);
     let mut captions = Vec::with_capacity(size);
     let mix = CaptionMix {
@@ -78,7 +85,7 @@ pub fn batch(cfg: &DataConfig, size: usize, rng: &mut impl Rng, device: &Device)
     for _ in 0..size {
         let caption = sample_caption(rng, &mix);
         let scene = sample_scene(&caption, rng);
-        images.push(render(&scene, cfg.side));
+        images.push(render(&scene, side));
         let dropped = rng.gen_bool(cfg.caption_dropout);
         captions.push(if dropped {
             String::new()
@@ -125,7 +132,9 @@ mod tests {
                 side: 16,
                 caption_dropout: 0.5,
                 two_objects: 0.5,
+                stages: Vec::new(),
             },
+            16,
             4,
             &mut rng,
             &Device::Cpu,

@@ -169,7 +169,8 @@ impl Trainer {
     /// One optimisation step.
     pub fn step(&mut self) -> Result<StepStats> {
         let b = self.cfg.optim.batch_size;
-        let data = batch(&self.cfg.data, b, &mut self.rng, &self.device)?;
+        let side = self.cfg.data.side_at(self.step);
+        let data = batch(&self.cfg.data, side, b, &mut self.rng, &self.device)?;
         let (ids, mask, _) = self.tokenizer.encode(&data.captions, &self.device)?;
         let x1 = data.images; // (B, 3, S, S)
         let x0 = noise::gaussian(x1.dims(), DType::F32, &self.device, &mut self.rng)?;

@@ -35,7 +35,20 @@ fn loss_falls_on_a_tiny_run() -> Result<()> {
 
 #[test]
 fn resume_continues_identically() -> Result<()> {
-    let cfg = TrainConfig::tiny();
+    check_resume(TrainConfig::tiny())
+}
+
+/// A run that changes canvas size at step 2 (progressive resolution), checkpointed at step 3
+/// past the switch: the resumed run picks the side from the step it restored.
+#[test]
+fn resume_after_a_resolution_stage_continues_identically() -> Result<()> {
+    let mut cfg = TrainConfig::tiny();
+    cfg.data.stages = vec![lumina_train::config::ResolutionStage { side: 8, steps: 2 }];
+    check_resume(cfg)
+}
+
+/// Six steps straight against three, a checkpoint, and three resumed: same losses, weights, EMA.
+fn check_resume(cfg: TrainConfig) -> Result<()> {
     let mut straight = Trainer::new(cfg.clone())?;
     let mut straight_losses = Vec::new();
     for _ in 0..6 {
