@@ -402,13 +402,13 @@ mod tests {
     fn bad_resolution_stages_are_named() {
         let mut c = TrainConfig::shapes();
         c.data.stages = vec![ResolutionStage { side: 18, steps: 3 }];
-        let e = c.validate().unwrap_err().to_string();
+        let e = c.validate().expect_err("invalid stages").to_string();
         assert!(e.contains("data.stages[0]") && e.contains("18"), "{e}");
         c.data.stages = vec![ResolutionStage {
             side: 16,
             steps: c.optim.steps,
         }];
-        let e = c.validate().unwrap_err().to_string();
+        let e = c.validate().expect_err("invalid stages").to_string();
         assert!(e.contains("data.stages") && e.contains("none"), "{e}");
     }
 }
