@@ -35,6 +35,22 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u8>, String) {
     (frame.width, frame.height, buf, text)
 }
 
+/// `lumina generate --prompt "a red circle above a blue square"` plus `extra` into `out`, which
+/// must succeed; the PNG as [`read_png`] reads it.
+fn generate(cache: &Path, out: &Path, extra: &[&str]) -> (u32, u32, Vec<u8>, String) {
+    let mut args = vec![
+        "generate",
+        "--prompt",
+        "a red circle above a blue square",
+        "--output",
+        out.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let o = lumina(cache, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    read_png(out)
+}
+
 /// Words outside the model's vocabulary would all read as `<unk>`: an error naming them.
 #[test]
 fn words_outside_the_vocabulary_are_named() {
@@ -113,23 +129,7 @@ fn portable_kernels_draw_the_same_image() {
 fn generate_needs_no_model_argument_and_is_reproducible() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cache = tmp.path().join("cache");
-    let run = |name: &str| {
-        let out = tmp.path().join(name);
-        let o = lumina(
-            &cache,
-            &[
-                "generate",
-                "--prompt",
-                "a red circle above a blue square",
-                "--seed",
-                "7",
-                "--output",
-                out.to_str().expect("utf-8"),
-            ],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        read_png(&out)
-    };
+    let run = |name: &str| generate(&cache, &tmp.path().join(name), &["--seed", "7"]);
     let (w, h, pixels, text) = run("a.png");
     // native size of the shipped model
     assert_eq!((w, h), (32, 32));
@@ -224,21 +224,11 @@ fn the_ternary_model_is_built_in_and_packed() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("ternary  88 layers"), "{text}");
     assert_eq!(text.matches("keys     complete").count(), 2, "{text}");
-    let out = tmp.path().join("t.png");
-    let o = lumina(
+    let (w, h, _, text) = generate(
         &cache,
-        &[
-            "generate",
-            "--model",
-            "shapes-ternary",
-            "--prompt",
-            "a red circle above a blue square",
-            "--output",
-            out.to_str().expect("utf-8"),
-        ],
+        &tmp.path().join("t.png"),
+        &["--model", "shapes-ternary"],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (w, h, _, text) = read_png(&out);
     assert_eq!((w, h), (32, 32));
     assert!(text.contains("built-in shapes-ternary"), "{text}");
 }
