@@ -315,11 +315,12 @@ impl TrainConfig {
             );
         }
         let patch = self.transformer.patch_size;
-        if self.data.side == 0 || !self.data.side.is_multiple_of(patch) {
+        let fits_patches = |side: usize| side > 0 && side.is_multiple_of(patch);
+        if !fits_patches(self.data.side) {
             return bad("data.side", "must be a positive multiple of the patch size");
         }
         for (i, stage) in self.data.stages.iter().enumerate() {
-            if stage.side == 0 || !stage.side.is_multiple_of(patch) || stage.steps == 0 {
+            if !fits_patches(stage.side) || stage.steps == 0 {
                 return Err(Error::Config(format!(
                     "data.stages[{i}]: side {} must be a positive multiple of the patch size {patch} \
                      and steps {} at least 1",
