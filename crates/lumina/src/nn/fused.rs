@@ -443,8 +443,28 @@ fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())
 }
 
-/// `y = silu(a) ⊙ b`, the SwiGLU gate.
-struct SwiGlu;
+/// SiLU on the vectorisable `math::exp2` (`e^−v = 2^(−v·log₂e)`), within a few ulp of
+/// [`silu`]: the inference form. `silu` calls libm's scalar `expf` and is kept for training,
+/// whose arithmetic the shipped models' run configs reproduce exactly.
+#[inline(always)]
+fn silu_fast(v: f32) -> f32 {
+    v / (1.0 + crate::kernels::math::exp2(-v * std::f32::consts::LOG2_E))
+}
+
+/// `y = silu(a) ⊙ b`, the SwiGLU gate; `fast` picks [`silu_fast`] (set where nothing is
+/// differentiated).
+struct SwiGlu {
+    fast: bool,
+}
+
+impl SwiGlu {
+    #[inline(always)]
+    fn gate(y: &mut [f32], a: &[f32], b: &[f32], silu: impl Fn(f32) -> f32) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            *y = silu(a) * b;
+        }
+    }
+}
 
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
@@ -467,8 +487,10 @@ impl CustomOp2 for SwiGlu {
                     .zip(b.par_chunks(ELEMENTS_PER_TASK)),
             )
             .for_each(|(y, (a, b))| {
-                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                    *y = silu(a) * b;
+                if self.fast {
+                    Self::gate(y, a, b, silu_fast)
+                } else {
+                    Self::gate(y, a, b, silu)
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -574,8 +596,10 @@ pub(crate) fn applies(ts: &[&Tensor]) -> bool {
         .all(|t| t.dtype() == candle_core::DType::F32 && t.device().is_cpu())
 }
 
-pub(crate) fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, SwiGlu)?)
+/// `fast`: inference arithmetic (see [`silu_fast`]).
+pub(crate) fn swiglu(a: &Tensor, b: &Tensor, fast: bool) -> Result<Tensor> {
+    Ok(a.contiguous()?
+        .apply_op2(&b.contiguous()?, SwiGlu { fast })?)
 }
 
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
