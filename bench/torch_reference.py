@@ -97,6 +97,13 @@ def measure(args: argparse.Namespace, dtype_name: str) -> dict:
         torch.set_default_dtype(dtype)
         model = LuminaNextDiT2DModel(**cfg).eval()
         torch.set_default_dtype(torch.float32)
+    # Tie attn2's query to attn1's, as the conversion of every released checkpoint does (one
+    # upstream `attention.wq` and `q_norm` serve both) and as `lumina bench` draws its weights;
+    # diffusers still computes the projection twice.
+    for layer in model.layers:
+        layer.attn2.to_q.weight = layer.attn1.to_q.weight
+        if layer.attn1.norm_q is not None:
+            layer.attn2.norm_q = layer.attn1.norm_q
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     loaded = rss_bytes("VmRSS")
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]

@@ -16,6 +16,7 @@ use lumina::config::Validate;
 use lumina::kernels::probe::{peak_gflops, Arith};
 use lumina::kernels::ternary::Activations;
 use lumina::kernels::{flash_attention, Isa};
+use lumina::models::next_dit::original;
 use lumina::nn::Linear;
 use lumina::weights::Init;
 use lumina::{DitInput, NextDit, NextDitConfig, Weights};
@@ -182,7 +183,11 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
     let dev = Device::Cpu;
     let rss_before = proc_status_bytes("VmRSS");
     eprintln!("{name}: building {config_name} with random weights…");
-    let weights = bench_weights(0, dtype_arg);
+    // Random weights read through the original checkpoints' key names, so that they are tied
+    // as every released Lumina-Next checkpoint ties them: one `attention.wq` (and `q_norm`)
+    // serves both attn1 and attn2, and the model computes that query once. diffusers computes
+    // it twice whatever the weights; `bench/torch_reference.py` ties them too.
+    let weights = bench_weights(0, dtype_arg).with_key_map(original::original_key);
     let model = NextDit::load(&cfg, &weights)?;
     let weight_bytes = weight_bytes(&weights, dtype);
     let rss_loaded = proc_status_bytes("VmRSS");

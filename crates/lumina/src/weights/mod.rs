@@ -50,8 +50,10 @@ enum Source {
     Files(WeightFiles),
     /// Every parameter drawn at random — matrices Xavier-scaled, norm weights near 1, biases and
     /// gates non-zero — so that every path of a model matters (what the fixtures do). For
-    /// benchmarks and tests of the model code, not a training initialisation.
-    Random(Mutex<StdRng>),
+    /// benchmarks and tests of the model code, not a training initialisation. Each tensor is a
+    /// function of the seed and its stored key alone, so a key map that sends two names to one
+    /// key ties them, as a checkpoint that stores one tensor for both would.
+    Random(u64),
     /// Every parameter a zero-stride zero view: builds any model without memory, to count
     /// parameters or check shapes.
     Zeros,
@@ -119,8 +121,7 @@ impl Weights {
 
     /// Seeded random parameters (see [`Source::Random`]).
     pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
-        let rng = Mutex::new(StdRng::seed_from_u64(seed));
-        Self::new(Source::Random(rng), dtype, device, Mode::Strict)
+        Self::new(Source::Random(seed), dtype, device, Mode::Strict)
     }
 
     /// Parameters held in memory, by key (missing or misshapen keys are errors).
@@ -185,11 +186,12 @@ impl Weights {
         out_dim: usize,
         in_dim: usize,
     ) -> Option<Result<crate::kernels::ternary::TernaryMatrix>> {
-        let Source::Random(rng) = &self.store.source else {
+        let &Source::Random(seed) = &self.store.source else {
             return None;
         };
-        lock(&self.store.requested).insert(self.key(name), vec![out_dim, in_dim]);
-        let seed: u64 = lock(rng).gen();
+        let key = self.key(name);
+        let seed: u64 = key_rng(seed, &key).gen();
+        lock(&self.store.requested).insert(key, vec![out_dim, in_dim]);
         let alpha = (6.0 / (out_dim + in_dim).max(1) as f32).sqrt() / 2.0;
         // a counter-based generator (splitmix64), so panels can be drawn in parallel
         let code = move |m: usize, k: usize| {
@@ -370,7 +372,7 @@ impl Weights {
         lock(&self.store.requested).insert(key.clone(), shape.to_vec());
         let store = &*self.store;
         match &store.source {
-            Source::Random(rng) => random_tensor(&mut lock(rng), shape, init, &key, store),
+            Source::Random(seed) => random_tensor(&mut key_rng(*seed, &key), shape, init, &key, store),
             Source::Zeros => zeros_view(shape, store),
             Source::Tensors(map) => match map.get(&key) {
                 None => Err(Error::MissingTensor {
@@ -539,6 +541,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn zeros_view(shape: &[usize], store: &Store) -> Result<Tensor> {
     let zero = Tensor::zeros((), store.dtype, &store.device)?;
     Ok(zero.broadcast_as(shape)?)
+}
+
+/// The generator of the random tensor stored under `key`: seeded by the weights' seed and an
+/// FNV-1a hash of the key.
+fn key_rng(seed: u64, key: &str) -> StdRng {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    StdRng::seed_from_u64(seed ^ hash)
 }
 
 fn random_tensor(
