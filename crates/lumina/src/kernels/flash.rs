@@ -214,8 +214,13 @@ trait Element: Copy + Default + Send + Sync {
     /// Returns the factor the scores still need: f32 folds `scale` into the packed queries
     /// (free while packing, and one multiply less per score); bf16 queries stay as given,
     /// since rounding the scaled values again would add a second bf16 error.
-    fn pack_queries(q: &[Self], dh: usize, strip_len: usize, scale: f32, out: &mut [Self::Word])
-        -> f32;
+    fn pack_queries(
+        q: &[Self],
+        dh: usize,
+        strip_len: usize,
+        scale: f32,
+        out: &mut [Self::Word],
+    ) -> f32;
     /// Pᵀ as the second product's packed right operand, with its strip length, from the
     /// probabilities `st` (strips of `s_len` values, `cols` keys × STRIP queries each): f32
     /// probabilities already have that layout and are used in place; bf16 ones are rounded

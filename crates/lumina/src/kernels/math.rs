@@ -6,7 +6,7 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// The Taylor coefficients of `2^f = e^(f ln 2)`: `(ln 2)^k / k!` for k = 1…6.
 const EXP2_POLY: [f32; 6] = [
-    0.693_147_2,
+    std::f32::consts::LN_2,
     0.240_226_5,
     0.055_504_11,
     0.009_618_129,

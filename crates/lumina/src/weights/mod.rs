@@ -46,6 +46,8 @@ pub struct WeightProblem {
     pub got: Option<Vec<usize>>,
 }
 
+// One `Source` per weight store, behind an `Arc`: the size of its largest variant is moot.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Files(WeightFiles),
     /// Every parameter drawn at random — matrices Xavier-scaled, norm weights near 1, biases and
@@ -372,7 +374,9 @@ impl Weights {
         lock(&self.store.requested).insert(key.clone(), shape.to_vec());
         let store = &*self.store;
         match &store.source {
-            Source::Random(seed) => random_tensor(&mut key_rng(*seed, &key), shape, init, &key, store),
+            Source::Random(seed) => {
+                random_tensor(&mut key_rng(*seed, &key), shape, init, &key, store)
+            }
             Source::Zeros => zeros_view(shape, store),
             Source::Tensors(map) => match map.get(&key) {
                 None => Err(Error::MissingTensor {
