@@ -210,7 +210,8 @@ trait Element: Copy + Default + Send + Sync {
     const PER_WORD: usize;
     fn from_f32(x: f32) -> Self;
     /// Qᵀ (Dh, rows) of the query block `q` (rows, Dh) in strips of `strip_len` words: strip
-    /// `s`, depth word `p`, lane `c` holds query s·STRIP + c (lanes past the last stay 0).
+    /// `s`, depth word `p`, lane `c` holds query s·STRIP + c (lanes past the last keep what
+    /// an earlier block left: the products compute them but never store them).
     /// Returns the factor the scores still need: f32 folds `scale` into the packed queries
     /// (free while packing, and one multiply less per score); bf16 queries stay as given,
     /// since rounding the scaled values again would add a second bf16 error.
