@@ -247,6 +247,7 @@ impl TrainConfig {
         c.text_encoder.num_layers = 1;
         c.text_encoder.num_attention_heads = 2;
         c.data.side = 16;
+        c.data.stages.clear();
         c.transformer.sample_size = 16;
         c.optim.steps = 30;
         c.optim.batch_size = 8;
@@ -406,6 +407,14 @@ mod tests {
         c.validate()?;
         let sides: Vec<usize> = (0..7).map(|s| c.data.side_at(s)).collect();
         assert_eq!(sides, [16, 16, 16, 24, 24, 32, 32]);
+        Ok(())
+    }
+
+    #[test]
+    fn every_preset_is_valid() -> Result<()> {
+        for name in ["shapes", "shapes-ternary", "tiny", "tiny-ternary"] {
+            TrainConfig::preset(name)?.validate()?;
+        }
         Ok(())
     }
 
