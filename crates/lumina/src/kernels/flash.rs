@@ -314,16 +314,8 @@ impl Element for bf16 {
     ) -> (&'a [u32], usize) {
         let p_len = s_len / 2;
         scratch.resize(st.len() / s_len * p_len, 0);
-        let fast = super::Isa::detect().avx512f;
         for (st_s, p_s) in st.chunks(s_len).zip(scratch.chunks_mut(p_len)) {
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: the CPU has AVX-512F, checked at run time.
-                unsafe { pack_bf16_pairs_avx512(st_s, cols, p_s) };
-                continue;
-            }
-            let _ = fast;
-            pack_bf16_pairs(st_s, cols, p_s);
+            pack_bf16_strip(st_s, cols, p_s);
         }
         (scratch, p_len)
     }
@@ -341,6 +333,16 @@ impl Element for bf16 {
         let b = as_bf16_bits(b);
         bf16_gemm::gemm_packed(a, lda, b, strip_len * 2, dims, c, ldc, accumulate)
     }
+}
+
+/// [`pack_bf16_pairs`] of one strip, vectorised for AVX-512 where the CPU has it.
+fn pack_bf16_strip(p: &[f32], cols: usize, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::Isa::detect().avx512f {
+        // SAFETY: the CPU has AVX-512F, checked at run time.
+        return unsafe { pack_bf16_pairs_avx512(p, cols, out) };
+    }
+    pack_bf16_pairs(p, cols, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -437,6 +439,7 @@ fn attention<T: Element>(
 
 /// The working memory of a query block, reused by the blocks one rayon job runs: allocating
 /// and zeroing it per block cost ~270 MB of page writes per 4096-token layer.
+#[derive(Default)]
 struct Buffers<W> {
     /// Qᵀ packed.
     q_packed: Vec<W>,
@@ -446,17 +449,6 @@ struct Buffers<W> {
     p_packed: Vec<W>,
     /// Oᵀ accumulated over the key blocks.
     ot: Vec<f32>,
-}
-
-impl<W> Default for Buffers<W> {
-    fn default() -> Self {
-        Self {
-            q_packed: Vec::new(),
-            st: Vec::new(),
-            p_packed: Vec::new(),
-            ot: Vec::new(),
-        }
-    }
 }
 
 /// One block of query rows against every key.
