@@ -49,7 +49,22 @@ fn train_exports_a_model_that_eval_and_generate_load() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
 
-    // resuming goes on from step 30
+    // resuming goes on from step 30; records an interrupted run wrote after its last
+    // checkpoint (here a fake step 31 and a torn line) are dropped, and the clock goes on
+    let last_seconds = log_lines(&run)
+        .iter()
+        .filter_map(|l| l.get("seconds")?.as_f64())
+        .last()
+        .expect("seconds");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(run.join("log.jsonl"))
+            .expect("log.jsonl");
+        writeln!(f, "{{\"step\":31,\"loss\":9.0,\"seconds\":1e9}}").expect("write");
+        write!(f, "{{\"step\":32,\"lo").expect("write");
+    }
     let o = lumina(&[
         "train", "--out", run_s, "--resume", "--steps", "33", "--quiet",
     ]);
@@ -60,6 +75,17 @@ fn train_exports_a_model_that_eval_and_generate_load() {
         .map(|l| l["step"].as_u64().expect("step"))
         .collect();
     assert_eq!(steps[30..], [31, 32, 33]);
+    let resumed_seconds: Vec<f64> = log_lines(&run)
+        .iter()
+        .filter_map(|l| l.get("seconds")?.as_f64())
+        .skip(30)
+        .collect();
+    assert!(
+        resumed_seconds
+            .iter()
+            .all(|&s| s >= last_seconds && s < 1e9),
+        "the resumed clock goes on from {last_seconds}: {resumed_seconds:?}"
+    );
 
     let model = run.join("model");
     let model_s = model.to_str().expect("utf-8");

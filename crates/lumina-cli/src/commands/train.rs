@@ -1,6 +1,7 @@
 //! `lumina train`: a from-scratch flow-matching run on the `shapes` task.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -62,10 +63,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     std::fs::create_dir_all(args.out.join("samples"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     std::fs::write(args.out.join("config.toml"), trainer.cfg.to_toml()?)?;
+    let log_path = args.out.join("log.jsonl");
+    // A resumed run redoes the steps after its checkpoint (identically), so their records
+    // from the interrupted run go, and its clock goes on from the last kept record.
+    let earlier_seconds = if args.resume {
+        truncate_log(&log_path, trainer.step_count())?
+    } else {
+        0.0
+    };
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(args.out.join("log.jsonl"))?;
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let cfg = trainer.cfg.clone();
     let prompts = evaluation_prompts(
         cfg.eval.prompts_per_kind,
@@ -131,7 +141,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             stats.loss,
             stats.grad_norm,
             stats.lr,
-            started.elapsed().as_secs_f64()
+            earlier_seconds + started.elapsed().as_secs_f64()
         )?;
         if cfg.checkpoint_every > 0 && stats.step % cfg.checkpoint_every == 0 {
             trainer.save_checkpoint(&ckpt)?;
@@ -177,4 +187,34 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         model_dir.display()
     );
     Ok(())
+}
+
+/// Keeps the records of `log` up to `step` (a checkpoint's) and returns the last kept
+/// `seconds`. A line that is not a JSON object with a `step` (the torn last write of a killed
+/// run) is dropped with a warning; a missing log is an empty one.
+fn truncate_log(log: &Path, step: usize) -> Result<f64> {
+    let text = match std::fs::read_to_string(log) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0.0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", log.display())),
+    };
+    let mut kept = String::new();
+    let mut seconds = 0.0;
+    for (i, line) in text.lines().enumerate() {
+        let record: Option<serde_json::Value> = serde_json::from_str(line).ok();
+        let Some(record_step) = record.as_ref().and_then(|r| r.get("step")?.as_u64()) else {
+            tracing::warn!(file = %log.display(), line = i + 1, "dropping an unreadable log record");
+            continue;
+        };
+        if record_step > step as u64 {
+            continue;
+        }
+        if let Some(s) = record.as_ref().and_then(|r| r.get("seconds")?.as_f64()) {
+            seconds = s;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    std::fs::write(log, kept).with_context(|| format!("rewriting {}", log.display()))?;
+    Ok(seconds)
 }
