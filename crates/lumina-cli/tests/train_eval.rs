@@ -105,6 +105,17 @@ fn train_exports_a_model_that_eval_and_generate_load() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(report["total"], 16);
+    let wrong: u64 = report["faults"]
+        .as_object()
+        .expect("faults")
+        .values()
+        .map(|n| n.as_u64().expect("a count"))
+        .sum();
+    assert_eq!(
+        wrong,
+        16 - report["correct"].as_u64().expect("correct"),
+        "every wrong image has one fault: {report}"
+    );
     assert!(grid.is_file());
 
     let out = tmp.path().join("x.png");

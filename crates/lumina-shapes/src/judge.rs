@@ -45,8 +45,55 @@ pub struct Detected {
 pub struct Verdict {
     pub correct: bool,
     pub detected: Vec<Detected>,
+    /// The kind of mistake (`None` when correct).
+    pub fault: Option<Fault>,
     /// Why it is wrong (empty when correct).
     pub reason: String,
+}
+
+/// What kind of mistake a wrong image makes: the first check of this list that fails. For
+/// two objects each attribute is compared under both pairings of named and detected objects,
+/// so an attribute drawn on the other object is a binding fault, not a missing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// More or fewer objects than named.
+    Count,
+    /// A named colour is not drawn.
+    Color,
+    /// A named shape is not drawn (or reads as none).
+    Shape,
+    /// A named size is not drawn.
+    Size,
+    /// Every named colour, shape and size is drawn, but not on the same objects.
+    Binding,
+    /// The objects are right and the relation holds the other way round.
+    Order,
+    /// The objects are right; the position or relation does not hold.
+    Place,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 7] = [
+        Fault::Count,
+        Fault::Color,
+        Fault::Shape,
+        Fault::Size,
+        Fault::Binding,
+        Fault::Order,
+        Fault::Place,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Count => "count",
+            Fault::Color => "color",
+            Fault::Shape => "shape",
+            Fault::Size => "size",
+            Fault::Binding => "binding",
+            Fault::Order => "order",
+            Fault::Place => "place",
+        }
+    }
 }
 
 fn label(p: [u8; 3]) -> Label {
@@ -190,8 +237,27 @@ fn measure(image: &Image, labels: &[Label], component: &[usize], color: Color) -
     })
 }
 
+fn color_matches(named: &Named, d: &Detected) -> bool {
+    named.color == d.color
+}
+
+fn shape_matches(named: &Named, d: &Detected) -> bool {
+    Some(named.shape) == d.shape
+}
+
+fn size_matches(named: &Named, d: &Detected) -> bool {
+    named.size.is_none_or(|s| s == d.size)
+}
+
+/// The attribute checks in the order faults are reported.
+const ATTRIBUTES: [(fn(&Named, &Detected) -> bool, Fault); 3] = [
+    (color_matches, Fault::Color),
+    (shape_matches, Fault::Shape),
+    (size_matches, Fault::Size),
+];
+
 fn matches(named: &Named, d: &Detected) -> bool {
-    named.color == d.color && Some(named.shape) == d.shape && named.size.is_none_or(|s| s == d.size)
+    ATTRIBUTES.iter().all(|(check, _)| check(named, d))
 }
 
 fn place_holds(place: Place, d: &Detected) -> bool {
@@ -216,45 +282,84 @@ fn relation_holds(relation: Relation, a: &Detected, b: &Detected) -> bool {
 /// Is `image` a correct picture of `caption`?
 pub fn judge(image: &Image, caption: &Caption) -> Verdict {
     let detected = detect(image);
-    let verdict = |correct: bool, reason: String| Verdict {
-        correct,
-        detected: detected.clone(),
-        reason,
-    };
     let named = caption.objects();
-    if detected.len() != named.len() {
-        return verdict(
-            false,
-            format!(
-                "{} object(s) detected, {} named",
-                detected.len(),
-                named.len()
-            ),
-        );
+    let fault = if detected.len() != named.len() {
+        Some(Fault::Count)
+    } else {
+        fault(caption, &detected)
+    };
+    let reason = match fault {
+        None => String::new(),
+        Some(Fault::Count) => format!(
+            "{} object(s) detected, {} named",
+            detected.len(),
+            named.len()
+        ),
+        Some(f) => {
+            let seen: Vec<String> = detected
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{:?} {:?} {:?} at ({:.2}, {:.2}) fill {:.2}",
+                        d.size, d.color, d.shape, d.cx, d.cy, d.fill
+                    )
+                })
+                .collect();
+            format!("{}: saw {}", f.name(), seen.join("; "))
+        }
+    };
+    Verdict {
+        correct: fault.is_none(),
+        detected,
+        fault,
+        reason,
     }
-    let ok = match caption {
+}
+
+/// The fault of an image with as many objects as `caption` names (`None`: correct).
+fn fault(caption: &Caption, detected: &[Detected]) -> Option<Fault> {
+    match *caption {
         Caption::One { object, place } => {
             let d = &detected[0];
-            matches(object, d) && place.is_none_or(|p| place_holds(p, d))
+            ATTRIBUTES
+                .iter()
+                .find(|(check, _)| !check(&object, d))
+                .map(|&(_, f)| f)
+                .or_else(|| match place {
+                    Some(p) if !place_holds(p, d) => Some(Fault::Place),
+                    _ => None,
+                })
         }
-        Caption::Two { a, relation, b } => [(0, 1), (1, 0)].iter().any(|&(i, j)| {
-            matches(a, &detected[i])
-                && matches(b, &detected[j])
-                && relation_holds(*relation, &detected[i], &detected[j])
-        }),
-    };
-    if ok {
-        verdict(true, String::new())
-    } else {
-        let seen: Vec<String> = detected
-            .iter()
-            .map(|d| {
-                format!(
-                    "{:?} {:?} {:?} at ({:.2}, {:.2}) fill {:.2}",
-                    d.size, d.color, d.shape, d.cx, d.cy, d.fill
+        Caption::Two { a, relation, b } => {
+            // (index of a's object, index of b's object)
+            const PAIRINGS: [(usize, usize); 2] = [(0, 1), (1, 0)];
+            let pairs = |check: fn(&Named, &Detected) -> bool, (i, j): (usize, usize)| {
+                check(&a, &detected[i]) && check(&b, &detected[j])
+            };
+            let objects_right: Vec<(usize, usize)> = PAIRINGS
+                .into_iter()
+                .filter(|&p| pairs(matches, p))
+                .collect();
+            if objects_right
+                .iter()
+                .any(|&(i, j)| relation_holds(relation, &detected[i], &detected[j]))
+            {
+                None
+            } else if objects_right
+                .iter()
+                .any(|&(i, j)| relation_holds(relation, &detected[j], &detected[i]))
+            {
+                Some(Fault::Order)
+            } else if !objects_right.is_empty() {
+                Some(Fault::Place)
+            } else {
+                Some(
+                    ATTRIBUTES
+                        .iter()
+                        .find(|(check, _)| !PAIRINGS.into_iter().any(|p| pairs(*check, p)))
+                        .map_or(Fault::Binding, |&(_, f)| f),
                 )
-            })
-            .collect();
-        verdict(false, format!("saw {}", seen.join("; ")))
+            }
+        }
     }
 }

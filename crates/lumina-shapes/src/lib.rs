@@ -17,7 +17,7 @@ pub mod render;
 pub mod scene;
 
 pub use caption::{Caption, Color, Named, Place, Relation, Shape, Size};
-pub use judge::{judge, Verdict};
+pub use judge::{judge, Fault, Verdict};
 pub use render::{render, Image};
 pub use scene::{Object, Scene};
 

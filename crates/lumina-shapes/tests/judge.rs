@@ -4,7 +4,7 @@
 use lumina_shapes::caption::{Caption, Color, Named, Place, Relation, Shape, Size};
 use lumina_shapes::prompts::{evaluation_prompts, PromptKind};
 use lumina_shapes::scene::{sample_caption, sample_scene, CaptionMix};
-use lumina_shapes::{judge, render};
+use lumina_shapes::{judge, render, Fault};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -72,7 +72,8 @@ fn captions_that_do_not_match_their_image_are_rejected() {
             .into_iter()
             .find(|&c| c != truth.color && scene.objects.iter().all(|o| o.color != c))
             .expect("a free colour");
-        let wrong: Vec<Caption> = match caption {
+        // each wrong caption with the fault the judge must name
+        let wrong: Vec<(Caption, Fault)> = match caption {
             Caption::One { object, place } => {
                 let other_shape = Shape::ALL
                     .into_iter()
@@ -91,30 +92,45 @@ fn captions_that_do_not_match_their_image_are_rejected() {
                     Some(Place::Center) | None => None,
                 };
                 let mut v = vec![
-                    Caption::One {
-                        object: named(object.size, other_color, object.shape),
-                        place,
-                    },
-                    Caption::One {
-                        object: named(object.size, object.color, other_shape),
-                        place,
-                    },
-                    Caption::One {
-                        object: named(Some(other_size), object.color, object.shape),
-                        place,
-                    },
+                    (
+                        Caption::One {
+                            object: named(object.size, other_color, object.shape),
+                            place,
+                        },
+                        Fault::Color,
+                    ),
+                    (
+                        Caption::One {
+                            object: named(object.size, object.color, other_shape),
+                            place,
+                        },
+                        Fault::Shape,
+                    ),
+                    (
+                        Caption::One {
+                            object: named(Some(other_size), object.color, object.shape),
+                            place,
+                        },
+                        Fault::Size,
+                    ),
                     // two objects named, one drawn
-                    Caption::Two {
-                        a: object,
-                        relation: Relation::Above,
-                        b: named(None, other_color, Shape::Circle),
-                    },
+                    (
+                        Caption::Two {
+                            a: object,
+                            relation: Relation::Above,
+                            b: named(None, other_color, Shape::Circle),
+                        },
+                        Fault::Count,
+                    ),
                 ];
                 if let Some(p) = opposite {
-                    v.push(Caption::One {
-                        object,
-                        place: Some(p),
-                    });
+                    v.push((
+                        Caption::One {
+                            object,
+                            place: Some(p),
+                        },
+                        Fault::Place,
+                    ));
                 }
                 v
             }
@@ -126,28 +142,51 @@ fn captions_that_do_not_match_their_image_are_rejected() {
                     Relation::RightOf => Relation::LeftOf,
                 };
                 let mut v = vec![
-                    Caption::Two {
-                        a: named(a.size, other_color, a.shape),
-                        relation,
-                        b,
-                    },
-                    Caption::One {
-                        object: a,
-                        place: None,
-                    },
+                    (
+                        Caption::Two {
+                            a: named(a.size, other_color, a.shape),
+                            relation,
+                            b,
+                        },
+                        Fault::Color,
+                    ),
+                    (
+                        Caption::One {
+                            object: a,
+                            place: None,
+                        },
+                        Fault::Count,
+                    ),
                 ];
                 // swapping the objects or the relation is wrong unless both objects look alike
                 if (a.color, a.shape) != (b.color, b.shape) {
-                    v.push(Caption::Two {
-                        a,
-                        relation: flipped,
-                        b,
-                    });
-                    v.push(Caption::Two {
-                        a: b,
-                        relation,
-                        b: a,
-                    });
+                    v.push((
+                        Caption::Two {
+                            a,
+                            relation: flipped,
+                            b,
+                        },
+                        Fault::Order,
+                    ));
+                    v.push((
+                        Caption::Two {
+                            a: b,
+                            relation,
+                            b: a,
+                        },
+                        Fault::Order,
+                    ));
+                }
+                // the colours trade places between two different shapes
+                if a.color != b.color && a.shape != b.shape {
+                    v.push((
+                        Caption::Two {
+                            a: named(a.size, b.color, a.shape),
+                            relation,
+                            b: named(b.size, a.color, b.shape),
+                        },
+                        Fault::Binding,
+                    ));
                 }
                 v
             }
@@ -157,13 +196,21 @@ fn captions_that_do_not_match_their_image_are_rejected() {
             "the true caption {:?}",
             caption.text()
         );
-        for w in wrong {
+        for (w, fault) in wrong {
             let v = judge(&image, &w);
             assert!(
                 !v.correct,
                 "{:?} accepted for an image of {:?}",
                 w.text(),
                 caption.text()
+            );
+            assert_eq!(
+                v.fault,
+                Some(fault),
+                "{:?} for an image of {:?}: {}",
+                w.text(),
+                caption.text(),
+                v.reason
             );
             checked += 1;
         }
@@ -175,7 +222,7 @@ fn captions_that_do_not_match_their_image_are_rejected() {
 fn an_empty_or_noisy_canvas_is_rejected() {
     let caption = Caption::parse("a red circle").expect("grammar");
     let black = lumina_shapes::Image::black(32);
-    assert!(!judge(&black, &caption).correct);
+    assert_eq!(judge(&black, &caption).fault, Some(Fault::Count));
     // a few stray red pixels are noise, not an object
     let mut speck = black.clone();
     for i in 0..4 {

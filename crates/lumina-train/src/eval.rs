@@ -8,7 +8,7 @@ use candle_core::{IndexOp, Tensor};
 use lumina_pipelines::output::save_png;
 use lumina_pipelines::{Latents, Pipeline, Request};
 use lumina_shapes::prompts::PromptKind;
-use lumina_shapes::{judge, Caption};
+use lumina_shapes::{judge, Caption, Fault};
 
 use crate::data::to_image;
 use crate::error::Result;
@@ -22,6 +22,8 @@ pub struct Report {
     pub per_kind: BTreeMap<PromptKind, (usize, usize)>,
     /// (caption, seed, why) of each wrong image.
     pub failures: Vec<(String, u64, String)>,
+    /// Wrong images by the kind of mistake.
+    pub faults: BTreeMap<Fault, usize>,
 }
 
 impl Report {
@@ -84,6 +86,9 @@ pub fn evaluate(
                     entry.0 += 1;
                     report.correct += 1;
                 } else {
+                    if let Some(fault) = verdict.fault {
+                        *report.faults.entry(fault).or_default() += 1;
+                    }
                     let seed = base_seed + ((first + j) * seeds + k) as u64;
                     report.failures.push((caption.text(), seed, verdict.reason));
                 }

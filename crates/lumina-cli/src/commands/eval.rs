@@ -74,8 +74,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .iter()
             .map(|(k, &(c, t))| (k.name().to_string(), serde_json::json!({"correct": c, "total": t, "accuracy": c as f64 / t.max(1) as f64})))
             .collect();
+        let faults: serde_json::Map<String, serde_json::Value> = report
+            .faults
+            .iter()
+            .map(|(f, &n)| (f.name().to_string(), n.into()))
+            .collect();
         let json = serde_json::json!({
-            "accuracy": report.accuracy(), "correct": report.correct, "total": report.total, "per_kind": per_kind,
+            "accuracy": report.accuracy(), "correct": report.correct, "total": report.total, "per_kind": per_kind, "faults": faults,
             "steps": template.steps, "guidance": template.guidance_scale, "solver": template.solver.name(), "shift": template.shift,
         });
         println!("{json}");
@@ -104,6 +109,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     c as f64 / t.max(1) as f64
                 );
             }
+        }
+        if !report.faults.is_empty() {
+            let faults: Vec<String> = report
+                .faults
+                .iter()
+                .map(|(f, n)| format!("{} {n}", f.name()))
+                .collect();
+            println!("wrong by    {}", faults.join(", "));
         }
     }
     if args.failures {
