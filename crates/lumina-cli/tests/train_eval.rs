@@ -53,8 +53,8 @@ fn train_exports_a_model_that_eval_and_generate_load() {
     // checkpoint (here a fake step 31 and a torn line) are dropped, and the clock goes on
     let last_seconds = log_lines(&run)
         .iter()
-        .filter_map(|l| l.get("seconds")?.as_f64())
-        .last()
+        .rev()
+        .find_map(|l| l.get("seconds")?.as_f64())
         .expect("seconds");
     {
         use std::io::Write;

@@ -249,8 +249,11 @@ fn size_matches(named: &Named, d: &Detected) -> bool {
     named.size.is_none_or(|s| s == d.size)
 }
 
+/// Does a detected object have a named object's attribute?
+type AttributeCheck = fn(&Named, &Detected) -> bool;
+
 /// The attribute checks in the order faults are reported.
-const ATTRIBUTES: [(fn(&Named, &Detected) -> bool, Fault); 3] = [
+const ATTRIBUTES: [(AttributeCheck, Fault); 3] = [
     (color_matches, Fault::Color),
     (shape_matches, Fault::Shape),
     (size_matches, Fault::Size),
@@ -333,7 +336,7 @@ fn fault(caption: &Caption, detected: &[Detected]) -> Option<Fault> {
         Caption::Two { a, relation, b } => {
             // (index of a's object, index of b's object)
             const PAIRINGS: [(usize, usize); 2] = [(0, 1), (1, 0)];
-            let pairs = |check: fn(&Named, &Detected) -> bool, (i, j): (usize, usize)| {
+            let pairs = |check: AttributeCheck, (i, j): (usize, usize)| {
                 check(&a, &detected[i]) && check(&b, &detected[j])
             };
             let objects_right: Vec<(usize, usize)> = PAIRINGS
