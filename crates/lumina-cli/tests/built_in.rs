@@ -155,11 +155,11 @@ fn inspect_without_a_folder_shows_the_built_in_model_complete() {
     );
 }
 
-/// The shipped model's judge accuracy measured at 0.72 (README: 200 images of every kind):
-/// far above what an untrained or swapped model scores (0), still below the 0.90
-/// target. This list has 64 images (one standard deviation ≈ 0.06), hence the margin. Raise
-/// this floor with the model.
-const ACCURACY_FLOOR: f64 = 0.5;
+/// The shipped model's judge accuracy measured 0.940 and 0.950 (README: two lists of 200
+/// images of every kind) and 0.938 on this test's 64 images; an untrained or swapped model
+/// scores 0. One standard deviation of a 64-image figure is about 0.03, and other CPUs
+/// (portable kernels) may flip an image or two, hence the margin. Raise it with the model.
+const ACCURACY_FLOOR: f64 = 0.85;
 
 /// The ternary model's floor: it measured 0.47 (README: within 0.05 of the full-precision
 /// model of its own recipe, 0.505).

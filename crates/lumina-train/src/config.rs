@@ -176,14 +176,14 @@ impl TrainConfig {
                 caption_dropout: 0.1,
                 two_objects: 0.5,
                 // layout, colour and binding on 16 px canvases (0.34 s a step against 1.15 s),
-                // then the last 2400 steps at the judged 32 px
+                // then the last 3600 steps at the judged 32 px
                 stages: vec![ResolutionStage {
                     side: 16,
                     steps: 7200,
                 }],
             },
             optim: OptimConfig {
-                steps: 9600,
+                steps: 10800,
                 batch_size: 64,
                 lr: 1e-3,
                 warmup_steps: 200,
