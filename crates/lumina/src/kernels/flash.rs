@@ -255,12 +255,8 @@ impl Element for f32 {
     }
 
     fn pack_queries(q: &[f32], dh: usize, strip_len: usize, scale: f32, out: &mut [f32]) -> f32 {
-        for (i, row) in q.chunks(dh).enumerate() {
-            let strip = &mut out[(i / STRIP) * strip_len..];
-            for (p, &x) in row.iter().enumerate() {
-                strip[p * STRIP + i % STRIP] = x * scale;
-            }
-        }
+        let rows = q.chunks(dh).map(|row| row.iter().map(move |&x| x * scale));
+        pack_strips(rows, strip_len, out);
         1.0
     }
 
@@ -296,13 +292,11 @@ impl Element for bf16 {
     }
 
     fn pack_queries(q: &[bf16], dh: usize, strip_len: usize, scale: f32, out: &mut [u32]) -> f32 {
-        for (i, row) in q.chunks(dh).enumerate() {
-            let strip = &mut out[(i / STRIP) * strip_len..];
-            for (p, pair) in row.chunks_exact(2).enumerate() {
-                strip[p * STRIP + i % STRIP] =
-                    u32::from(pair[0].to_bits()) | (u32::from(pair[1].to_bits()) << 16);
-            }
-        }
+        let rows = q.chunks(dh).map(|row| {
+            row.chunks_exact(2)
+                .map(|pair| u32::from(pair[0].to_bits()) | (u32::from(pair[1].to_bits()) << 16))
+        });
+        pack_strips(rows, strip_len, out);
         scale
     }
 
@@ -332,6 +326,21 @@ impl Element for bf16 {
     ) {
         let b = as_bf16_bits(b);
         bf16_gemm::gemm_packed(a, lda, b, strip_len * 2, dims, c, ldc, accumulate)
+    }
+}
+
+/// The packed-query layout of [`Element::pack_queries`]: word `p` of row `i` goes to strip
+/// `i / STRIP` (`strip_len` words each), depth `p`, lane `i % STRIP`.
+fn pack_strips<W>(
+    rows: impl Iterator<Item = impl Iterator<Item = W>>,
+    strip_len: usize,
+    out: &mut [W],
+) {
+    for (i, row) in rows.enumerate() {
+        let strip = &mut out[(i / STRIP) * strip_len..];
+        for (p, word) in row.enumerate() {
+            strip[p * STRIP + i % STRIP] = word;
+        }
     }
 }
 
