@@ -43,12 +43,17 @@ pub struct Detected {
 /// The judge's answer, with what it saw.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
-    pub correct: bool,
     pub detected: Vec<Detected>,
     /// The kind of mistake (`None` when correct).
     pub fault: Option<Fault>,
     /// Why it is wrong (empty when correct).
     pub reason: String,
+}
+
+impl Verdict {
+    pub fn correct(&self) -> bool {
+        self.fault.is_none()
+    }
 }
 
 /// What kind of mistake a wrong image makes: the first check of this list that fails. For
@@ -312,7 +317,6 @@ pub fn judge(image: &Image, caption: &Caption) -> Verdict {
         }
     };
     Verdict {
-        correct: fault.is_none(),
         detected,
         fault,
         reason,

@@ -23,7 +23,7 @@ fn accuracy(side: usize, n: usize, seed: u64) -> (f64, Vec<String>) {
         let caption = sample_caption(&mut rng, &EVERYTHING);
         let scene = sample_scene(&caption, &mut rng);
         let v = judge(&render(&scene, side), &caption);
-        if !v.correct {
+        if !v.correct() {
             failures.push(format!("{}: {}", caption.text(), v.reason));
         }
     }
@@ -192,14 +192,14 @@ fn captions_that_do_not_match_their_image_are_rejected() {
             }
         };
         assert!(
-            judge(&image, &caption).correct,
+            judge(&image, &caption).correct(),
             "the true caption {:?}",
             caption.text()
         );
         for (w, fault) in wrong {
             let v = judge(&image, &w);
             assert!(
-                !v.correct,
+                !v.correct(),
                 "{:?} accepted for an image of {:?}",
                 w.text(),
                 caption.text()
@@ -238,7 +238,7 @@ fn evaluation_lists_are_judged_correct_when_rendered() {
     for c in &prompts {
         let image = render(&sample_scene(c, &mut rng), 48);
         assert!(
-            judge(&image, c).correct,
+            judge(&image, c).correct(),
             "{} ({:?})",
             c.text(),
             PromptKind::of(c)

@@ -20,10 +20,17 @@ pub struct Report {
     pub total: usize,
     /// (correct, total) per kind.
     pub per_kind: BTreeMap<PromptKind, (usize, usize)>,
-    /// (caption, seed, why) of each wrong image.
-    pub failures: Vec<(String, u64, String)>,
-    /// Wrong images by the kind of mistake.
-    pub faults: BTreeMap<Fault, usize>,
+    /// Each wrong image.
+    pub failures: Vec<Failure>,
+}
+
+/// A wrong image: its caption and seed, and the judge's fault and reading.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub caption: String,
+    pub seed: u64,
+    pub fault: Fault,
+    pub reason: String,
 }
 
 impl Report {
@@ -35,6 +42,15 @@ impl Report {
         self.per_kind
             .get(&kind)
             .map(|&(c, t)| c as f64 / t.max(1) as f64)
+    }
+
+    /// Wrong images by the kind of mistake.
+    pub fn faults(&self) -> BTreeMap<Fault, usize> {
+        let mut faults = BTreeMap::new();
+        for f in &self.failures {
+            *faults.entry(f.fault).or_default() += 1;
+        }
+        faults
     }
 
     /// "0.912 (single 0.95, position 0.90, relation 0.88, held-out pair 0.92)".
@@ -82,15 +98,17 @@ pub fn evaluate(
                 let verdict = judge(&to_image(&out.images.i(i)?)?, caption);
                 entry.1 += 1;
                 report.total += 1;
-                if verdict.correct {
-                    entry.0 += 1;
-                    report.correct += 1;
-                } else {
-                    if let Some(fault) = verdict.fault {
-                        *report.faults.entry(fault).or_default() += 1;
+                match verdict.fault {
+                    None => {
+                        entry.0 += 1;
+                        report.correct += 1;
                     }
-                    let seed = base_seed + ((first + j) * seeds + k) as u64;
-                    report.failures.push((caption.text(), seed, verdict.reason));
+                    Some(fault) => report.failures.push(Failure {
+                        caption: caption.text(),
+                        seed: base_seed + ((first + j) * seeds + k) as u64,
+                        fault,
+                        reason: verdict.reason,
+                    }),
                 }
             }
             if grid.is_some() {

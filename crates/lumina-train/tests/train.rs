@@ -114,6 +114,7 @@ fn an_exported_model_loads_generates_and_is_judged() -> Result<()> {
         &Device::Cpu,
     );
     let again = evaluate(&live, &prompts, 2, 0, &template, None, |_, _| {})?;
+    assert_eq!(again.faults(), report.faults());
     assert_eq!(
         again,
         Report {

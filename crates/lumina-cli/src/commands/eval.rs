@@ -75,7 +75,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .map(|(k, &(c, t))| (k.name().to_string(), serde_json::json!({"correct": c, "total": t, "accuracy": c as f64 / t.max(1) as f64})))
             .collect();
         let faults: serde_json::Map<String, serde_json::Value> = report
-            .faults
+            .faults()
             .iter()
             .map(|(f, &n)| (f.name().to_string(), n.into()))
             .collect();
@@ -110,9 +110,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 );
             }
         }
-        if !report.faults.is_empty() {
+        if !report.failures.is_empty() {
             let faults: Vec<String> = report
-                .faults
+                .faults()
                 .iter()
                 .map(|(f, n)| format!("{} {n}", f.name()))
                 .collect();
@@ -120,8 +120,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
     }
     if args.failures {
-        for (caption, seed, why) in &report.failures {
-            eprintln!("wrong: {caption:?} seed {seed}: {why}");
+        for f in &report.failures {
+            eprintln!("wrong: {:?} seed {}: {}", f.caption, f.seed, f.reason);
         }
     }
     Ok(())
