@@ -17,6 +17,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = TernaryActivationsArg::Auto, global = true)]
     pub ternary_activations: TernaryActivationsArg,
 
+    /// How large f32 linear layers multiply: `strassen` (Strassen–Winograd: 7/8 of the
+    /// multiplications per level, normwise-accurate to a few f32 ulps) or `classical`.
+    /// Products too small to gain are always classical; training always is.
+    #[arg(long, value_enum, default_value_t = F32MatmulArg::Strassen, global = true)]
+    pub f32_matmul: F32MatmulArg,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -64,6 +70,21 @@ impl From<TernaryActivationsArg> for lumina::kernels::ternary::Activations {
             TernaryActivationsArg::Auto => Self::Auto,
             TernaryActivationsArg::Exact => Self::Exact,
             TernaryActivationsArg::Int8 => Self::Int8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum F32MatmulArg {
+    Strassen,
+    Classical,
+}
+
+impl From<F32MatmulArg> for lumina::kernels::strassen::F32Matmul {
+    fn from(a: F32MatmulArg) -> Self {
+        match a {
+            F32MatmulArg::Strassen => Self::Strassen,
+            F32MatmulArg::Classical => Self::Classical,
         }
     }
 }

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     lumina::kernels::ternary::set_activations(cli.ternary_activations.into());
+    lumina::kernels::strassen::set_f32_matmul(cli.f32_matmul.into());
     let result = match &cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use lumina::config::Validate;
 use lumina::kernels::probe::{peak_gflops, Arith};
+use lumina::kernels::strassen::F32Matmul;
 use lumina::kernels::ternary::Activations;
 use lumina::kernels::{flash_attention, Isa};
 use lumina::models::next_dit::original;
@@ -136,8 +137,14 @@ fn run_child(args: &BenchArgs, dtype: BenchDtype) -> Result<Value> {
         Activations::Exact => "exact",
         Activations::Int8 => "int8",
     };
+    let f32_matmul = match lumina::kernels::strassen::f32_matmul() {
+        F32Matmul::Strassen => "strassen",
+        F32Matmul::Classical => "classical",
+    };
     cmd.arg("--ternary-activations")
         .arg(activations)
+        .arg("--f32-matmul")
+        .arg(f32_matmul)
         .arg("bench")
         .arg("--child")
         .arg("--dtype")

@@ -2,6 +2,7 @@
 //!
 //! - [`flash`]: attention that never materialises the N×M score matrix (tiled, online softmax).
 //! - [`bf16_gemm`]: bf16 × bf16 → f32-accumulated linear layers on `vdpbf16ps`.
+//! - [`strassen`]: large f32 linear layers by Strassen–Winograd on the `gemm` crate's kernels.
 //! - [`modulate`]: RMSNorm fused with adaLN scaling and with the tanh-gated residual.
 //! - [`ternary`]: 2-bit ternary weights (TerDiT): reference, exact and int8-VNNI matmuls.
 //! - [`probe`]: this machine's arithmetic peak (f32 FMA, bf16 dot, int8 VNNI), the yardstick
@@ -38,6 +39,7 @@ pub(crate) mod math;
 pub mod modulate;
 pub mod probe;
 pub(crate) mod storage;
+pub mod strassen;
 pub mod ternary;
 
 pub use flash::flash_attention;

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::kernels::bf16_gemm;
 use crate::kernels::ternary::{self, TernaryMatrix};
+use crate::kernels::{bf16_gemm, strassen};
 use crate::weights::{Init, Weights};
 
 /// Key of the packed 2-bit codes of a ternary layer.
@@ -204,6 +204,8 @@ fn reshape_out(y: Tensor, lead: &[usize], out_dim: usize) -> Result<Tensor> {
 fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if use_bf16_kernel(x, w) {
         bf16_gemm::bf16_linear(x, w)
+    } else if use_strassen(x, w) {
+        strassen::strassen_linear(x, w)
     } else {
         Ok(x.matmul(&w.t()?)?)
     }
@@ -255,6 +257,19 @@ fn use_bf16_kernel(x: &Tensor, w: &Tensor) -> bool {
         && bf16_gemm::available()
 }
 
+/// Large f32 inference products take Strassen–Winograd unless it was switched off
+/// ([`strassen::set_f32_matmul`]); training keeps candle's differentiable matmul.
+fn use_strassen(x: &Tensor, w: &Tensor) -> bool {
+    let (Ok((m, k)), Ok((n, _))) = (x.dims2(), w.dims2()) else {
+        return false;
+    };
+    x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && x.device().is_cpu()
+        && !(x.track_op() || w.track_op())
+        && strassen::worthwhile(m, n, k)
+}
+
 /// Ternary layers take the int8 path unless it was switched off
 /// ([`ternary::set_activations`]) or the input needs gradients; without VNNI it runs its
 /// portable reference, so [`ternary::Activations::Auto`] picks the exact path there instead.
@@ -269,6 +284,42 @@ fn use_int8_kernel(x: &Tensor) -> bool {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// A dense f32 layer large enough to recurse takes Strassen–Winograd by default (close to
+    /// the classical product, but not the same bits), and exactly candle's matmul when
+    /// switched to classical.
+    #[test]
+    fn large_f32_layers_follow_the_matmul_choice() -> Result<()> {
+        use crate::kernels::strassen::{self, F32Matmul};
+        let dev = Device::Cpu;
+        let (m, k, n) = (1024, 1024, 2048);
+        assert_eq!(strassen::levels(m, n, k), 1);
+        let linear = Linear::load(
+            &Weights::random(3, DType::F32, &dev),
+            k,
+            n,
+            false,
+            Init::XavierUniform,
+        )?;
+        let Weight::Dense(w) = &linear.weight else {
+            panic!("a dense layer")
+        };
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let classical = x.matmul(&w.t()?)?;
+        let scale = classical.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = |y: &Tensor| -> Result<f32> {
+            Ok((y - &classical)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert_eq!(strassen::f32_matmul(), F32Matmul::Strassen);
+        let fast = diff(&linear.forward(&x)?)?;
+        assert!(fast > 0.0, "the Strassen path was not taken");
+        assert!(fast / scale < 1e-5, "normwise difference {}", fast / scale);
+        strassen::set_f32_matmul(F32Matmul::Classical);
+        let exact = linear.forward(&x).and_then(|y| diff(&y));
+        strassen::set_f32_matmul(F32Matmul::Strassen);
+        assert_eq!(exact?, 0.0);
+        Ok(())
+    }
 
     /// The straight-through estimator: the forward value is α·w exactly; the latent gets the
     /// upstream gradient times α unchanged, α gets Σ g ⊙ w.
