@@ -177,8 +177,8 @@ struct MatMut {
     ld: usize,
 }
 
-// SAFETY: views are handed to parallel tasks that each touch disjoint rows (`rows_par`) or to
-// the gemm crate, which partitions its output itself.
+// SAFETY: views are handed to parallel tasks that each touch disjoint rows (`zip2`,
+// `combine`) or to the gemm crate, which partitions its output itself.
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 unsafe impl Send for MatMut {}
@@ -333,9 +333,9 @@ unsafe fn product(a: Mat, w: Mat, c: MatMut, mode: Mode, levels: usize) {
     let (a11, a12, a21, a22) = (a.quad(0, 0), a.quad(0, 1), a.quad(1, 0), a.quad(1, 1));
     let (b11, b12, b21, b22) = (w.quad(0, 0), w.quad(1, 0), w.quad(0, 1), w.quad(1, 1));
     let (c11, c12, c21, c22) = (c.quad(0, 0), c.quad(0, 1), c.quad(1, 0), c.quad(1, 1));
-    let mut s = Scratch::new(a11.rows, a11.cols); // activation-sized: S3, S1, S2, S4
-    let mut t = Scratch::new(b11.rows, b11.cols); // weight-sized: T3, T1, T2, T4
-    let (s, t) = (s.mat(), t.mat());
+    let mut s_buf = Scratch::new(a11.rows, a11.cols); // activation-sized: S3, S1, S2, S4
+    let mut t_buf = Scratch::new(b11.rows, b11.cols); // weight-sized: T3, T1, T2, T4
+    let (s, t) = (s_buf.mat(), t_buf.mat());
     unsafe {
         zip2(s, a11, a21, |x, y| x - y); // S3 = A11 − A21
         zip2(t, b22, b12, |x, y| x - y); // T3 = B22 − B12
