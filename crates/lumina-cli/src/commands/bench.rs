@@ -62,6 +62,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let report = json!({
         "isa": Isa::detect().describe(),
         "threads": threads,
+        "f32_matmul": f32_matmul_name(),
         "peak_gflops": peaks,
         "results": results,
         "memory": memory,
@@ -128,6 +129,14 @@ fn weight_bytes(weights: &Weights, dtype: DType) -> u64 {
         .sum()
 }
 
+/// The `--f32-matmul` value this process runs with.
+fn f32_matmul_name() -> &'static str {
+    match lumina::kernels::strassen::f32_matmul() {
+        F32Matmul::Strassen => "strassen",
+        F32Matmul::Classical => "classical",
+    }
+}
+
 /// Re-runs this binary for one dtype and parses the JSON it prints.
 fn run_child(args: &BenchArgs, dtype: BenchDtype) -> Result<Value> {
     let exe = std::env::current_exe().context("locating the lumina binary")?;
@@ -137,14 +146,10 @@ fn run_child(args: &BenchArgs, dtype: BenchDtype) -> Result<Value> {
         Activations::Exact => "exact",
         Activations::Int8 => "int8",
     };
-    let f32_matmul = match lumina::kernels::strassen::f32_matmul() {
-        F32Matmul::Strassen => "strassen",
-        F32Matmul::Classical => "classical",
-    };
     cmd.arg("--ternary-activations")
         .arg(activations)
         .arg("--f32-matmul")
-        .arg(f32_matmul)
+        .arg(f32_matmul_name())
         .arg("bench")
         .arg("--child")
         .arg("--dtype")
@@ -356,6 +361,10 @@ fn print_table(report: &Value) {
         show(&peak["f32"]),
         show(&peak["bf16"]),
         show(&peak["int8"])
+    );
+    println!(
+        "f32 linears: {} (GFLOP/s count the classical product's FLOPs)",
+        report["f32_matmul"].as_str().unwrap_or("")
     );
     println!(
         "\n| what | config | tokens | dtype | ms | GFLOP/s | % of peak |\n|---|---|---|---|---:|---:|---:|"
