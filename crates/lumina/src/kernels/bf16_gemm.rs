@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::storage::{contiguous_bf16, store_tile, SharedOut};
+use super::storage::{contiguous_bf16, linear_dims, store_tile, SharedOut};
 use super::Isa;
 use crate::error::{Error, Result};
 
@@ -39,21 +39,7 @@ pub fn available() -> bool {
 /// `x` (M, K) bf16 · `w`ᵀ for `w` (N, K) bf16 → (M, N) bf16, f32 accumulation.
 /// Errors when the CPU lacks AVX-512 BF16 (see [`available`]) or the shapes disagree.
 pub fn bf16_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    let (n, kw) = w.dims2()?;
-    if k != kw || x.dtype() != candle_core::DType::BF16 || w.dtype() != candle_core::DType::BF16 {
-        return Err(Error::input(
-            "bf16 linear operands",
-            "x (M, K) and w (N, K) in bf16 with equal K",
-            format!(
-                "x {:?} {:?}, w {:?} {:?}",
-                x.dims(),
-                x.dtype(),
-                (n, kw),
-                w.dtype()
-            ),
-        ));
-    }
+    let (m, n, k) = linear_dims(x, w, candle_core::DType::BF16, "bf16 linear operands")?;
     if !available() {
         return Err(Error::input(
             "bf16 linear",

@@ -1,10 +1,39 @@
-//! Reading a custom op's operands (the contiguous slice of a CPU storage, in the one dtype the
-//! kernel takes, or an error naming the operand), sharing an output among tasks, and writing
-//! a register tile out.
+//! Reading a custom op's operands (the shapes of a linear's, the contiguous slice of a CPU
+//! storage in the one dtype the kernel takes, or an error naming the operand), sharing an
+//! output among tasks, and writing a register tile out.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout};
+use candle_core::{CpuStorage, DType, Layout, Tensor};
 use half::bf16;
+
+use crate::error::{Error, Result};
+
+/// `(m, n, k)` of a linear's operands `x` (M, K) and `w` (N, K), both in `dtype`, or an error
+/// about `what` naming both shapes and dtypes.
+pub(crate) fn linear_dims(
+    x: &Tensor,
+    w: &Tensor,
+    dtype: DType,
+    what: &'static str,
+) -> Result<(usize, usize, usize)> {
+    let (m, k) = x.dims2()?;
+    let (n, kw) = w.dims2()?;
+    if k != kw || x.dtype() != dtype || w.dtype() != dtype {
+        let name = dtype.as_str();
+        return Err(Error::input(
+            what,
+            format!("x (M, K) and w (N, K) in {name} with equal K"),
+            format!(
+                "x {:?} {:?}, w {:?} {:?}",
+                x.dims(),
+                x.dtype(),
+                (n, kw),
+                w.dtype()
+            ),
+        ));
+    }
+    Ok((m, n, k))
+}
 
 /// The f32 values of a contiguous operand.
 pub(crate) fn contiguous_f32<'a>(

@@ -22,8 +22,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::storage::contiguous_f32;
-use crate::error::{Error, Result};
+use super::storage::{contiguous_f32, linear_dims};
+use crate::error::Result;
 
 /// How f32 inference linears multiply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -87,22 +87,7 @@ pub fn worthwhile(m: usize, n: usize, k: usize) -> bool {
 /// `x` (M, K) f32 · `w`ᵀ for `w` (N, K) f32 → (M, N) f32 by Strassen–Winograd ([`levels`]
 /// levels; classical when that is 0).
 pub fn strassen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    let (n, kw) = w.dims2()?;
-    let f32 = candle_core::DType::F32;
-    if k != kw || x.dtype() != f32 || w.dtype() != f32 {
-        return Err(Error::input(
-            "f32 linear operands",
-            "x (M, K) and w (N, K) in f32 with equal K",
-            format!(
-                "x {:?} {:?}, w {:?} {:?}",
-                x.dims(),
-                x.dtype(),
-                (n, kw),
-                w.dtype()
-            ),
-        ));
-    }
+    let (m, n, k) = linear_dims(x, w, candle_core::DType::F32, "f32 linear operands")?;
     tracing::trace!(m, n, k, levels = levels(m, n, k), "strassen linear");
     Ok(x.contiguous()?
         .apply_op2_no_bwd(&w.contiguous()?, &StrassenLinear)?)
