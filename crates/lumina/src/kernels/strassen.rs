@@ -207,17 +207,18 @@ impl MatMut {
     /// # Safety
     /// `r` < rows.
     unsafe fn row(&self, r: usize) -> *mut f32 {
-        unsafe { self.ptr.add(r * self.ld) }
+        unsafe { self.view().row(r).cast_mut() }
     }
 
+    /// Quadrant (i, j), as [`Mat::quad`].
     fn quad(self, i: usize, j: usize) -> Self {
-        let (r, c) = (self.rows / 2, self.cols / 2);
+        let q = self.view().quad(i, j);
         MatMut {
-            // SAFETY: the quadrant lies inside the view.
-            ptr: unsafe { self.ptr.add(i * r * self.ld + j * c) },
-            rows: r,
-            cols: c,
-            ld: self.ld,
+            // a pointer derived from this writable view's own
+            ptr: q.ptr.cast_mut(),
+            rows: q.rows,
+            cols: q.cols,
+            ld: q.ld,
         }
     }
 
