@@ -1,4 +1,5 @@
-//! The spec's judge: given an image of side S ≥ 32 and its caption, correct or not.
+//! The spec's judge (version 2): given an image of W × H pixels, S = min(W, H) ≥ 32, and its
+//! caption, correct or not.
 //!
 //! 1. Label each pixel with the nearest palette colour or black; farther than 60 from all of
 //!    them, it stays unlabelled.
@@ -8,7 +9,7 @@
 //! 4. Shape by fill = mass / (width·height), aspect in [0.6, 1.6]: square ≥ 0.91, circle
 //!    ≥ 0.69, triangle below.
 //! 5. Size: max(width, height)/(2S) < 0.175 is small.
-//! 6. Centroid: coverage-weighted mean of pixel centres, over S.
+//! 6. Centroid: coverage-weighted mean of pixel centres, x over W and y over H.
 //! 7. Positions and relations with the spec's thresholds.
 //! 8. Correct when the object count matches and the named objects match distinct detected ones
 //!    (colour, shape, size when named) with the position or relation holding.
@@ -34,7 +35,7 @@ pub struct Detected {
     /// `None` when the aspect ratio rules a shape out.
     pub shape: Option<Shape>,
     pub size: Size,
-    /// Centroid in units of S.
+    /// Centroid as (x / W, y / H).
     pub cx: f64,
     pub cy: f64,
     pub fill: f64,
@@ -125,14 +126,15 @@ fn label(p: [u8; 3]) -> Label {
 
 /// Every object in `image`.
 pub fn detect(image: &Image) -> Vec<Detected> {
-    let s = image.side;
-    let labels: Vec<Label> = (0..s * s)
-        .map(|i| label(image.pixel(i % s, i / s)))
+    let (w, h) = (image.width, image.height);
+    let s = w.min(h);
+    let labels: Vec<Label> = (0..w * h)
+        .map(|i| label(image.pixel(i % w, i / w)))
         .collect();
     let min_pixels = NOISE_FRACTION * (s * s) as f64;
-    let mut seen = vec![false; s * s];
+    let mut seen = vec![false; w * h];
     let mut found = Vec::new();
-    for start in 0..s * s {
+    for start in 0..w * h {
         let Label::Palette(color) = labels[start] else {
             continue;
         };
@@ -146,7 +148,7 @@ pub fn detect(image: &Image) -> Vec<Detected> {
         while i < component.len() {
             let p = component[i];
             i += 1;
-            let (x, y) = (p % s, p / s);
+            let (x, y) = (p % w, p / w);
             let mut visit = |q: usize| {
                 if !seen[q] && labels[q] == Label::Palette(color) {
                     seen[q] = true;
@@ -156,14 +158,14 @@ pub fn detect(image: &Image) -> Vec<Detected> {
             if x > 0 {
                 visit(p - 1);
             }
-            if x + 1 < s {
+            if x + 1 < w {
                 visit(p + 1);
             }
             if y > 0 {
-                visit(p - s);
+                visit(p - w);
             }
-            if y + 1 < s {
-                visit(p + s);
+            if y + 1 < h {
+                visit(p + w);
             }
         }
         if (component.len() as f64) < min_pixels {
@@ -177,23 +179,24 @@ pub fn detect(image: &Image) -> Vec<Detected> {
 }
 
 fn measure(image: &Image, labels: &[Label], component: &[usize], color: Color) -> Option<Detected> {
-    let s = image.side;
-    let (mut x0, mut y0, mut x1, mut y1) = (s, s, 0, 0);
+    let (cw, ch) = (image.width, image.height);
+    let s = cw.min(ch);
+    let (mut x0, mut y0, mut x1, mut y1) = (cw, ch, 0, 0);
     for &p in component {
-        let (x, y) = (p % s, p / s);
+        let (x, y) = (p % cw, p / cw);
         (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
     }
     // grown by 1 pixel, clipped to the canvas
     let (x0, y0, x1, y1) = (
         x0.saturating_sub(1),
         y0.saturating_sub(1),
-        (x1 + 1).min(s - 1),
-        (y1 + 1).min(s - 1),
+        (x1 + 1).min(cw - 1),
+        (y1 + 1).min(ch - 1),
     );
     let c = color.rgb().map(f64::from);
     let cc: f64 = c.iter().map(|v| v * v).sum();
     let coverage = |x: usize, y: usize| -> f64 {
-        match labels[y * s + x] {
+        match labels[y * cw + x] {
             Label::Palette(other) if other != color => 0.0,
             _ => {
                 let p = image.pixel(x, y).map(f64::from);
@@ -236,8 +239,8 @@ fn measure(image: &Image, labels: &[Label], component: &[usize], color: Color) -
         color,
         shape,
         size,
-        cx: mx / mass / s as f64,
-        cy: my / mass / s as f64,
+        cx: mx / mass / cw as f64,
+        cy: my / mass / ch as f64,
         fill,
     })
 }

@@ -1,21 +1,25 @@
-//! The `shapes` task (spec: `shared/spec/shapes.md`, version 1): a small synthetic
+//! The `shapes` task (spec: `shared/spec/shapes.md`, version 2): a small synthetic
 //! text-to-image problem that can be judged exactly.
 //!
+//! - [`canvas`]: W × H canvases; lengths are fractions of S = min(W, H).
 //! - [`caption`]: the vocabulary of the task — colours, shapes, sizes, places, relations —
 //!   and the caption grammar, both ways (text ↔ structure).
 //! - [`scene`]: objects on a canvas, sampled for a caption, deterministic from a seed.
-//! - [`render`]: the anti-aliased renderer (4×4 supersampling) at any side S.
+//! - [`render`]: the anti-aliased renderer (4×4 supersampling) on any canvas.
 //! - [`judge`]: the spec's judge: is this image correct for this caption?
 //! - [`prompts`]: evaluation prompt lists and their kinds.
 //!
-//! Geometry is in units of the canvas side S: (0, 0) top left, x to the right, y down.
+//! Geometry: (0, 0) top left, x to the right as a fraction of W, y down as a fraction of H,
+//! lengths in units of S = min(W, H).
 
+pub mod canvas;
 pub mod caption;
 pub mod judge;
 pub mod prompts;
 pub mod render;
 pub mod scene;
 
+pub use canvas::Canvas;
 pub use caption::{Caption, Color, Named, Place, Relation, Shape, Size};
 pub use judge::{judge, Fault, Verdict};
 pub use render::{render, Image};

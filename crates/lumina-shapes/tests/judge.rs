@@ -1,10 +1,11 @@
 //! The judge against the renderer: the renderer's own images pass (≥ 0.98 at S = 32, all of
-//! them at S = 48 and above), and captions that do not match their image are rejected.
+//! them at S = 48 and above, on squares and rectangles alike), and captions that do not match
+//! their image are rejected.
 
 use lumina_shapes::caption::{Caption, Color, Named, Place, Relation, Shape, Size};
 use lumina_shapes::prompts::{evaluation_prompts, PromptKind};
 use lumina_shapes::scene::{sample_caption, sample_scene, CaptionMix};
-use lumina_shapes::{judge, render, Fault};
+use lumina_shapes::{judge, render, Canvas, Fault};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -16,13 +17,13 @@ const EVERYTHING: CaptionMix = CaptionMix {
     allow_held_out: true,
 };
 
-fn accuracy(side: usize, n: usize, seed: u64) -> (f64, Vec<String>) {
+fn accuracy(canvas: Canvas, n: usize, seed: u64) -> (f64, Vec<String>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut failures = Vec::new();
     for _ in 0..n {
         let caption = sample_caption(&mut rng, &EVERYTHING);
-        let scene = sample_scene(&caption, &mut rng);
-        let v = judge(&render(&scene, side), &caption);
+        let scene = sample_scene(&caption, canvas, &mut rng);
+        let v = judge(&render(&scene), &caption);
         if !v.correct() {
             failures.push(format!("{}: {}", caption.text(), v.reason));
         }
@@ -32,7 +33,7 @@ fn accuracy(side: usize, n: usize, seed: u64) -> (f64, Vec<String>) {
 
 #[test]
 fn renderer_images_score_at_least_098_at_side_32() {
-    let (acc, failures) = accuracy(32, 2000, 1);
+    let (acc, failures) = accuracy(Canvas::square(32), 2000, 1);
     println!("side 32: accuracy {acc:.4}; failures: {failures:#?}");
     assert!(
         acc >= 0.98,
@@ -44,7 +45,7 @@ fn renderer_images_score_at_least_098_at_side_32() {
 #[test]
 fn renderer_images_all_pass_at_side_48_and_64() {
     for side in [48, 64] {
-        let (acc, failures) = accuracy(side, 1000, 2);
+        let (acc, failures) = accuracy(Canvas::square(side), 1000, 2);
         assert_eq!(
             acc,
             1.0,
@@ -52,6 +53,50 @@ fn renderer_images_all_pass_at_side_48_and_64() {
             &failures[..failures.len().min(5)]
         );
     }
+}
+
+/// Version 2: wide and tall canvases, x relative to W, y to H, lengths to min(W, H).
+#[test]
+fn renderer_images_pass_on_rectangles() {
+    for (canvas, floor) in [
+        (Canvas::new(64, 32), 0.98),
+        (Canvas::new(32, 64), 0.98),
+        (Canvas::new(96, 32), 0.98),
+        (Canvas::new(48, 32), 0.98),
+        (Canvas::new(96, 48), 1.0),
+        (Canvas::new(64, 128), 1.0),
+    ] {
+        let (acc, failures) = accuracy(canvas, 600, 6);
+        assert!(
+            acc >= floor,
+            "{canvas}: accuracy {acc} < {floor}; e.g. {:?}",
+            &failures[..failures.len().min(5)]
+        );
+    }
+}
+
+/// On a wide canvas a shape keeps its proportions: a circle is as tall as it is wide, in
+/// pixels, and its size is read against the shorter side.
+#[test]
+fn shapes_are_not_stretched_on_a_rectangle() {
+    let caption = Caption::parse("a big red circle on the left").expect("grammar");
+    let canvas = Canvas::new(128, 64);
+    let scene = sample_scene(&caption, canvas, &mut StdRng::seed_from_u64(1));
+    let image = render(&scene);
+    let found = lumina_shapes::judge::detect(&image);
+    assert_eq!(found.len(), 1);
+    let d = found[0];
+    assert_eq!(d.shape, Some(Shape::Circle), "fill {}", d.fill);
+    assert_eq!(d.size, Size::Big);
+    assert!(d.cx < 0.4, "x relative to the width: {}", d.cx);
+    // the disc spans 2·0.22·64 ≈ 28 px each way: count the red pixels of its middle row/column
+    let o = scene.objects[0];
+    let (px, py) = ((o.cx * 128.0) as usize, (o.cy * 64.0) as usize);
+    let red = |x: usize, y: usize| image.pixel(x, y)[0] > 115;
+    let across = (0..128).filter(|&x| red(x, py)).count() as i64;
+    let down = (0..64).filter(|&y| red(px, y)).count() as i64;
+    assert!((across - down).abs() <= 1, "{across} wide, {down} tall");
+    assert!((across - 28).abs() <= 1, "{across}");
 }
 
 fn named(size: Option<Size>, color: Color, shape: Shape) -> Named {
@@ -63,10 +108,12 @@ fn named(size: Option<Size>, color: Color, shape: Shape) -> Named {
 fn captions_that_do_not_match_their_image_are_rejected() {
     let mut rng = StdRng::seed_from_u64(3);
     let mut checked = 0;
-    for _ in 0..400 {
+    for i in 0..400 {
         let caption = sample_caption(&mut rng, &EVERYTHING);
-        let scene = sample_scene(&caption, &mut rng);
-        let image = render(&scene, 48);
+        // squares and both orientations of rectangle
+        let canvas = [Canvas::square(48), Canvas::new(96, 48), Canvas::new(48, 72)][i % 3];
+        let scene = sample_scene(&caption, canvas, &mut rng);
+        let image = render(&scene);
         let truth = scene.objects[0];
         let other_color = Color::ALL
             .into_iter()
@@ -221,7 +268,7 @@ fn captions_that_do_not_match_their_image_are_rejected() {
 #[test]
 fn an_empty_or_noisy_canvas_is_rejected() {
     let caption = Caption::parse("a red circle").expect("grammar");
-    let black = lumina_shapes::Image::black(32);
+    let black = lumina_shapes::Image::black(Canvas::square(32));
     assert_eq!(judge(&black, &caption).fault, Some(Fault::Count));
     // a few stray red pixels are noise, not an object
     let mut speck = black.clone();
@@ -235,8 +282,12 @@ fn an_empty_or_noisy_canvas_is_rejected() {
 fn evaluation_lists_are_judged_correct_when_rendered() {
     let prompts = evaluation_prompts(25, &mut StdRng::seed_from_u64(4));
     let mut rng = StdRng::seed_from_u64(5);
-    for c in &prompts {
-        let image = render(&sample_scene(c, &mut rng), 48);
+    for (i, c) in prompts.iter().enumerate() {
+        let image = render(&sample_scene(
+            c,
+            Canvas::new(48 + 16 * (i % 3), 48),
+            &mut rng,
+        ));
         assert!(
             judge(&image, c).correct(),
             "{} ({:?})",

@@ -6,6 +6,8 @@ use lumina::config::Validate;
 use lumina::models::NextDitConfig;
 use lumina_pipelines::pixel_model::SamplerDefaults;
 use lumina_pipelines::text_encoder::WordEncoderConfig;
+use lumina_shapes::Canvas;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -79,6 +81,50 @@ pub struct DataConfig {
     /// learnt on small canvases carry over, at a fraction of the cost per sample.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<ResolutionStage>,
+    /// Aspect-ratio buckets, as Lumina trains on resolution buckets: each step draws one
+    /// (by weight) and renders its batch on a canvas whose shorter side is the step's side
+    /// and whose longer side follows the ratio (`[3, 2]` at side 32: 48 × 32). Empty: every
+    /// canvas is square.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aspects: Vec<AspectBucket>,
+}
+
+/// A canvas shape `ratio = [width, height]` drawn with relative probability `weight`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AspectBucket {
+    pub ratio: [usize; 2],
+    #[serde(default = "unit_weight")]
+    pub weight: f64,
+}
+
+fn unit_weight() -> f64 {
+    1.0
+}
+
+impl AspectBucket {
+    pub fn new(width: usize, height: usize, weight: f64) -> Self {
+        Self {
+            ratio: [width, height],
+            weight,
+        }
+    }
+
+    /// The canvas at shorter side `side`; `None` when the longer side is not a whole number of
+    /// pixels.
+    pub fn canvas(&self, side: usize) -> Option<Canvas> {
+        let [w, h] = self.ratio;
+        let (short, long) = (w.min(h), w.max(h));
+        if short == 0 || !(side * long).is_multiple_of(short) {
+            return None;
+        }
+        let long_side = side * long / short;
+        Some(if w >= h {
+            Canvas::new(long_side, side)
+        } else {
+            Canvas::new(side, long_side)
+        })
+    }
 }
 
 /// `steps` optimisation steps on canvases of side `side`.
@@ -100,6 +146,36 @@ impl DataConfig {
             }
         }
         self.side
+    }
+
+    /// The widest aspect ratio (long / short side) of the buckets; `None` without buckets.
+    pub fn max_aspect(&self) -> Option<f64> {
+        self.aspects
+            .iter()
+            .map(|a| a.ratio[0].max(a.ratio[1]) as f64 / a.ratio[0].min(a.ratio[1]).max(1) as f64)
+            .reduce(f64::max)
+    }
+
+    /// The canvas of step `step`: square at its side, or — with aspect buckets — one bucket
+    /// drawn from `rng` by weight (no draw without buckets, so square recipes keep their
+    /// random stream).
+    pub fn canvas_at(&self, step: usize, rng: &mut impl Rng) -> Canvas {
+        let side = self.side_at(step);
+        if self.aspects.is_empty() {
+            return Canvas::square(side);
+        }
+        let total: f64 = self.aspects.iter().map(|a| a.weight).sum();
+        let mut u = rng.gen::<f64>() * total;
+        let mut chosen = self.aspects[self.aspects.len() - 1];
+        for a in &self.aspects {
+            if u < a.weight {
+                chosen = *a;
+                break;
+            }
+            u -= a.weight;
+        }
+        // validated: every bucket has a canvas at every side
+        chosen.canvas(side).unwrap_or(Canvas::square(side))
     }
 }
 
@@ -139,6 +215,13 @@ pub struct TrainConfig {
     /// weights with a learnable α and a straight-through gradient; the model exports 2-bit.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ternary: bool,
+    /// Start from an exported model folder (`<run>/model`) instead of the upstream
+    /// initialisation: a later stage of a recipe, as Lumina continues a trained model on
+    /// resolution buckets. Its transformer and text encoder must match this config's; the
+    /// optimizer starts fresh and the EMA from these weights. A relative path is taken from the
+    /// working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 impl TrainConfig {
@@ -181,6 +264,7 @@ impl TrainConfig {
                     side: 16,
                     steps: 7200,
                 }],
+                aspects: Vec::new(),
             },
             optim: OptimConfig {
                 steps: 10800,
@@ -207,6 +291,8 @@ impl TrainConfig {
                 guidance_scale: 3.0,
                 solver: "midpoint".into(),
                 shift: 2.0,
+                extrapolation: None,
+                max_aspect: None,
             },
             eval: EvalConfig {
                 every: 1200,
@@ -216,6 +302,7 @@ impl TrainConfig {
             checkpoint_every: 500,
             seed: 0,
             ternary: false,
+            init: None,
         }
     }
 
@@ -339,6 +426,26 @@ impl TrainConfig {
                 )));
             }
         }
+        let sides = self
+            .data
+            .stages
+            .iter()
+            .map(|s| s.side)
+            .chain([self.data.side]);
+        for side in sides {
+            for (i, a) in self.data.aspects.iter().enumerate() {
+                let fits = a
+                    .canvas(side)
+                    .is_some_and(|c| fits_patches(c.width) && fits_patches(c.height));
+                if !fits || !(a.weight.is_finite() && a.weight > 0.0) {
+                    return Err(Error::Config(format!(
+                        "data.aspects[{i}]: ratio {}:{} must give whole canvases that are multiples \
+                         of the patch size {patch} at side {side}, and weight {} must be > 0",
+                        a.ratio[0], a.ratio[1], a.weight
+                    )));
+                }
+            }
+        }
         let staged: usize = self.data.stages.iter().map(|s| s.steps).sum();
         if staged >= self.optim.steps {
             return Err(Error::Config(format!(
@@ -408,6 +515,50 @@ mod tests {
         let sides: Vec<usize> = (0..7).map(|s| c.data.side_at(s)).collect();
         assert_eq!(sides, [16, 16, 16, 24, 24, 32, 32]);
         Ok(())
+    }
+
+    #[test]
+    fn aspect_buckets_draw_canvases_by_weight_at_each_side() -> Result<()> {
+        use rand::SeedableRng;
+        let mut c = TrainConfig::shapes();
+        c.data.aspects = vec![
+            AspectBucket::new(1, 1, 2.0),
+            AspectBucket::new(3, 2, 1.0),
+            AspectBucket::new(1, 2, 1.0),
+        ];
+        c.validate()?;
+        assert_eq!(c.data.max_aspect(), Some(2.0));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..4000 {
+            *seen.entry(c.data.canvas_at(9000, &mut rng)).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 3);
+        let share = |w, h| seen[&Canvas::new(w, h)] as f64 / 4000.0;
+        assert!((share(32, 32) - 0.5).abs() < 0.03);
+        assert!((share(48, 32) - 0.25).abs() < 0.03);
+        assert!((share(32, 64) - 0.25).abs() < 0.03);
+        // the 16 px stage draws the same shapes at its side
+        assert_eq!(c.data.canvas_at(0, &mut rng).min_side(), 16);
+        // without buckets: square, and no draw from the stream
+        let square = TrainConfig::shapes();
+        let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(square.data.canvas_at(9000, &mut a), Canvas::square(32));
+        assert_eq!(
+            a.gen::<u64>(),
+            rand_chacha::ChaCha8Rng::seed_from_u64(1).gen::<u64>()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn aspect_buckets_that_do_not_fit_the_patches_are_named() {
+        let mut c = TrainConfig::shapes();
+        c.data.aspects = vec![AspectBucket::new(5, 3, 1.0)];
+        let e = c.validate().expect_err("16·5/3").to_string();
+        assert!(e.contains("data.aspects[0]") && e.contains("5:3"), "{e}");
+        c.data.aspects = vec![AspectBucket::new(2, 1, 0.0)];
+        assert!(c.validate().is_err());
     }
 
     #[test]

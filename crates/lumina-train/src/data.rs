@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use lumina_pipelines::text_encoder::WordTokenizer;
 use lumina_shapes::caption::{Color, Place, Relation, Shape, Size};
 use lumina_shapes::scene::{sample_caption, sample_scene, CaptionMix};
-use lumina_shapes::{render, Image};
+use lumina_shapes::{render, Canvas, Image};
 use rand::Rng;
 
 use crate::config::DataConfig;
@@ -35,43 +35,44 @@ pub fn vocabulary() -> WordTokenizer {
     WordTokenizer::new(&words, MAX_CAPTION_TOKENS)
 }
 
-/// A batch: images (B, 3, S, S) in [−1, 1] and captions ("" when dropped).
+/// A batch: images (B, 3, H, W) in [−1, 1] and captions ("" when dropped).
 pub struct Batch {
     pub images: Tensor,
     pub captions: Vec<String>,
 }
 
-/// Images (B, 3, S, S) in [−1, 1] from RGB bytes.
+/// Images (B, 3, H, W) in [−1, 1] from RGB bytes, all of one canvas.
 pub fn to_tensor(images: &[Image], device: &Device) -> Result<Tensor> {
-    let side = images.first().map_or(0, |i| i.side);
+    let canvas = images.first().map_or(Canvas::square(0), Image::canvas);
+    if let Some(other) = images.iter().find(|i| i.canvas() != canvas) {
+        return Err(crate::error::Error::Config(format!(
+            "a batch holds one canvas size: {canvas} and {}",
+            other.canvas()
+        )));
+    }
     let data: Vec<u8> = images.iter().flat_map(|i| i.rgb.iter().copied()).collect();
-    let t = Tensor::from_vec(data, (images.len(), side, side, 3), device)?
+    let t = Tensor::from_vec(data, (images.len(), canvas.height, canvas.width, 3), device)?
         .to_dtype(DType::F32)?
-        .permute((0, 3, 1, 2))? // (B, 3, S, S)
+        .permute((0, 3, 1, 2))? // (B, 3, H, W)
         .affine(2.0 / 255.0, -1.0)?;
     Ok(t.contiguous()?)
 }
 
 /// An image (H, W, 3) in [0, 1] as RGB bytes, rounded like a PNG writer.
 pub fn to_image(t: &Tensor) -> Result<Image> {
-    let (h, w, _) = t.dims3()?;
-    if h != w {
-        return Err(crate::error::Error::Config(format!(
-            "the shapes judge needs square images, got {w}x{h}"
-        )));
-    }
+    let (height, width, _) = t.dims3()?;
     let rgb = (t.to_dtype(DType::F32)?.clamp(0f32, 1f32)? * 255.0)?
         .round()?
         .to_dtype(DType::U8)?
         .flatten_all()?
         .to_vec1::<u8>()?;
-    Ok(Image { side: h, rgb })
+    Ok(Image { width, height, rgb })
 }
 
-/// `size` fresh samples on canvases of side `side`.
+/// `size` fresh samples on `canvas`.
 pub fn batch(
     cfg: &DataConfig,
-    side: usize,
+    canvas: Canvas,
     size: usize,
     rng: &mut impl Rng,
     device: &Device,
@@ -84,8 +85,8 @@ pub fn batch(
     };
     for _ in 0..size {
         let caption = sample_caption(rng, &mix);
-        let scene = sample_scene(&caption, rng);
-        images.push(render(&scene, side));
+        let scene = sample_scene(&caption, canvas, rng);
+        images.push(render(&scene));
         let dropped = rng.gen_bool(cfg.caption_dropout);
         captions.push(if dropped {
             String::new()
@@ -133,13 +134,14 @@ mod tests {
                 caption_dropout: 0.5,
                 two_objects: 0.5,
                 stages: Vec::new(),
+                aspects: Vec::new(),
             },
-            16,
+            Canvas::new(24, 16),
             4,
             &mut rng,
             &Device::Cpu,
         )?;
-        assert_eq!(b.images.dims(), &[4, 3, 16, 16]);
+        assert_eq!(b.images.dims(), &[4, 3, 16, 24]);
         let first = ((b.images.narrow(0, 0, 1)?.squeeze(0)?.permute((1, 2, 0))? + 1.0)? * 0.5)?;
         let image = to_image(&first)?;
         let again = to_tensor(&[image], &Device::Cpu)?;

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lumina::models::{DitInput, NextDit, Transformer, TransformerConfig};
 use lumina::sample::{noise, shift_time, time};
 use lumina::weights::Weights;
-use lumina_pipelines::pixel_model::PixelModel;
+use lumina_pipelines::pixel_model::{PixelModel, SamplerDefaults};
 use lumina_pipelines::text_encoder::{WordEncoder, WordTokenizer};
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -106,6 +106,9 @@ impl Trainer {
         let encoder = WordEncoder::load(&cfg.text_encoder, &ew)?;
         let mut vars = with_prefix(TRANSFORMER, tw.vars());
         vars.extend(with_prefix(TEXT_ENCODER, ew.vars()));
+        if let Some(dir) = &cfg.init {
+            init_from_model(dir, &vars, &device)?;
+        }
         // detached copies: an EMA that stayed on the autograd graph would chain every update to the
         // previous one, and sampling from it would drag the whole history along
         let ema = vars
@@ -169,10 +172,10 @@ impl Trainer {
     /// One optimisation step.
     pub fn step(&mut self) -> Result<StepStats> {
         let b = self.cfg.optim.batch_size;
-        let side = self.cfg.data.side_at(self.step);
-        let data = batch(&self.cfg.data, side, b, &mut self.rng, &self.device)?;
+        let canvas = self.cfg.data.canvas_at(self.step, &mut self.rng);
+        let data = batch(&self.cfg.data, canvas, b, &mut self.rng, &self.device)?;
         let (ids, mask, _) = self.tokenizer.encode(&data.captions, &self.device)?;
-        let x1 = data.images; // (B, 3, S, S)
+        let x1 = data.images; // (B, 3, H, W)
         let x0 = noise::gaussian(x1.dims(), DType::F32, &self.device, &mut self.rng)?;
         let t = self.sample_times(b)?; // (B,)
         let xt = time::interpolate(&x0, &x1, &t)?;
@@ -341,7 +344,12 @@ impl Trainer {
             encoder: &self.cfg.text_encoder,
             encoder_weights: &cast(component(&self.ema, TEXT_ENCODER))?,
             tokenizer: &self.tokenizer,
-            defaults: &self.cfg.sampler,
+            defaults: &SamplerDefaults {
+                // the model says which canvases it trained on, so `generate` knows when it
+                // extrapolates
+                max_aspect: self.cfg.sampler.max_aspect.or(self.cfg.data.max_aspect()),
+                ..self.cfg.sampler.clone()
+            },
         }
         .save(dir)?;
         let path = dir.join(TRAIN_CONFIG_FILE);
@@ -439,6 +447,51 @@ impl Trainer {
         trainer.step = state.step;
         Ok(trainer)
     }
+}
+
+/// Sets every parameter from an exported pixel-model folder (see `TrainConfig::init`).
+fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Result<()> {
+    let fail = |reason: String| Error::Checkpoint {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let mut stored = HashMap::new();
+    for (prefix, file) in [
+        (
+            TRANSFORMER,
+            "transformer/diffusion_pytorch_model.safetensors",
+        ),
+        (TEXT_ENCODER, "text_encoder/model.safetensors"),
+    ] {
+        let tensors = candle_core::safetensors::load(dir.join(file), device)
+            .map_err(|e| fail(format!("{file}: {e}")))?;
+        stored.extend(
+            tensors
+                .into_iter()
+                .map(|(k, t)| (format!("{prefix}{k}"), t)),
+        );
+    }
+    for (name, var) in vars {
+        let t = stored.remove(name).ok_or_else(|| {
+            fail(format!(
+                "no `{name}` (a packed ternary model or another architecture cannot seed this run)"
+            ))
+        })?;
+        if t.dims() != var.as_tensor().dims() {
+            return Err(fail(format!(
+                "`{name}`: this config expects {:?}, the model has {:?}",
+                var.as_tensor().dims(),
+                t.dims()
+            )));
+        }
+        var.set(&t.to_dtype(DType::F32)?)?;
+    }
+    if let Some(extra) = stored.keys().next() {
+        return Err(fail(format!(
+            "`{extra}` is not a parameter of this config's model"
+        )));
+    }
+    Ok(())
 }
 
 /// One slice of a step's batch: everything the loss of those samples needs.

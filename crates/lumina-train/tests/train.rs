@@ -6,6 +6,7 @@ use candle_core::{DType, Device};
 use lumina::fixtures::max_abs_diff;
 use lumina_pipelines::{Family, Pipeline};
 use lumina_shapes::prompts::evaluation_prompts;
+use lumina_train::config::AspectBucket;
 use lumina_train::eval::evaluate;
 use lumina_train::{TrainConfig, Trainer};
 use rand::rngs::StdRng;
@@ -81,6 +82,50 @@ fn check_resume(cfg: TrainConfig) -> Result<()> {
     for (name, t) in straight.ema() {
         assert_eq!(max_abs_diff(t, &resumed.ema()[name])?, 0.0, "EMA {name}");
     }
+    Ok(())
+}
+
+/// Aspect-ratio buckets: each step renders one drawn canvas; a resumed run draws the same
+/// canvases.
+#[test]
+fn resume_with_aspect_buckets_continues_identically() -> Result<()> {
+    let mut cfg = TrainConfig::tiny();
+    cfg.data.aspects = vec![
+        AspectBucket::new(1, 1, 1.0),
+        AspectBucket::new(2, 1, 1.0),
+        AspectBucket::new(1, 2, 1.0),
+    ];
+    check_resume(cfg)
+}
+
+/// A later stage of a recipe starts from an exported model: its first weights and EMA are the
+/// model's, and a model of another architecture is refused by name.
+#[test]
+fn a_run_starts_from_an_exported_model() -> Result<()> {
+    let mut base = Trainer::new(TrainConfig::tiny())?;
+    for _ in 0..2 {
+        base.step()?;
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("model");
+    base.export(&dir, DType::F32)?;
+    let mut cfg = TrainConfig::tiny();
+    cfg.seed = 7;
+    cfg.init = Some(dir.clone());
+    let next = Trainer::new(cfg)?;
+    let (exported, started) = (base.ema(), next.weights()?);
+    for (name, t) in exported {
+        assert_eq!(max_abs_diff(t, &started[name])?, 0.0, "{name}");
+        assert_eq!(max_abs_diff(t, &next.ema()[name])?, 0.0, "EMA {name}");
+    }
+    let mut wider = TrainConfig::tiny();
+    wider.transformer.hidden_size = 48;
+    wider.init = Some(dir);
+    let e = Trainer::new(wider)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("expects") && e.contains("48"), "{e}");
     Ok(())
 }
 
