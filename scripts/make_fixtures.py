@@ -18,6 +18,8 @@ Run (needs torch, diffusers, transformers; CI never runs it, the output is commi
     python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch diffusers transformers safetensors
     /tmp/refenv/bin/python scripts/make_fixtures.py transformers crates/lumina/tests/fixtures
     /tmp/refenv/bin/python scripts/make_fixtures.py pipelines crates/lumina-pipelines/tests/fixtures
+    /tmp/refenv/bin/pip install PyWavelets
+    /tmp/refenv/bin/python scripts/make_fixtures.py imaging crates/lumina-pipelines/tests/fixtures
 """
 
 import json
@@ -263,7 +265,46 @@ def pipelines(root: Path) -> None:
                    "cfg_normalization": True}, {"shift": 3.0})
 
 
+def imaging(root: Path) -> None:
+    """The image operations around I-Max and img2img: the VAE encoder's posterior mean (diffusers
+    `latent_dist.mode()`, then shift and scale as the pipelines do), PyTorch's bicubic resize,
+    and PyWavelets' Haar low-pass (decompose, zero every detail band, reconstruct)."""
+    import numpy as np
+    import pywt
+
+    gen = torch.Generator().manual_seed(21)
+    vae = tiny_vae(0.3611, 0.1159, gen)
+    case = root / "imaging" / "encode_resize_haar"
+    image = torch.rand(1, 48, 40, 3, generator=gen)  # (B, H, W, 3) in [0, 1]
+    with torch.no_grad():
+        mean = vae.encode(image.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+    latents = (mean - vae.config.shift_factor) * vae.config.scaling_factor
+    small = torch.rand(2, 3, 8, 12, generator=gen, dtype=torch.float64)
+    up = torch.nn.functional.interpolate(small, size=(20, 30), mode="bicubic", align_corners=False)
+    down = torch.nn.functional.interpolate(small, size=(5, 7), mode="bicubic", align_corners=False)
+
+    def lowpass(x, level):
+        out = np.empty_like(x)
+        for idx in np.ndindex(x.shape[:-2]):
+            coeffs = pywt.wavedec2(x[idx], "haar", level=level)
+            coeffs = [coeffs[0]] + [tuple(np.zeros_like(d) for d in band) for band in coeffs[1:]]
+            rec = pywt.waverec2(coeffs, "haar")
+            out[idx] = rec[: x.shape[-2], : x.shape[-1]]
+        return out
+
+    field = torch.rand(1, 2, 8, 12, generator=gen, dtype=torch.float64).numpy()
+    io = {"image": image, "latents": latents.contiguous(), "small": small, "bicubic_up": up.contiguous(),
+          "bicubic_down": down.contiguous(), "field": torch.from_numpy(field)}
+    for level in (1, 2, 3):
+        io[f"haar_{level}"] = torch.from_numpy(lowpass(field, level))
+    case.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(case / "vae", safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in io.items()}, str(case / "io.safetensors"))
+    (case / "call.json").write_text(json.dumps({"what": "vae encode, bicubic, haar"}, indent=2) + "\n")
+    print(f"imaging: latents {tuple(latents.shape)}, bicubic {tuple(up.shape)} {tuple(down.shape)}")
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     what, out = sys.argv[1], Path(sys.argv[2])
-    {"transformers": main, "pipelines": pipelines}[what](out)
+    {"transformers": main, "pipelines": pipelines, "imaging": imaging}[what](out)

@@ -273,9 +273,80 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 256)]
     pub max_sequence_length: usize,
 
+    #[command(flatten)]
+    pub extrapolation: ExtrapolationArgs,
+
+    /// Start from this RGB PNG: img2img at its own size, or — with another -W/-H — upscaling,
+    /// the image (resized) guiding I-Max's projected flow. Without -W/-H the image's size.
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+
+    /// With --init-image, in (0, 1]: how much of the schedule runs (the solve starts from the
+    /// image noised to the time where the last `strength` of the steps begin). Default 0.6
+    /// (Lumina-Next's img2img script) at the image's size, 1 when upscaling.
+    #[arg(long)]
+    pub strength: Option<f64>,
+
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// Going past the model's training size (resolution extrapolation). Without any of these
+/// the model's own choice applies beyond its training size: for the built-in models the
+/// method that measured best on the judge; for Lumina-Next diffusers' rule
+/// (--scaling-watershed, proportional attention); for Lumina-Image-2.0 nothing.
+#[derive(Debug, Args)]
+pub struct ExtrapolationArgs {
+    /// `none`; `imax` or `imax:cosine_decay|cosine_shift|constant` (I-Max: a native-size pass,
+    /// then the target size guided by it through projected flow, with NTK∩PI RoPE,
+    /// proportional attention, time shifting and text duplication); or a RoPE rule with
+    /// proportional attention: `pi`, `ntk`, `time-aware`, `frequency-aware`, `ntk-pi[:κ]`,
+    /// `watershed[:τ]`.
+    #[arg(long)]
+    pub extrapolation: Option<String>,
+
+    /// Override the RoPE rule of the chosen method (same names as above).
+    #[arg(long)]
+    pub rope: Option<String>,
+
+    /// How RoPE scale factors are measured: `area` (sqrt(W·H)/native on both axes, as
+    /// Lumina-Next), `short-side` (min(W, H)/native), `per-axis` (each axis its own ratio).
+    #[arg(long)]
+    pub rope_scale_by: Option<String>,
+
+    /// Projected-flow schedule (turns projected flow on): cosine_decay, cosine_shift, constant.
+    #[arg(long)]
+    pub projected_schedule: Option<String>,
+
+    /// Haar levels of the low band projected flow takes from the guide (turns it on).
+    #[arg(long)]
+    pub haar_level: Option<usize>,
+
+    /// Resolution-dependent time shift (the shift multiplied by the scale): true or false.
+    #[arg(long)]
+    pub time_shift: Option<bool>,
+
+    /// Proportional attention under the chosen method: true or false.
+    #[arg(long)]
+    pub proportional_attention: Option<bool>,
+
+    /// Lumina-Image-2.0: one caption copy per native-size tile (I-Max): true or false.
+    #[arg(long)]
+    pub text_duplication: Option<bool>,
+}
+
+impl ExtrapolationArgs {
+    pub fn any(&self) -> bool {
+        self.extrapolation.is_some()
+            || self.rope.is_some()
+            || self.rope_scale_by.is_some()
+            || self.projected_schedule.is_some()
+            || self.haar_level.is_some()
+            || self.time_shift.is_some()
+            || self.proportional_attention.is_some()
+            || self.text_duplication.is_some()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -357,9 +428,20 @@ pub struct EvalArgs {
     #[arg(long)]
     pub shift: Option<f64>,
 
-    /// Image side (default: the model's native size).
-    #[arg(long)]
+    /// Square images of this side (default: the model's native size).
+    #[arg(long, conflicts_with_all = ["width", "height"])]
     pub size: Option<usize>,
+
+    /// Image width in pixels (default: the model's native size).
+    #[arg(short = 'W', long)]
+    pub width: Option<usize>,
+
+    /// Image height in pixels (default: the model's native size).
+    #[arg(short = 'H', long)]
+    pub height: Option<usize>,
+
+    #[command(flatten)]
+    pub extrapolation: ExtrapolationArgs,
 
     /// Write all images as one PNG: each prompt's seeds side by side, prompts in reading order.
     #[arg(long)]

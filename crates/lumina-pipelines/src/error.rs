@@ -37,6 +37,9 @@ pub enum Error {
         got: String,
     },
 
+    #[error("input image {path}: {reason}")]
+    Input { path: PathBuf, reason: String },
+
     #[error("cannot write {path}: {reason}")]
     Output { path: PathBuf, reason: String },
 }

@@ -3,8 +3,11 @@
 //! transformer and samplers of the `lumina` crate, and the VAE — identical to diffusers.
 
 pub mod error;
+pub mod extrapolation;
 pub mod hub;
+pub mod input;
 pub mod inspect;
+pub mod memory;
 pub mod output;
 pub mod pipeline;
 pub mod pixel_model;
@@ -12,6 +15,7 @@ pub mod scheduler;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod vae;
+pub mod vae_encoder;
 
 pub use error::{Error, Result};
 pub use pipeline::{Family, Latents, Output, Pipeline, Request};

@@ -11,14 +11,16 @@ use candle_core::{DType, Device, Tensor};
 use lumina::config::ConfigFile;
 use lumina::models::{Transformer, TransformerConfig};
 use lumina::sample::{
-    noise, sample_with, Guidance, Renorm, RopeSchedule, Schedule, Solver, StepDone, Truncation,
+    noise, sample_with, shift_time, Guidance, ProjectedFlow, Renorm, RopeSchedule, Schedule,
+    Solver, StepDone, Truncation,
 };
 use lumina::weights::Weights;
-use lumina::{Caption, Denoiser};
+use lumina::{Caption, Denoiser, TextTiles};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::error::{Error, Result};
+use crate::extrapolation::{native_canvas, Extrapolation};
 use crate::pixel_model::{read_word_encoder_config, SamplerDefaults, PIXEL_PIPELINE_CLASS};
 use crate::scheduler::{linspace, SchedulerConfig, SigmaRequest};
 use crate::text_encoder::{EncoderConfig, GemmaEncoder, WordEncoder, WordTokenizer};
@@ -118,6 +120,25 @@ pub struct Request {
     pub cfg_normalization: bool,
     /// Lumina2: prepended to every prompt as "<system> <Prompt Start> <prompt>".
     pub system_prompt: Option<String>,
+    /// Going past the training size. `None`: the pipeline's own rule — the model's measured
+    /// default for a pixel model beyond its training canvases, diffusers' for Lumina-Next
+    /// (`scaling_watershed`, `proportional_attn`) and Lumina-Image-2.0 (nothing). `Some` applies
+    /// at any size (scales below 1 count as 1).
+    pub extrapolation: Option<Extrapolation>,
+    /// img2img (an image of the request's size) or upscaling (any other size: the image,
+    /// resized, guides I-Max's projected flow).
+    pub init_image: Option<InitImage>,
+}
+
+/// The starting picture of img2img and upscaling.
+#[derive(Clone, Debug)]
+pub struct InitImage {
+    /// (H, W, 3) in [0, 1]; the same image for every prompt.
+    pub image: Tensor,
+    /// In (0, 1]: how much of the schedule runs. The grid loses its first ⌊steps·(1 −
+    /// strength)⌋ points and the solve starts from the image noised to the first remaining
+    /// time (Lumina-Next mini's `sample_img2img.py`); 1 starts from pure noise.
+    pub strength: f64,
 }
 
 impl Request {
@@ -139,6 +160,8 @@ impl Request {
             cfg_trunc_ratio: 1.0,
             cfg_normalization: true,
             system_prompt: None,
+            extrapolation: None,
+            init_image: None,
         }
     }
 
@@ -446,7 +469,94 @@ impl Pipeline {
         if r.max_sequence_length == 0 {
             return Err(Error::request("max sequence length", ">= 1", 0));
         }
-        Ok(())
+        if let Some(init) = &r.init_image {
+            if !(init.strength > 0.0 && init.strength <= 1.0) {
+                return Err(Error::request("strength", "in (0, 1]", init.strength));
+            }
+            let dims = init.image.dims();
+            if dims.len() != 3 || dims[2] != 3 || dims[0] == 0 || dims[1] == 0 {
+                return Err(Error::request(
+                    "init image",
+                    "(H, W, 3) RGB pixels",
+                    format!("{dims:?}"),
+                ));
+            }
+        }
+        self.check_memory(r)
+    }
+
+    /// Grid points img2img drops at `strength` (Lumina-Next mini: ⌊N·(1 − strength)⌋); below
+    /// `steps` for any strength > 0, so at least one step runs.
+    fn skipped_points(&self, steps: usize, strength: f64) -> usize {
+        (steps as f64 * (1.0 - strength)).floor() as usize
+    }
+
+    /// Refuses a request whose estimated peak memory exceeds what the machine has available,
+    /// before anything is allocated.
+    fn check_memory(&self, r: &Request) -> Result<()> {
+        let Some(available) = crate::memory::available_bytes() else {
+            return Ok(());
+        };
+        let need = self.estimate_bytes(r, r.width, r.height);
+        if need <= available {
+            return Ok(());
+        }
+        // the estimate grows with the pixel count: the largest square of this request that fits
+        let side = (r.width * r.height) as f64 * available as f64 / need as f64;
+        let m = self.size_multiple();
+        let fits = ((side.sqrt() as usize) / m * m).max(m);
+        Err(Error::request(
+            "image size",
+            format!(
+                "a request that fits in the {:.1} GiB of memory available (the largest square \
+                 with these settings is about {fits}x{fits})",
+                crate::memory::gib(available)
+            ),
+            format!(
+                "{}x{} × {} image(s), estimated peak {:.1} GiB",
+                r.width,
+                r.height,
+                r.batch(),
+                crate::memory::gib(need)
+            ),
+        ))
+    }
+
+    /// A rough upper estimate of the peak bytes of a request at `width × height`: the
+    /// transformer's activations for the guided batch (f32: residual stream, attention and
+    /// SwiGLU temporaries, RoPE tables), the state and the solver's stage copies, and the VAE
+    /// decoder's feature maps for one image. Weights are already resident.
+    pub fn estimate_bytes(&self, r: &Request, width: usize, height: usize) -> u64 {
+        let m = self.size_multiple() as u64;
+        let tokens = (width as u64 / m).max(1) * (height as u64 / m).max(1);
+        let (hidden, head_dim) = match self.transformer.config() {
+            TransformerConfig::NextDit(c) => (c.hidden_size, c.head_dim()),
+            TransformerConfig::Lumina2(c) => (c.hidden_size, c.head_dim()),
+        };
+        let guided = if r.guidance_scale > 1.0 { 2 } else { 1 };
+        let batch = (r.batch() * guided) as u64;
+        // ~16 live (N, D) tensors per block (norms, q/k/v/out, residuals) and the SwiGLU's
+        // three ~8/3·D-wide ones, plus cos/sin tables
+        let per_token = 16 * hidden as u64 + 8 * hidden as u64 + 2 * head_dim as u64;
+        let transformer = batch * tokens * per_token * 4;
+        let pixels = (width * height) as u64;
+        let state = 8 * r.batch() as u64 * pixels * self.latent_channels() as u64 * 4
+            / (self.latent_scale() * self.latent_scale()) as u64;
+        let vae = match &self.decoder {
+            // the widest decoder stage at full resolution, a few maps at a time
+            Decoder::Vae(v) => {
+                let widest = v
+                    .config
+                    .block_out_channels
+                    .iter()
+                    .max()
+                    .copied()
+                    .unwrap_or(0);
+                4 * widest as u64 * pixels * 4
+            }
+            Decoder::Pixels => pixels * 3 * 4 * r.batch() as u64,
+        };
+        transformer + state + vae
     }
 
     /// Conditional (and, with guidance, unconditional) caption features, one row per prompt.
@@ -642,76 +752,141 @@ impl Pipeline {
         scheduler.grid(&request)
     }
 
-    /// The per-evaluation rules of a request: guidance, RoPE schedule, proportional attention.
-    fn rules(&self, r: &Request) -> Result<(Guidance, RopeSchedule, Option<usize>)> {
-        let guided = r.guidance_scale > 1.0;
+    /// The extrapolation a request runs with; `None` keeps the family's own rule (see
+    /// [`Request::extrapolation`]).
+    pub fn extrapolation(&self, r: &Request) -> Result<Option<Extrapolation>> {
+        if r.extrapolation.is_some() {
+            return Ok(r.extrapolation);
+        }
+        let Grid::Defaults(d) = &self.grid else {
+            return Ok(None);
+        };
         let native = self.native_size();
-        // tokens at the training resolution: the base of proportional attention
-        let native_tokens = (native / self.size_multiple()).pow(2);
-        Ok(match self.family {
-            Family::LuminaNext => (
-                if guided {
-                    Guidance::FirstChannels {
-                        scale: r.guidance_scale,
-                        channels: 3,
-                    }
-                } else {
-                    Guidance::None
-                },
-                RopeSchedule::time_aware(r.width, r.height, native, r.scaling_watershed)?,
-                r.proportional_attn.then_some(native_tokens),
-            ),
-            Family::Lumina2 => {
-                let renorm = if r.cfg_normalization {
-                    Renorm::Rows
-                } else {
-                    Renorm::Off
-                };
-                let truncation = Truncation::StepRatio(r.cfg_trunc_ratio);
-                let guidance = if guided {
-                    Guidance::Lumina2 {
-                        scale: r.guidance_scale,
-                        truncation,
-                        renorm,
-                    }
-                } else {
-                    Guidance::None
-                };
-                (guidance, RopeSchedule::default(), None)
-            }
-            Family::Pixel => (
-                if guided {
-                    Guidance::Full {
-                        scale: r.guidance_scale,
-                    }
-                } else {
-                    Guidance::None
-                },
-                RopeSchedule::time_aware(r.width, r.height, native, r.scaling_watershed)?,
-                r.proportional_attn.then_some(native_tokens),
-            ),
+        let (short, long) = (r.width.min(r.height), r.width.max(r.height));
+        let aspect = long as f64 / short as f64;
+        let beyond = short > native || aspect > d.max_aspect.unwrap_or(1.0) + 1e-9;
+        Ok(if beyond {
+            Some(d.extrapolation()?)
+        } else {
+            None
         })
     }
 
-    /// Runs a whole call; `on_step` sees every finished solver step.
-    pub fn generate(&self, r: &Request, on_step: impl FnMut(StepDone)) -> Result<Output> {
+    /// The per-evaluation rules of a request: guidance, RoPE schedule, proportional attention,
+    /// text duplication.
+    fn rules(&self, r: &Request, plan: Option<&Extrapolation>) -> Result<Rules> {
+        let guided = r.guidance_scale > 1.0;
+        let native = self.native_size();
+        let m = self.size_multiple();
+        // tokens at the training resolution: the base of proportional attention
+        let native_side = native / m;
+        let native_tokens = native_side.pow(2);
+        let guidance = match self.family {
+            _ if !guided => Guidance::None,
+            Family::LuminaNext => Guidance::FirstChannels {
+                scale: r.guidance_scale,
+                channels: 3,
+            },
+            Family::Lumina2 => Guidance::Lumina2 {
+                scale: r.guidance_scale,
+                truncation: Truncation::StepRatio(r.cfg_trunc_ratio),
+                renorm: if r.cfg_normalization {
+                    Renorm::Rows
+                } else {
+                    Renorm::Off
+                },
+            },
+            Family::Pixel => Guidance::Full {
+                scale: r.guidance_scale,
+            },
+        };
+        if let Some(plan) = plan {
+            let head_dim = match self.transformer.config() {
+                TransformerConfig::NextDit(c) => c.head_dim(),
+                TransformerConfig::Lumina2(c) => c.head_dim(),
+            };
+            let grid = (r.height / m, r.width / m);
+            let text_tiles = (plan.text_duplication && self.family == Family::Lumina2)
+                .then(|| TextTiles::for_grid(grid, (native_side, native_side)))
+                .flatten();
+            return Ok(Rules {
+                guidance,
+                rope: plan.rope_schedule((r.width, r.height), native, native_side, head_dim)?,
+                base_sequence_length: plan.proportional_attn.then_some(native_tokens),
+                text_tiles,
+            });
+        }
+        let (rope, base_sequence_length) = match self.family {
+            // diffusers LuminaPipeline: time-aware scaling at every size, proportional attention
+            Family::LuminaNext => (
+                RopeSchedule::time_aware(r.width, r.height, native, r.scaling_watershed)?,
+                r.proportional_attn.then_some(native_tokens),
+            ),
+            // diffusers Lumina2Pipeline and the pixel models within their training canvases
+            Family::Lumina2 | Family::Pixel => (RopeSchedule::default(), None),
+        };
+        Ok(Rules {
+            guidance,
+            rope,
+            base_sequence_length,
+            text_tiles: None,
+        })
+    }
+
+    /// Runs a whole call; `on_step` sees every finished solver step (of I-Max's native pass
+    /// too, which comes first).
+    pub fn generate(&self, r: &Request, mut on_step: impl FnMut(StepDone)) -> Result<Output> {
         self.validate(r)?;
+        let plan = self.extrapolation(r)?;
         let (cond, uncond, truncated) = self.encode(r)?;
         let repeat = |c: Caption| -> Result<Caption> { repeat_rows(c, r.images_per_prompt) };
         let cond = repeat(cond)?;
         let uncond = uncond.map(repeat).transpose()?;
-        let (guidance, rope, base_sequence_length) = self.rules(r)?;
+        let rules = self.rules(r, plan.as_ref())?;
+        let (guide, init) = self.guide_and_start(r, plan.as_ref(), &mut on_step)?;
         let denoiser = Denoiser {
             model: &self.transformer,
             cond: cond.clone(),
             uncond,
-            guidance,
-            rope,
-            base_sequence_length,
+            guidance: rules.guidance,
+            rope: rules.rope,
+            base_sequence_length: rules.base_sequence_length,
+            text_tiles: rules.text_tiles,
         };
-        let grid = self.grid(r)?;
-        let x0 = self.initial_latents(r)?;
-        let latents = sample_with(&denoiser, x0, &grid, r.solver, on_step)?.to_dtype(DType::F32)?;
+        let mut grid = self.grid(r)?;
+        if plan.is_some_and(|p| p.time_shift) {
+            // composing rational shifts multiplies them: base shift a becomes a·s
+            let s = crate::extrapolation::ScaleBy::ShortSide
+                .scales(r.width, r.height, self.native_size())
+                .0;
+            grid = grid.into_iter().map(|t| shift_time(t, s)).collect();
+        }
+        let noise = self.initial_latents(r)?;
+        let (grid, x0) = match (&init, &r.init_image) {
+            (Some(x1), Some(i)) if i.strength < 1.0 => {
+                let grid = grid[self.skipped_points(r.steps, i.strength)..].to_vec();
+                let t0 = grid[0];
+                // x_t0 = t0·x1 + (1 − t0)·noise: the image noised to the first remaining time
+                let x = ((x1 * t0)? + (noise * (1.0 - t0))?)?;
+                (grid, x)
+            }
+            _ => (grid, noise),
+        };
+        let hook = guide.map(|guide| {
+            let p = plan
+                .and_then(|p| p.projected)
+                .unwrap_or(crate::extrapolation::Projection {
+                    schedule: lumina::sample::GuideSchedule::CosineDecay,
+                    level: 1,
+                });
+            ProjectedFlow {
+                guide,
+                schedule: p.schedule,
+                level: p.level,
+            }
+        });
+        let latents =
+            sample_with(&denoiser, x0, &grid, r.solver, (hook, on_step))?.to_dtype(DType::F32)?;
         let images = self.decode(&latents)?;
         Ok(Output {
             latents,
@@ -719,6 +894,69 @@ impl Pipeline {
             prompt_embeds: cond,
             truncated,
         })
+    }
+
+    /// I-Max's guide (latents of the request's shape) and img2img's clean start, if any:
+    /// - an init image of the request's size is the start (img2img);
+    /// - one of another size, resized (bicubic), is the guide and, below strength 1, the start;
+    /// - without an init image, a plan with projected flow runs the native-size pass first and
+    ///   upsamples its images (bicubic in pixels, re-encoded through the VAE) into the guide.
+    fn guide_and_start(
+        &self,
+        r: &Request,
+        plan: Option<&Extrapolation>,
+        on_step: &mut impl FnMut(StepDone),
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let b = r.batch();
+        let to_latents = |images: &Tensor| -> Result<Tensor> {
+            // (B, H, W, 3) in [0, 1], any size → latents of the request's size
+            let x = images.permute((0, 3, 1, 2))?.contiguous()?;
+            let x = lumina::resize::bicubic(&x, r.height, r.width)?.clamp(0f32, 1f32)?;
+            self.encode_images(&x.permute((0, 2, 3, 1))?.contiguous()?)
+        };
+        if let Some(init) = &r.init_image {
+            let image = init.image.to_device(&self.device)?.unsqueeze(0)?; // (1, H, W, 3)
+            let latents = to_latents(&image)?.repeat((b, 1, 1, 1))?;
+            let (h, w) = (init.image.dim(0)?, init.image.dim(1)?);
+            let guide = ((h, w) != (r.height, r.width)).then(|| latents.clone());
+            return Ok((guide, Some(latents)));
+        }
+        let Some(_) = plan.and_then(|p| p.projected) else {
+            return Ok((None, None));
+        };
+        let Some((w, h)) = native_canvas(
+            (r.width, r.height),
+            self.native_size(),
+            self.size_multiple(),
+        ) else {
+            return Ok((None, None));
+        };
+        let native = Request {
+            width: w,
+            height: h,
+            extrapolation: None,
+            init_image: None,
+            latents: match &r.latents {
+                Latents::Seed(seed) => Latents::Seed(*seed),
+                // given target-size noise has no native-size counterpart
+                Latents::Given(_) => Latents::Seed(0),
+            },
+            ..r.clone()
+        };
+        // through `dyn`: a generic callback would instantiate `generate` without end
+        let progress: &mut dyn FnMut(StepDone) = on_step;
+        let first = self.generate(&native, progress)?;
+        Ok((Some(to_latents(&first.images)?), None))
+    }
+
+    /// Images (B, H, W, 3) in [0, 1] → the model's latents.
+    pub fn encode_images(&self, images: &Tensor) -> Result<Tensor> {
+        match &self.decoder {
+            Decoder::Vae(vae) => vae.encode(images),
+            Decoder::Pixels => {
+                Ok(((images.permute((0, 3, 1, 2))?.to_dtype(DType::F32)? * 2.0)? - 1.0)?)
+            }
+        }
     }
 
     /// Final latents (B, C, h, w) → images (B, H, W, 3) in [0, 1].
@@ -731,6 +969,14 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The per-evaluation rules of a request.
+struct Rules {
+    guidance: Guidance,
+    rope: RopeSchedule,
+    base_sequence_length: Option<usize>,
+    text_tiles: Option<TextTiles>,
 }
 
 /// Each row repeated `n` times in place (prompt-major), embeddings and mask alike.

@@ -37,6 +37,14 @@ pub struct SamplerDefaults {
     pub solver: String,
     /// Lumina's time shift of the uniform grid.
     pub shift: f64,
+    /// What `generate` does beyond the training canvases (an `Extrapolation` name: `none`,
+    /// `imax[:SCHEDULE]`, or a RoPE rule), chosen by the judge; absent: `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extrapolation: Option<String>,
+    /// The widest aspect ratio (long side / short side) the model trained on at its native
+    /// short side; absent: 1 (square only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_aspect: Option<f64>,
 }
 
 impl SamplerDefaults {
@@ -54,7 +62,24 @@ impl SamplerDefaults {
         }
         let defaults: SamplerDefaults = file.parse()?;
         defaults.solver()?;
+        defaults.extrapolation().map_err(|e| Error::Unsupported {
+            path: path.clone(),
+            reason: format!("extrapolation: {e}"),
+        })?;
+        if let Some(a) = defaults.max_aspect {
+            if !(a.is_finite() && a >= 1.0) {
+                return Err(Error::Unsupported {
+                    path,
+                    reason: format!("max_aspect must be a ratio >= 1, got {a}"),
+                });
+            }
+        }
         Ok(defaults)
+    }
+
+    /// The extrapolation beyond the training canvases.
+    pub fn extrapolation(&self) -> Result<crate::extrapolation::Extrapolation> {
+        self.extrapolation.as_deref().unwrap_or("none").parse()
     }
 
     pub fn solver(&self) -> Result<Solver> {

@@ -3,6 +3,7 @@
 //! loaded through our weight store. Scale and shift come from the folder's config.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::vae_encoder::VaeEncoder;
 
 /// `vae/config.json` of a diffusers `AutoencoderKL`.
 #[derive(Clone, Debug, Deserialize)]
@@ -76,6 +78,9 @@ pub struct Vae {
     pub config: VaeConfig,
     /// The dtype candle's modules hold their weights in, and so compute in.
     dtype: DType,
+    /// The weights, for the encoder, built on first use (text to image never needs it).
+    weights: Weights,
+    encoder: Mutex<Option<Arc<VaeEncoder>>>,
 }
 
 impl Vae {
@@ -108,6 +113,8 @@ impl Vae {
             model,
             config,
             dtype: weights.dtype(),
+            weights: weights.clone(),
+            encoder: Mutex::new(None),
         })
     }
 
@@ -155,6 +162,33 @@ impl Vae {
     /// Pixels per latent cell along each axis (2^(blocks − 1)).
     pub fn downscale(&self) -> usize {
         1 << (self.config.block_out_channels.len() - 1)
+    }
+
+    fn encoder(&self) -> Result<Arc<VaeEncoder>> {
+        let mut slot = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(VaeEncoder::load(&self.config, &self.weights)?);
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
+    /// Images (B, H, W, 3) in [0, 1] → model latents (B, C, H/f, W/f):
+    /// `(mean(encode(2x − 1)) − shift) · scale`, the posterior mean (deterministic; diffusers'
+    /// `latent_dist.mode()`), one sample at a time like [`Vae::decode`].
+    pub fn encode(&self, images: &Tensor) -> Result<Tensor> {
+        let encoder = self.encoder()?;
+        let x = ((images.to_dtype(DType::F32)?.permute((0, 3, 1, 2))? * 2.0)? - 1.0)?;
+        let latents = (0..x.dim(0)?)
+            .map(|i| encoder.mean(&x.narrow(0, i, 1)?))
+            .collect::<Result<Vec<_>>>()?;
+        let z = Tensor::cat(&latents, 0)?;
+        let z = match self.config.shift_factor {
+            Some(shift) => (z - shift)?,
+            None => z,
+        };
+        Ok((z * self.config.scaling_factor)?)
     }
 
     /// Model latents (B, C, h, w) → images (B, H, W, 3) in [0, 1]:

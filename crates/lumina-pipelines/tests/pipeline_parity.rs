@@ -10,63 +10,16 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use lumina::fixtures::{case_dirs, cases, max_abs_diff};
-use lumina_pipelines::{Latents, Pipeline, Request};
+use lumina::fixtures::max_abs_diff;
+use lumina_pipelines::Pipeline;
 use serde_json::Value;
+
+mod common;
+use common::{all_cases, request};
 
 const EMBEDS_TOL: f32 = 1e-4;
 const LATENTS_TOL: f32 = 1e-3;
 const IMAGE_TOL: f32 = 2e-3;
-
-fn strings(v: &Value) -> Option<Vec<String>> {
-    match v {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
-        _ => None,
-    }
-}
-
-/// The diffusers `__call__` arguments of `call.json` as a request; an argument this harness
-/// does not know fails the case instead of being ignored.
-fn request(call: &Value, init_latents: &Tensor) -> Result<Request> {
-    let obj = call.as_object().context("call.json is not an object")?;
-    let prompts = strings(&call["prompt"]).context("call.json: prompt")?;
-    let mut r = Request::new(prompts.clone());
-    r.latents = Latents::Given(init_latents.clone());
-    for (key, v) in obj {
-        let num = || {
-            v.as_f64()
-                .with_context(|| format!("call.json: {key} is not a number"))
-        };
-        match key.as_str() {
-            "prompt" => {}
-            "negative_prompt" => {
-                r.negative_prompts = match v {
-                    Value::Null => None,
-                    Value::String(s) => Some(vec![s.clone(); prompts.len()]),
-                    _ => strings(v),
-                }
-            }
-            "height" => r.height = num()? as usize,
-            "width" => r.width = num()? as usize,
-            "num_inference_steps" => r.steps = num()? as usize,
-            "guidance_scale" => r.guidance_scale = num()?,
-            "cfg_trunc_ratio" => r.cfg_trunc_ratio = num()?,
-            "cfg_normalization" => {
-                r.cfg_normalization = v.as_bool().context("cfg_normalization")?
-            }
-            "num_images_per_prompt" => r.images_per_prompt = num()? as usize,
-            "max_sequence_length" => r.max_sequence_length = num()? as usize,
-            "scaling_watershed" => r.scaling_watershed = num()?,
-            "proportional_attn" => {
-                r.proportional_attn = v.as_bool().context("proportional_attn")?
-            }
-            "system_prompt" => r.system_prompt = v.as_str().map(str::to_string),
-            other => bail!("call.json argument `{other}` is not handled by this harness"),
-        }
-    }
-    Ok(r)
-}
 
 fn run_case(case: &Path) -> Result<Vec<String>> {
     let call: Value = serde_json::from_str(&std::fs::read_to_string(case.join("call.json"))?)?;
@@ -120,15 +73,7 @@ fn run_case(case: &Path) -> Result<Vec<String>> {
 }
 
 fn run_family(family: &str) -> Result<()> {
-    let mut found = cases(family)?;
-    let own = case_dirs(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
-        family,
-    )?;
-    if own.is_empty() {
-        bail!("no project {family} case under tests/fixtures");
-    }
-    found.extend(own);
+    let found = all_cases(family)?;
     let mut report = Vec::new();
     for case in &found {
         match run_case(case) {

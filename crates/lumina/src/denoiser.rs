@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::{DitInput, Transformer};
+use crate::models::{DitInput, TextTiles, Transformer};
 use crate::sample::{Guidance, RopeSchedule, TimePoint, VelocityField};
 
 /// Caption features (B, L, Dcap) and their mask (B, L), non-zero = real token.
@@ -70,6 +70,8 @@ pub struct Denoiser<'a> {
     pub rope: RopeSchedule,
     /// Proportional attention (see [`DitInput::base_sequence_length`]).
     pub base_sequence_length: Option<usize>,
+    /// I-Max's text duplication (see [`DitInput::text_tiles`]).
+    pub text_tiles: Option<TextTiles>,
 }
 
 impl Denoiser<'_> {
@@ -78,7 +80,8 @@ impl Denoiser<'_> {
         let ts = Tensor::full(t as f32, b, x.device())?;
         let input = DitInput::new(x, &ts, &caption.features, &caption.mask)
             .with_rope(self.rope.at(t))
-            .with_base_sequence_length(self.base_sequence_length);
+            .with_base_sequence_length(self.base_sequence_length)
+            .with_text_tiles(self.text_tiles);
         let v = self.model.forward(&input)?;
         // keep the velocity; a learn_sigma model appends σ channels after it. In the state's
         // dtype: a bf16 model may drive an f32 state (the solver then integrates in f32).

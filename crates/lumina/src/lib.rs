@@ -45,6 +45,7 @@
 //!     guidance: Guidance::FirstChannels { scale: 4.0, channels: 3 }, // Lumina-Next's CFG
 //!     rope: RopeSchedule::time_aware(2048, 2048, 1024, 0.3)?,
 //!     base_sequence_length: Some(4096),
+//!     text_tiles: None,
 //! };
 //! let x0 = noise::gaussian(&[1, 4, 256, 256], DType::F32, &dev, &mut StdRng::seed_from_u64(42))?;
 //! let grid = Schedule::Shifted { shift: 4.0 }.grid(30)?;
@@ -60,6 +61,7 @@ pub mod fixtures;
 pub mod kernels;
 pub mod models;
 pub mod nn;
+pub mod resize;
 pub mod rope;
 pub mod sample;
 pub mod weights;
@@ -67,7 +69,8 @@ pub mod weights;
 pub use denoiser::{Caption, Denoiser};
 pub use error::{Error, Result};
 pub use models::{
-    DitInput, Lumina2Config, Lumina2Dit, NextDit, NextDitConfig, Transformer, TransformerConfig,
+    DitInput, Lumina2Config, Lumina2Dit, NextDit, NextDitConfig, TextTiles, Transformer,
+    TransformerConfig,
 };
-pub use rope::RopeFactors;
+pub use rope::{AxisFactors, RopeFactors};
 pub use weights::Weights;

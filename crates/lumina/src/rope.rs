@@ -18,15 +18,102 @@ use crate::error::{Error, Result};
 /// The base θ of every Lumina RoPE.
 pub const ROPE_THETA: f64 = 10_000.0;
 
-/// Resolution-extrapolation factors of the RoPE frequencies. A call argument, never model
-/// state; time-aware scaling picks one per solver evaluation (`sample::RopeSchedule`).
+/// How one position axis scales its RoPE frequencies for resolution extrapolation. With
+/// `ω⁰_k = θ^(−2k/d)` the unscaled frequency of pair `k` on an axis of `d` dimensions:
+///
+/// `ω_k = (θ·ntk)^(−2k/d) / linear`, and with a floor, `max(ω_k, ω⁰_k / floor)`.
+///
+/// `linear` is position interpolation (diffusers `linear_factor`, upstream
+/// `rope_scaling_factor`), `ntk` raises the base (diffusers `ntk_factor`), and `floor` keeps
+/// every frequency at or above its position-interpolated value (I-Max's `max(ω_NTK, ω_PI)`,
+/// and the PI floor of Lumina-Next's frequency- and time-aware rules). Every rule of
+/// `sample::RopeSchedule` is one such triple per axis.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AxisFactors {
+    pub linear: f64,
+    pub ntk: f64,
+    pub floor: Option<f64>,
+}
+
+impl AxisFactors {
+    pub const IDENTITY: Self = Self {
+        linear: 1.0,
+        ntk: 1.0,
+        floor: None,
+    };
+
+    /// Position interpolation by `s`: every frequency divided by `s`.
+    pub fn interpolation(s: f64) -> Self {
+        Self {
+            linear: s,
+            ..Self::IDENTITY
+        }
+    }
+
+    /// NTK scaling of the base by `ntk`, floored by position interpolation by `floor`.
+    pub fn ntk_floored(ntk: f64, floor: f64) -> Self {
+        Self {
+            linear: 1.0,
+            ntk,
+            floor: Some(floor),
+        }
+    }
+
+    fn validate(&self, axis: &str) -> Result<()> {
+        let floor = self.floor.unwrap_or(1.0);
+        for (name, v) in [("linear", self.linear), ("ntk", self.ntk), ("floor", floor)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::input(
+                    "RoPE factor",
+                    format!("{axis} {name} finite and > 0"),
+                    v.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `d / 2` frequencies of an axis of `d` dimensions, in f32 as diffusers computes them
+    /// (`1 / (θ·ntk)^(2k/d) / linear`), so an unfloored table is bit for bit diffusers'.
+    fn frequencies_f32(&self, d: usize) -> Vec<f32> {
+        let theta = (ROPE_THETA * self.ntk) as f32;
+        let base = ROPE_THETA as f32;
+        let linear = self.linear as f32;
+        (0..d / 2)
+            .map(|k| {
+                let e = (2 * k) as f32 / d as f32;
+                let f = 1.0 / theta.powf(e) / linear;
+                match self.floor {
+                    Some(floor) => f.max(1.0 / base.powf(e) / floor as f32),
+                    None => f,
+                }
+            })
+            .collect()
+    }
+
+    /// The same in f64 (Lumina-Image-2.0 builds its table in complex128).
+    fn frequencies_f64(&self, d: usize) -> Vec<f64> {
+        let theta = ROPE_THETA * self.ntk;
+        (0..d / 2)
+            .map(|k| {
+                let e = (2 * k) as f64 / d as f64;
+                let f = 1.0 / theta.powf(e) / self.linear;
+                match self.floor {
+                    Some(floor) => f.max(1.0 / ROPE_THETA.powf(e) / floor),
+                    None => f,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Resolution-extrapolation factors of the two spatial RoPE axes. A call argument, never model
+/// state; a `sample::RopeSchedule` picks one per solver evaluation. Separate axes let a wide
+/// canvas scale only its columns.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RopeFactors {
-    /// Position interpolation: every frequency is divided by this (diffusers `linear_factor`,
-    /// upstream `rope_scaling_factor`).
-    pub linear_factor: f64,
-    /// NTK-style scaling: the base θ is multiplied by this (diffusers `ntk_factor`).
-    pub ntk_factor: f64,
+    pub rows: AxisFactors,
+    pub cols: AxisFactors,
 }
 
 impl Default for RopeFactors {
@@ -37,24 +124,26 @@ impl Default for RopeFactors {
 
 impl RopeFactors {
     pub const IDENTITY: Self = Self {
-        linear_factor: 1.0,
-        ntk_factor: 1.0,
+        rows: AxisFactors::IDENTITY,
+        cols: AxisFactors::IDENTITY,
     };
 
-    pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("linear_factor", self.linear_factor),
-            ("ntk_factor", self.ntk_factor),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(Error::input(
-                    "RoPE factor",
-                    format!("{name} finite and > 0"),
-                    v.to_string(),
-                ));
-            }
+    /// diffusers' `linear_factor` and `ntk_factor`, the same on both axes.
+    pub fn uniform(linear_factor: f64, ntk_factor: f64) -> Self {
+        let axis = AxisFactors {
+            linear: linear_factor,
+            ntk: ntk_factor,
+            floor: None,
+        };
+        Self {
+            rows: axis,
+            cols: axis,
         }
-        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.rows.validate("rows")?;
+        self.cols.validate("columns")
     }
 }
 
@@ -69,23 +158,18 @@ pub fn next_dit_table(
     factors: RopeFactors,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let n_freq = head_dim / 4;
     // diffusers: get_1d_rotary_pos_embed(dim = head_dim / 2) → theta^(-2k/dim) = theta^(-4k/head_dim)
-    let axis_dim = (head_dim / 2) as f32;
-    let theta = (ROPE_THETA * factors.ntk_factor) as f32;
-    let linear = factors.linear_factor as f32;
-    let freqs: Vec<f32> = (0..n_freq)
-        .map(|k| 1.0 / theta.powf((2 * k) as f32 / axis_dim) / linear)
-        .collect();
+    let axis_dim = head_dim / 2;
+    let row_freqs = factors.rows.frequencies_f32(axis_dim);
+    let col_freqs = factors.cols.frequencies_f32(axis_dim);
     let half = head_dim / 2;
     let n = rows * cols;
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
     for r in 0..rows {
         for c in 0..cols {
-            for &f in &freqs {
-                for pos in [r, c] {
-                    let angle = pos as f32 * f;
+            for (&fr, &fc) in row_freqs.iter().zip(&col_freqs) {
+                for angle in [r as f32 * fr, c as f32 * fc] {
                     cos.push(angle.cos());
                     sin.push(angle.sin());
                 }
@@ -105,7 +189,7 @@ pub type Position3 = [usize; 3];
 ///
 /// `None` entries (padded caption slots) get a zero rotation, as diffusers' zero-filled
 /// `cap_freqs_cis` does. Computed in f64 like diffusers' complex128 table, then rounded.
-/// `factors` scale the two spatial axes only: caption positions do not depend on resolution.
+/// `factors` scale the two spatial axes only.
 pub fn lumina2_table(
     positions: &[Vec<Option<Position3>>],
     axes_dim: [usize; 3],
@@ -115,19 +199,11 @@ pub fn lumina2_table(
     let b = positions.len();
     let n = positions.first().map_or(0, Vec::len);
     let half: usize = axes_dim.iter().sum::<usize>() / 2;
-    let axis_freqs: Vec<Vec<f64>> = axes_dim
+    // the caption axis never scales: caption positions do not depend on the resolution
+    let axis_freqs: Vec<Vec<f64>> = [AxisFactors::IDENTITY, factors.rows, factors.cols]
         .iter()
-        .enumerate()
-        .map(|(axis, &d)| {
-            let (theta, linear) = if axis == 0 {
-                (ROPE_THETA, 1.0)
-            } else {
-                (ROPE_THETA * factors.ntk_factor, factors.linear_factor)
-            };
-            (0..d / 2)
-                .map(|j| 1.0 / theta.powf((2 * j) as f64 / d as f64) / linear)
-                .collect()
-        })
+        .zip(axes_dim)
+        .map(|(f, d)| f.frequencies_f64(d))
         .collect();
     let mut cos = Vec::with_capacity(b * n * half);
     let mut sin = Vec::with_capacity(b * n * half);
@@ -188,10 +264,7 @@ mod tests {
 
     #[test]
     fn linear_factor_interpolates_positions_and_ntk_raises_the_base() -> Result<()> {
-        let pi = RopeFactors {
-            linear_factor: 2.0,
-            ntk_factor: 1.0,
-        };
+        let pi = RopeFactors::uniform(2.0, 1.0);
         let (a, _) = next_dit_table(4, 4, 8, pi, &Device::Cpu)?;
         let (b, _) = next_dit_table(2, 2, 8, RopeFactors::IDENTITY, &Device::Cpu)?;
         // position 2 at linear factor 2 == position 1 unscaled (row 2 col 2 vs row 1 col 1)
@@ -200,15 +273,80 @@ mod tests {
         for (x, y) in a[2 * 4 + 2].iter().zip(&b[3]) {
             assert!((x - y).abs() < 1e-6);
         }
-        let ntk = RopeFactors {
-            linear_factor: 1.0,
-            ntk_factor: 4.0,
-        };
+        let ntk = RopeFactors::uniform(1.0, 4.0);
         let (c, _) = next_dit_table(2, 2, 8, ntk, &Device::Cpu)?;
         let c = c.to_vec2::<f32>()?;
         // frequency 0 is θ-independent; frequency 1 slows down with a larger base
         assert!((c[3][0] - b[3][0]).abs() < 1e-6);
         assert!(c[3][2] > b[3][2]);
+        Ok(())
+    }
+
+    /// The frequencies of each rule against its formula on a small table: head dim 16, so
+    /// each axis has 8 dimensions and 4 frequencies ω⁰_k = θ^(−2k/8).
+    #[test]
+    fn axis_rules_follow_their_formulas() {
+        let w0 = |k: usize| 1.0 / ROPE_THETA.powf(k as f64 / 4.0);
+        let close = |got: &[f64], want: &[f64]| {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() <= 1e-12 * w.abs().max(1e-300),
+                    "{got:?} vs {want:?}"
+                );
+            }
+        };
+        let s = 3.0;
+        // position interpolation: ω⁰/s
+        let pi = AxisFactors::interpolation(s).frequencies_f64(8);
+        close(&pi, &(0..4).map(|k| w0(k) / s).collect::<Vec<_>>());
+        // NTK: (θ·s)^(−2k/d)
+        let ntk = AxisFactors {
+            ntk: s,
+            ..AxisFactors::IDENTITY
+        }
+        .frequencies_f64(8);
+        close(
+            &ntk,
+            &(0..4)
+                .map(|k| (ROPE_THETA * s).powf(-(k as f64) / 4.0))
+                .collect::<Vec<_>>(),
+        );
+        // NTK floored by PI: max of the two, per frequency
+        let kappa = 1e4;
+        let both = AxisFactors::ntk_floored(kappa, s).frequencies_f64(8);
+        let want: Vec<f64> = (0..4)
+            .map(|k| ((ROPE_THETA * kappa).powf(-(k as f64) / 4.0)).max(w0(k) / s))
+            .collect();
+        close(&both, &want);
+        // the floor binds for the low frequencies only
+        assert_eq!(both[0], 1.0);
+        assert_eq!(both[3], w0(3) / s);
+        // the f32 table is the f64 one rounded
+        for (a, b) in AxisFactors::ntk_floored(kappa, s)
+            .frequencies_f32(8)
+            .iter()
+            .zip(&both)
+        {
+            assert!(((*a as f64) - b).abs() <= 1e-6 * b);
+        }
+    }
+
+    #[test]
+    fn axes_scale_separately() -> Result<()> {
+        // a wide canvas: only the columns interpolate
+        let wide = RopeFactors {
+            rows: AxisFactors::IDENTITY,
+            cols: AxisFactors::interpolation(2.0),
+        };
+        let (_, sin) = next_dit_table(2, 4, 8, wide, &Device::Cpu)?;
+        let sin = sin.to_vec2::<f32>()?;
+        // token (r=1, c=2): pairs [row f0, col f0, row f1, col f1]
+        let f1 = 1.0f32 / 10_000f32.powf(0.5);
+        let want = [1.0f32.sin(), 1.0f32.sin(), f1.sin(), f1.sin()];
+        for (got, want) in sin[6].iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
         Ok(())
     }
 
@@ -230,10 +368,12 @@ mod tests {
 
     #[test]
     fn bad_factors_are_rejected() {
-        let bad = RopeFactors {
-            linear_factor: 0.0,
-            ntk_factor: 1.0,
+        assert!(RopeFactors::uniform(0.0, 1.0).validate().is_err());
+        let floored = RopeFactors {
+            rows: AxisFactors::ntk_floored(2.0, f64::NAN),
+            cols: AxisFactors::IDENTITY,
         };
-        assert!(bad.validate().is_err());
+        let e = floored.validate().expect_err("NaN floor").to_string();
+        assert!(e.contains("rows floor"), "{e}");
     }
 }

@@ -81,6 +81,7 @@ fn guided_velocity_equals_separate_cond_and_uncond_calls() -> Result<()> {
             guidance,
             rope: RopeSchedule::default(),
             base_sequence_length: None,
+            text_tiles: None,
         };
         let x = latents(2)?;
         let got = d.velocity(&x, at(0.4))?;
@@ -107,10 +108,8 @@ fn guided_velocity_equals_separate_cond_and_uncond_calls() -> Result<()> {
 fn time_aware_rope_switches_factors_per_evaluation() -> Result<()> {
     let m = model("nextdit")?;
     let cond = caption(&[4], 3)?;
-    let rope = RopeSchedule::TimeAware {
-        scale: 2.0,
-        watershed: 0.5,
-    };
+    // 32² latents from a 16² model: s = 2
+    let rope = RopeSchedule::time_aware(32, 32, 16, 0.5)?;
     let d = Denoiser {
         model: &m,
         cond: cond.clone(),
@@ -118,28 +117,11 @@ fn time_aware_rope_switches_factors_per_evaluation() -> Result<()> {
         guidance: Guidance::None,
         rope,
         base_sequence_length: None,
+        text_tiles: None,
     };
     let x = latents(1)?;
-    let early = forward(
-        &m,
-        &x,
-        0.2,
-        &cond,
-        RopeFactors {
-            linear_factor: 2.0,
-            ntk_factor: 1.0,
-        },
-    )?;
-    let late = forward(
-        &m,
-        &x,
-        0.7,
-        &cond,
-        RopeFactors {
-            linear_factor: 1.0,
-            ntk_factor: 2.0,
-        },
-    )?;
+    let early = forward(&m, &x, 0.2, &cond, RopeFactors::uniform(2.0, 1.0))?;
+    let late = forward(&m, &x, 0.7, &cond, RopeFactors::uniform(1.0, 2.0))?;
     assert_eq!(max_abs_diff(&d.velocity(&x, at(0.2))?, &early)?, 0.0);
     assert_eq!(max_abs_diff(&d.velocity(&x, at(0.7))?, &late)?, 0.0);
     let unscaled = forward(&m, &x, 0.2, &cond, RopeFactors::IDENTITY)?;
@@ -164,6 +146,7 @@ fn sampling_a_real_model_is_seeded_and_reproducible() -> Result<()> {
             },
             rope: RopeSchedule::default(),
             base_sequence_length: Some(16),
+            text_tiles: None,
         };
         let grid = Schedule::Shifted { shift: 4.0 }.grid(4)?;
         let run = |seed| -> Result<Tensor> {
@@ -204,6 +187,7 @@ fn guidance_without_an_unconditional_caption_is_an_error() -> Result<()> {
         guidance: Guidance::Full { scale: 3.0 },
         rope: RopeSchedule::default(),
         base_sequence_length: None,
+        text_tiles: None,
     };
     let err = d
         .velocity(&latents(1)?, at(0.1))

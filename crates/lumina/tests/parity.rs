@@ -29,10 +29,7 @@ fn run_case(case: &Path) -> Result<Option<String>> {
     }
     let number =
         |key: &str, default: f64| call.get(key).and_then(|v| v.as_f64()).unwrap_or(default);
-    let rope = RopeFactors {
-        linear_factor: number("linear_factor", 1.0),
-        ntk_factor: number("ntk_factor", 1.0),
-    };
+    let rope = RopeFactors::uniform(number("linear_factor", 1.0), number("ntk_factor", 1.0));
     let base = call
         .get("base_sequence_length")
         .and_then(|v| v.as_u64())

@@ -39,6 +39,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if let Some(size) = args.size {
         (template.width, template.height) = (size, size);
     }
+    template.width = args.width.unwrap_or(template.width);
+    template.height = args.height.unwrap_or(template.height);
+    let plan = super::extrapolate::apply(&args.extrapolation, &pipeline, &mut template)?;
+    if let Some(plan) = &plan {
+        eprintln!("extrapolation: {plan}");
+    }
     template.steps = args.steps.unwrap_or(template.steps);
     template.guidance_scale = args.guidance.unwrap_or(template.guidance_scale);
     if let Some(solver) = args.solver {
@@ -82,6 +88,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let json = serde_json::json!({
             "accuracy": report.accuracy(), "correct": report.correct, "total": report.total, "per_kind": per_kind, "faults": faults,
             "steps": template.steps, "guidance": template.guidance_scale, "solver": template.solver.name(), "shift": template.shift,
+            "width": template.width, "height": template.height, "extrapolation": plan,
         });
         println!("{json}");
     } else {

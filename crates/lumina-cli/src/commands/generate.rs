@@ -6,8 +6,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, IndexOp};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use lumina_pipelines::input::load_png;
 use lumina_pipelines::output::{numbered, save_png};
 use lumina_pipelines::pipeline::size_multiple;
+use lumina_pipelines::pipeline::InitImage;
 use lumina_pipelines::{Family, Latents, Pipeline, Request};
 
 use crate::cli::GenerateArgs;
@@ -24,12 +26,24 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             .with_context(|| format!("loading {}", dir.display()))?;
     tracing::info!(seconds = loaded.elapsed().as_secs_f64(), "pipeline loaded");
     let seed = args.seed.unwrap_or_else(rand::random);
-    let request = request(args, &pipeline, seed);
+    let mut request = request(args, &pipeline, seed)?;
+    let plan = super::extrapolate::apply(&args.extrapolation, &pipeline, &mut request)?;
+    if let Some(plan) = &plan {
+        let native = pipeline.native_size();
+        eprintln!(
+            "{}x{} is beyond the model's {native}x{native} training size: {plan}",
+            request.width, request.height
+        );
+    }
     pipeline.validate(&request)?;
 
     let bar = progress(args.quiet, request.steps);
     let started = Instant::now();
-    let out = pipeline.generate(&request, |step| bar.set_position(step.step as u64 + 1))?;
+    let out = pipeline.generate(&request, |step| {
+        // a native-size pass (I-Max) runs first: the bar follows each pass
+        bar.set_length(step.steps as u64);
+        bar.set_position(step.step as u64 + 1)
+    })?;
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
 
@@ -42,6 +56,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             model_name,
             seed + i as u64,
             dtype,
+            plan.as_deref(),
         );
         save_png(&path, &out.images.i(i)?, &params)?;
         println!("{}", path.display());
@@ -79,9 +94,24 @@ fn check_args(args: &GenerateArgs, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Request {
+fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Result<Request> {
     let mut r = pipeline.default_request(vec![args.prompt.clone()]);
     r.negative_prompts = Some(vec![args.negative_prompt.clone()]);
+    if let Some(path) = &args.init_image {
+        let image = load_png(path, &Device::Cpu)?;
+        let (h, w) = (image.dim(0)?, image.dim(1)?);
+        (r.width, r.height) = (w, h);
+        let (width, height) = (args.width.unwrap_or(w), args.height.unwrap_or(h));
+        let upscaling = (width, height) != (w, h);
+        r.init_image = Some(InitImage {
+            image,
+            strength: args
+                .strength
+                .unwrap_or(if upscaling { 1.0 } else { IMG2IMG_STRENGTH }),
+        });
+    } else if args.strength.is_some() {
+        bail!("--strength needs --init-image");
+    }
     r.width = args.width.unwrap_or(r.width);
     r.height = args.height.unwrap_or(r.height);
     r.steps = args.steps.unwrap_or(r.steps);
@@ -98,8 +128,11 @@ fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Request {
     r.system_prompt = args.system_prompt.clone();
     r.scaling_watershed = args.scaling_watershed;
     r.proportional_attn = !args.no_proportional_attn;
-    r
+    Ok(r)
 }
+
+/// Lumina-Next's img2img script default (`lumina_reference.md` §4.1).
+const IMG2IMG_STRENGTH: f64 = 0.6;
 
 fn progress(quiet: bool, steps: usize) -> ProgressBar {
     if quiet {
@@ -122,6 +155,7 @@ fn parameters(
     model: &str,
     seed: u64,
     dtype: DType,
+    extrapolation: Option<&str>,
 ) -> String {
     let mut fields = vec![
         format!("Steps: {}", r.steps),
@@ -152,6 +186,13 @@ fn parameters(
             fields.push(format!("CFG normalization: {}", r.cfg_normalization));
         }
         Family::Pixel => fields.push("Pipeline: Lumina pixel-space".into()),
+    }
+    if let Some(plan) = extrapolation {
+        fields.push(format!("Extrapolation: {plan}"));
+    }
+    if let (Some(init), Some(path)) = (&r.init_image, &args.init_image) {
+        fields.push(format!("Init image: {}", path.display()));
+        fields.push(format!("Denoising strength: {}", init.strength));
     }
     fields.push(format!("Version: lumina {}", env!("CARGO_PKG_VERSION")));
     format!(

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod extrapolate;
 pub mod generate;
 pub mod inspect;
 pub mod quantize;

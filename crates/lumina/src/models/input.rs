@@ -22,6 +22,29 @@ pub struct DitInput<'a> {
     /// Proportional attention: when set, self-attention over N tokens uses the scale
     /// `sqrt(log_base(N) / Dh)` instead of `1 / sqrt(Dh)` (diffusers `base_sequence_length`).
     pub base_sequence_length: Option<usize>,
+    /// I-Max's text duplication, for models whose captions carry RoPE positions
+    /// (Lumina-Image-2.0); Next-DiT's cross-attention has none and ignores it.
+    pub text_tiles: Option<TextTiles>,
+}
+
+/// `copies.0 × copies.1` copies of the caption in the joint sequence, copy (a, b) anchored at
+/// (a·tile.0, b·tile.1) on the row and column RoPE axes: each native-size tile of a large
+/// canvas gets a caption at its origin (`ternary_imax.md` §C.3, "text duplication").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextTiles {
+    pub copies: (usize, usize),
+    /// The native token grid (rows, cols).
+    pub tile: (usize, usize),
+}
+
+impl TextTiles {
+    /// I-Max's rule for a `rows × cols` token grid over native tiles of `tile` tokens:
+    /// r = max(1, ⌊n / tile⌋) per axis; `None` when that is one copy.
+    pub fn for_grid((rows, cols): (usize, usize), tile: (usize, usize)) -> Option<Self> {
+        let r = |n: usize, t: usize| (n / t.max(1)).max(1);
+        let copies = (r(rows, tile.0), r(cols, tile.1));
+        (copies != (1, 1)).then_some(Self { copies, tile })
+    }
 }
 
 impl<'a> DitInput<'a> {
@@ -38,11 +61,16 @@ impl<'a> DitInput<'a> {
             caption_mask,
             rope: RopeFactors::IDENTITY,
             base_sequence_length: None,
+            text_tiles: None,
         }
     }
 
     pub fn with_rope(self, rope: RopeFactors) -> Self {
         Self { rope, ..self }
+    }
+
+    pub fn with_text_tiles(self, text_tiles: Option<TextTiles>) -> Self {
+        Self { text_tiles, ..self }
     }
 
     pub fn with_base_sequence_length(self, base: Option<usize>) -> Self {

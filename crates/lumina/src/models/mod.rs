@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use input::DitInput;
+pub use input::{DitInput, TextTiles};
 pub use lumina2::{Lumina2Config, Lumina2Dit};
 pub use next_dit::{NextDit, NextDitConfig};
 pub use patch::{patchify, unpatchify, PatchOrder};

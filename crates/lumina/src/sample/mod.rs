@@ -9,6 +9,7 @@
 mod field;
 mod guidance;
 pub mod noise;
+mod projected;
 mod rope_schedule;
 mod schedule;
 mod solver;
@@ -16,6 +17,7 @@ pub mod time;
 
 pub use field::{TimePoint, VelocityField};
 pub use guidance::{Guidance, Renorm, Truncation};
-pub use rope_schedule::RopeSchedule;
+pub use projected::{cosine_weight, haar_lowpass, GuideSchedule, ProjectedFlow};
+pub use rope_schedule::{AxisScale, RopeMethod, RopeSchedule, IMAX_NTK_FACTOR};
 pub use schedule::{check_grid, grid_from_sigmas, shift_time, DynamicShift, Schedule};
-pub use solver::{sample, sample_with, Solver, StepDone};
+pub use solver::{sample, sample_with, Solver, StepDone, StepHook};

@@ -51,16 +51,21 @@ impl Solver {
         }
     }
 
-    /// One step from `t0` to `t1`; `step`/`steps` locate it in the solve.
+    /// One step from `t0` to `t1`; `step`/`steps` locate it in the solve. Every velocity
+    /// passes through `hook` before the step uses it.
     pub fn step(
         &self,
         field: &impl VelocityField,
+        hook: &impl StepHook,
         x: &Tensor,
         (t0, t1): (f64, f64),
         (step, steps): (usize, usize),
     ) -> Result<Tensor> {
         let h = t1 - t0;
-        let v = |x: &Tensor, t: f64| field.velocity(x, TimePoint { t, step, steps });
+        let v = |x: &Tensor, t: f64| {
+            let at = TimePoint { t, step, steps };
+            hook.velocity(x, field.velocity(x, at)?, at)
+        };
         // x + h·Σ cᵢ·kᵢ
         let advance = |terms: &[(f64, &Tensor)]| -> Result<Tensor> {
             let mut acc = x.clone();
@@ -121,6 +126,59 @@ pub struct StepDone {
     pub t: f64,
 }
 
+/// The one way into a solve, for every solver: a hook may change each velocity before a step
+/// uses it (I-Max's projected flow), change the state after a step (inpainting), stop the
+/// solve with an error (cancellation, a non-finite state), or only watch (progress). A
+/// closure `FnMut(StepDone)` is a hook that watches.
+pub trait StepHook {
+    /// The velocity `v` the field gave at `x`, `at`; what the step will use.
+    fn velocity(&self, _x: &Tensor, v: Tensor, _at: TimePoint) -> Result<Tensor> {
+        Ok(v)
+    }
+
+    /// The state after a step; what the next step starts from.
+    fn after_step(&mut self, x: Tensor, _done: StepDone) -> Result<Tensor> {
+        Ok(x)
+    }
+}
+
+impl<F: FnMut(StepDone)> StepHook for F {
+    fn after_step(&mut self, x: Tensor, done: StepDone) -> Result<Tensor> {
+        self(done);
+        Ok(x)
+    }
+}
+
+/// A hook that may be absent.
+impl<H: StepHook> StepHook for Option<H> {
+    fn velocity(&self, x: &Tensor, v: Tensor, at: TimePoint) -> Result<Tensor> {
+        match self {
+            Some(h) => h.velocity(x, v, at),
+            None => Ok(v),
+        }
+    }
+
+    fn after_step(&mut self, x: Tensor, done: StepDone) -> Result<Tensor> {
+        match self {
+            Some(h) => h.after_step(x, done),
+            None => Ok(x),
+        }
+    }
+}
+
+/// Two hooks, the first applied first.
+impl<A: StepHook, B: StepHook> StepHook for (A, B) {
+    fn velocity(&self, x: &Tensor, v: Tensor, at: TimePoint) -> Result<Tensor> {
+        let v = self.0.velocity(x, v, at)?;
+        self.1.velocity(x, v, at)
+    }
+
+    fn after_step(&mut self, x: Tensor, done: StepDone) -> Result<Tensor> {
+        let x = self.0.after_step(x, done)?;
+        self.1.after_step(x, done)
+    }
+}
+
 /// Integrates from `grid[0]` to the last grid point and returns the final state.
 pub fn sample(
     field: &impl VelocityField,
@@ -128,26 +186,29 @@ pub fn sample(
     grid: &[f64],
     solver: Solver,
 ) -> Result<Tensor> {
-    sample_with(field, x, grid, solver, |_| {})
+    sample_with(field, x, grid, solver, |_: StepDone| {})
 }
 
-/// [`sample`], calling `on_step` after every step (progress bars, previews).
+/// [`sample`] through a [`StepHook`] (progress bars, previews, projected flow, inpainting).
 pub fn sample_with(
     field: &impl VelocityField,
     mut x: Tensor,
     grid: &[f64],
     solver: Solver,
-    mut on_step: impl FnMut(StepDone),
+    mut hook: impl StepHook,
 ) -> Result<Tensor> {
     check_grid(grid)?;
     let steps = grid.len() - 1;
     for (step, w) in grid.windows(2).enumerate() {
-        x = solver.step(field, &x, (w[0], w[1]), (step, steps))?;
-        on_step(StepDone {
-            step,
-            steps,
-            t: w[1],
-        });
+        x = solver.step(field, &hook, &x, (w[0], w[1]), (step, steps))?;
+        x = hook.after_step(
+            x,
+            StepDone {
+                step,
+                steps,
+                t: w[1],
+            },
+        )?;
     }
     Ok(x)
 }

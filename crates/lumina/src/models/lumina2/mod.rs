@@ -17,7 +17,7 @@ use candle_core::{DType, IndexOp, Tensor};
 pub use block::Lumina2Block;
 pub use config::Lumina2Config;
 
-use super::input::DitInput;
+use super::input::{DitInput, TextTiles};
 use super::patch::{patchify, unpatchify, PatchOrder};
 use crate::config::Validate;
 use crate::error::Result;
@@ -49,18 +49,32 @@ struct Positions {
 
 /// Caption token `j` sits at (j, 0, 0); every image token at (caption length, row, col);
 /// padding of the joint sequence at the origin (masked anyway); padded caption slots get no
-/// rotation at all (diffusers' zero `cap_freqs_cis`).
-fn positions(lens: &[usize], caption_slots: usize, rows: usize, cols: usize) -> Positions {
+/// rotation at all (diffusers' zero `cap_freqs_cis`). With text tiles, the joint sequence holds
+/// one caption copy per tile, copy (a, b) at (j, a·tile rows, b·tile cols).
+fn positions(
+    lens: &[usize],
+    caption_slots: usize,
+    rows: usize,
+    cols: usize,
+    tiles: Option<TextTiles>,
+) -> Positions {
     let image_len = rows * cols;
-    let joint_len = lens.iter().max().copied().unwrap_or(0) + image_len;
+    let anchors: Vec<(usize, usize)> = match tiles {
+        None => vec![(0, 0)],
+        Some(t) => (0..t.copies.0)
+            .flat_map(|a| (0..t.copies.1).map(move |b| (a * t.tile.0, b * t.tile.1)))
+            .collect(),
+    };
+    let copies = anchors.len();
+    let joint_len = lens.iter().max().copied().unwrap_or(0) * copies + image_len;
     let image_at =
         |len: usize| (0..rows).flat_map(move |r| (0..cols).map(move |c| Some([len, r, c])));
-    let caption_at = |len: usize| (0..len).map(|j| Some([j, 0, 0]));
+    let caption_at = |len: usize, (r, c): (usize, usize)| (0..len).map(move |j| Some([j, r, c]));
     Positions {
         caption: lens
             .iter()
             .map(|&len| {
-                caption_at(len)
+                caption_at(len, (0, 0))
                     .chain(std::iter::repeat_n(None, caption_slots - len))
                     .collect()
             })
@@ -69,8 +83,10 @@ fn positions(lens: &[usize], caption_slots: usize, rows: usize, cols: usize) -> 
         joint: lens
             .iter()
             .map(|&len| {
-                let pad = joint_len - len - image_len;
-                caption_at(len)
+                let pad = joint_len - len * copies - image_len;
+                anchors
+                    .iter()
+                    .flat_map(|&at| caption_at(len, at))
                     .chain(image_at(len))
                     .chain(std::iter::repeat_n(Some([0, 0, 0]), pad))
                     .collect()
@@ -139,7 +155,8 @@ impl Lumina2Dit {
         self.warn_beyond_axes_lens(&lens, rows, cols);
         let latents = inp.latents.to_dtype(self.dtype)?;
         let dev = latents.device();
-        let pos = positions(&lens, slots, rows, cols);
+        let pos = positions(&lens, slots, rows, cols, inp.text_tiles);
+        let copies = inp.text_tiles.map_or(1, |t| t.copies.0 * t.copies.1);
         let rope = |p: &[Vec<Option<Position3>>], f| lumina2_table(p, cfg.axes_dim_rope, f, dev);
         let (cap_cos, cap_sin) = rope(&pos.caption, RopeFactors::IDENTITY)?; // (B, L, Dh/2)
         let (img_cos, img_sin) = rope(&pos.image, inp.rope)?; // (B, N_img, Dh/2)
@@ -175,7 +192,7 @@ impl Lumina2Dit {
             x = layer.forward(&x, &refine_image)?; // (B, N_img, D)
         }
 
-        let (mut joint, joint_bias) = join(&cap, &x, &lens)?; // (B, S, D)
+        let (mut joint, joint_bias) = join(&cap, &x, &lens, copies)?; // (B, S, D)
         let joint_len = joint.dim(1)?;
         let main = block::BlockInput {
             bias: joint_bias.as_ref(),
@@ -188,7 +205,7 @@ impl Lumina2Dit {
         }
         let out = self.norm_out.forward(&joint, &temb)?; // (B, S, p·p·C_out)
         let image = (0..b)
-            .map(|i| out.i(i)?.narrow(0, lens[i], rows * cols))
+            .map(|i| out.i(i)?.narrow(0, lens[i] * copies, rows * cols))
             .collect::<candle_core::Result<Vec<_>>>()?;
         unpatchify(&Tensor::stack(&image, 0)?, h, w, p) // (B, C_out, H, W)
     }
@@ -209,18 +226,25 @@ impl Lumina2Dit {
     }
 }
 
-/// Per sample `[its real caption tokens, its image tokens]`, zero-padded to the longest; plus
-/// a key mask when lengths differ (diffusers passes none when they are all equal).
-fn join(cap: &Tensor, x: &Tensor, lens: &[usize]) -> Result<(Tensor, Option<Tensor>)> {
+/// Per sample `[its real caption tokens (× copies), its image tokens]`, zero-padded to the
+/// longest; plus a key mask when lengths differ (diffusers passes none when they are all equal).
+fn join(
+    cap: &Tensor,
+    x: &Tensor,
+    lens: &[usize],
+    copies: usize,
+) -> Result<(Tensor, Option<Tensor>)> {
     let (b, n_img, d) = x.dims3()?;
-    let longest = lens.iter().max().copied().unwrap_or(0);
+    let longest = lens.iter().max().copied().unwrap_or(0) * copies;
     let total = longest + n_img;
     let mut rows = Vec::with_capacity(b);
     let mut keep = Vec::with_capacity(b * total);
     for (i, &len) in lens.iter().enumerate() {
-        let mut parts = Vec::with_capacity(3);
+        let len = len * copies;
+        let mut parts = Vec::with_capacity(copies + 2);
         if len > 0 {
-            parts.push(cap.i(i)?.narrow(0, 0, len)?); // (len, D)
+            let caption = cap.i(i)?.narrow(0, 0, len / copies)?; // (len, D)
+            parts.extend(std::iter::repeat_n(caption, copies));
         }
         parts.push(x.i(i)?); // (N_img, D)
         if len < longest {
