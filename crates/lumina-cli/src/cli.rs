@@ -37,7 +37,7 @@ pub enum Command {
     /// Train a Next-DiT text-to-image model from scratch on the `shapes` task.
     Train(TrainArgs),
     /// Judge a model on the `shapes` task: accuracy overall and per prompt kind.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
     /// Measure this CPU's peak, then Next-DiT blocks and denoising steps at the 2B config.
     Bench(BenchArgs),
     /// Ternarise a Next-DiT or Lumina-Image-2.0 transformer after training (absmean, TerDiT's
