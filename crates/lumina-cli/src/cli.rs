@@ -44,6 +44,59 @@ pub enum Command {
     /// layers): writes a 2-bit packed checkpoint, for experiments — QAT (`lumina train
     /// --preset shapes-ternary`) keeps quality, post-training ternarisation mostly does not.
     Quantize(QuantizeArgs),
+    /// Fit the step cache's rescaling polynomial to a model: sample a prompt list computing
+    /// every step, record how much the first block's input and the block stack's output move
+    /// between evaluations, and least-squares fit output change ≈ P(input change).
+    CacheFit(CacheFitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheFitArgs {
+    /// A pixel-model folder or a built-in model (default `shapes`).
+    #[arg(short, long)]
+    pub model: Option<String>,
+
+    /// Prompts, one caption per line (default: a generated list, `--per-kind` of each kind).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+
+    /// Prompts of each kind in the generated list.
+    #[arg(long, default_value_t = 4)]
+    pub per_kind: usize,
+
+    /// Seed of the generated prompt list (keep it apart from evaluation lists).
+    #[arg(long, default_value_t = 101)]
+    pub prompt_seed: u64,
+
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+
+    /// Degree of the polynomial. TeaCache fits 4 to its large models; on a small model the
+    /// input changes span a narrow range (0.02–0.05 on `shapes`) where degree 4 overfits to
+    /// huge coefficients for a 5 % lower residual, so 2 is the default.
+    #[arg(long, default_value_t = 2)]
+    pub degree: usize,
+
+    /// Image width in pixels (default: the model's native size).
+    #[arg(short = 'W', long)]
+    pub width: Option<usize>,
+
+    /// Image height in pixels (default: the model's native size).
+    #[arg(short = 'H', long)]
+    pub height: Option<usize>,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    /// Also write the recorded (input change, output change) pairs to this JSON file.
+    #[arg(long)]
+    pub pairs: Option<PathBuf>,
+
+    /// Write the coefficients into the model folder's `scheduler/scheduler_config.json`
+    /// (`cache_coefficients`), where `generate` and `eval` find them.
+    #[arg(long)]
+    pub write: bool,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +164,11 @@ pub struct BenchArgs {
     /// Timed forwards per size; the fastest counts.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+
+    /// Also time the attention and the step with Context Drop's F × F key/value pooling
+    /// (Lumina-Next's time-aware Context Drop, as in its noisy phase); 1 skips those rows.
+    #[arg(long, default_value_t = 2)]
+    pub context_drop: usize,
 
     /// Seconds each peak probe runs.
     #[arg(long, default_value_t = 1.0)]
@@ -226,11 +284,6 @@ pub struct GenerateArgs {
     #[arg(long, value_enum)]
     pub solver: Option<SolverArg>,
 
-    /// Lumina's time shift t/(s − (s−1)t) on a uniform grid (upstream default 4 for
-    /// Lumina-Next, 6 for Lumina-Image-2.0); without it, the pipeline's own grid.
-    #[arg(long)]
-    pub shift: Option<f64>,
-
     /// Seed of the starting noise; image i of a run uses seed + i (default: random, printed).
     #[arg(short, long)]
     pub seed: Option<u64>,
@@ -248,13 +301,8 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
 
-    /// Lumina-Image-2.0: guidance only for the first fraction of steps.
-    #[arg(long, default_value_t = 1.0)]
-    pub cfg_trunc_ratio: f64,
-
-    /// Lumina-Image-2.0: do not renormalise the guided velocity.
-    #[arg(long)]
-    pub no_cfg_normalization: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
     /// Lumina-Image-2.0: system prompt put before the prompt.
     #[arg(long)]
@@ -290,6 +338,48 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// Time schedule, guidance window and the sampling accelerations, shared by `generate` and
+/// `eval`; each overrides the model's default.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Lumina's time shift t/(s − (s−1)t) on a uniform grid (upstream default 4 for
+    /// Lumina-Next, 6 for Lumina-Image-2.0); without it, the pipeline's own grid.
+    #[arg(long, conflicts_with = "schedule")]
+    pub shift: Option<f64>,
+
+    /// Time schedule: `uniform`, `shift:S`, `sigmoid` (Lumina-Next's, µ 0.6, α 6, β 20) or
+    /// `sigmoid:µ,α,β`.
+    #[arg(long)]
+    pub schedule: Option<String>,
+
+    /// Guidance only for the first fraction of the steps (diffusers' `cfg_trunc_ratio`).
+    #[arg(long)]
+    pub cfg_trunc_ratio: Option<f64>,
+
+    /// Renormalisation of the guided velocity: `off`, `rows` (diffusers Lumina2's
+    /// `cfg_normalization`) or `clamp:K` (‖guided‖ ≤ K‖cond‖, Lumina-Image-2.0's `renorm_cfg`).
+    #[arg(long, conflicts_with = "no_cfg_normalization")]
+    pub cfg_renorm: Option<String>,
+
+    /// Same as `--cfg-renorm off`.
+    #[arg(long)]
+    pub no_cfg_normalization: bool,
+
+    /// Context Drop: keys and values of self-attention average-pooled over F × F windows of
+    /// the token grid while t < T: `F` (T = 0.5) or `F:T`; `1` turns a model's default off.
+    #[arg(long)]
+    pub context_drop: Option<String>,
+
+    /// Step caching (TeaCache) threshold, e.g. 0.1–0.5; 0 turns a model's default off.
+    #[arg(long)]
+    pub cache_threshold: Option<f64>,
+
+    /// The cache's rescaling polynomial, comma-separated, highest power first (default:
+    /// TeaCache's for Lumina-Next / Lumina-Image-2.0, the fitted one of a built-in model).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub cache_coefficients: Option<Vec<f64>>,
 }
 
 /// Going past the model's training size (resolution extrapolation). Without any of these
@@ -424,9 +514,8 @@ pub struct EvalArgs {
     #[arg(long, value_enum)]
     pub solver: Option<SolverArg>,
 
-    /// Override the model's time shift.
-    #[arg(long)]
-    pub shift: Option<f64>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
     /// Square images of this side (default: the model's native size).
     #[arg(long, conflicts_with_all = ["width", "height"])]

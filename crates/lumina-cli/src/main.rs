@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
+        Command::CacheFit(args) => commands::cache_fit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

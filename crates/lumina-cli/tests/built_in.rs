@@ -394,3 +394,73 @@ fn init_images_run_img2img_and_upscaling() {
     let e = run(&["--init-image", &path(&junk)]);
     assert!(e.contains("not a readable PNG"), "{e}");
 }
+
+#[test]
+fn cache_fit_writes_coefficients_that_generate_then_uses() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("cache");
+    let model = tmp.path().join("model");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes"),
+        &model,
+    );
+    let config = model.join("scheduler/scheduler_config.json");
+    // a copy without coefficients: caching needs a fit first, and says so
+    let mut sampler: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("config")).expect("json");
+    sampler
+        .as_object_mut()
+        .expect("object")
+        .remove("cache_coefficients");
+    std::fs::write(&config, sampler.to_string()).expect("write config");
+    let m = model.to_str().expect("utf-8");
+    let out = tmp.path().join("cached.png");
+    let o_path = out.to_str().expect("utf-8");
+    let cached = || {
+        let args = [
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "a red circle",
+            "--cache-threshold",
+            "0.2",
+            "-o",
+            o_path,
+        ];
+        lumina(&cache, &args)
+    };
+    let o = cached();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("lumina cache-fit"), "{}", stderr(&o));
+
+    let o = lumina(
+        &cache,
+        &["cache-fit", "--model", m, "--per-kind", "1", "--write"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fit: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("cache-fit prints one JSON object");
+    assert_eq!(fit["cache_coefficients"].as_array().map(Vec::len), Some(3));
+    assert!(fit["pairs"].as_u64().unwrap_or(0) > 100, "{fit}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("config")).expect("json");
+    assert_eq!(written["cache_coefficients"], fit["cache_coefficients"]);
+
+    let o = cached();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipped"), "{}", stderr(&o));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}

@@ -506,3 +506,67 @@ fn quantize_writes_a_ternary_pipeline_that_inspects_and_generates() {
         stderr(&again)
     );
 }
+
+#[test]
+fn fast_sampling_flags_run_on_both_diffusers_families_and_are_recorded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lumina2 = fixtures().join("pipeline_lumina2/one_prompt/pipeline");
+    for (i, model) in [next_pipeline(), lumina2].iter().enumerate() {
+        let out = tmp.path().join(format!("fast-{i}.png"));
+        let o = generate(
+            model,
+            &out,
+            &[
+                "--steps",
+                "4",
+                "--seed",
+                "3",
+                "--schedule",
+                "sigmoid",
+                "--context-drop",
+                "2:0.6",
+                "--cache-threshold",
+                "0.3",
+                "--cfg-trunc-ratio",
+                "0.5",
+                "--cfg-renorm",
+                "clamp:1",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("step cache computed"), "{}", stderr(&o));
+        let text = read_png(&out).3;
+        for want in [
+            "Schedule: sigmoid:0.6,6,20",
+            "Context drop: 2:0.6",
+            "Step cache: 0.3",
+            "CFG truncation: 0.5",
+            "CFG renorm: clamp:1",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text:?}");
+        }
+    }
+    for (flags, want) in [
+        (&["--schedule", "cosine"][..], "--schedule"),
+        (
+            &["--context-drop", "0"][..],
+            "context drop: expected F or F:T",
+        ),
+        (
+            &["--cfg-renorm", "clamp:-1"][..],
+            "guidance renormalisation",
+        ),
+        (
+            &["--cache-threshold=-1"][..],
+            "cache threshold: expected finite and >= 0",
+        ),
+        (
+            &["--shift", "2", "--schedule", "uniform"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let o = generate(&next_pipeline(), &tmp.path().join("bad.png"), flags);
+        assert!(!o.status.success(), "{flags:?} should fail");
+        assert!(stderr(&o).contains(want), "{flags:?}: {}", stderr(&o));
+    }
+}

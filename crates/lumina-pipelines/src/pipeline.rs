@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use lumina::config::ConfigFile;
-use lumina::models::{Transformer, TransformerConfig};
+use lumina::models::step_cache::{LUMINA2_COEFFICIENTS, LUMINA_NEXT_COEFFICIENTS};
+use lumina::models::{CacheRule, CacheStats, StepCache, Transformer, TransformerConfig};
+use lumina::nn::ContextDrop;
 use lumina::sample::{
     noise, sample_with, shift_time, Guidance, ProjectedFlow, Renorm, RopeSchedule, Schedule,
     Solver, StepDone, Truncation,
@@ -103,9 +105,10 @@ pub struct Request {
     pub guidance_scale: f64,
     /// diffusers steps with Euler; higher-order solvers use the same grid.
     pub solver: Solver,
-    /// `None`: the σ grid diffusers builds from `scheduler_config.json`. `Some(s)`: Lumina's
-    /// rational time shift t/(s − (s−1)t) of a uniform grid (upstream's `t_shift`).
-    pub shift: Option<f64>,
+    /// `None`: the σ grid diffusers builds from `scheduler_config.json` (a pixel model: its
+    /// own schedule). `Some`: that schedule — Lumina's rational time shift t/(s − (s−1)t) of a
+    /// uniform grid (upstream's `t_shift`), the uniform grid, or Lumina-Next's sigmoid one.
+    pub schedule: Option<Schedule>,
     pub images_per_prompt: usize,
     pub latents: Latents,
     pub max_sequence_length: usize,
@@ -114,10 +117,12 @@ pub struct Request {
     pub scaling_watershed: f64,
     /// Lumina-Next: proportional attention (diffusers default on).
     pub proportional_attn: bool,
-    /// Lumina2: CFG only for steps with (i+1)/n ≤ ratio.
+    /// CFG only for steps with (i+1)/n ≤ ratio (diffusers Lumina2's `cfg_trunc_ratio`; every
+    /// family).
     pub cfg_trunc_ratio: f64,
-    /// Lumina2: rescale the guided velocity to the conditional one's norm.
-    pub cfg_normalization: bool,
+    /// Renormalisation of the guided velocity. `None`: the family's own — diffusers Lumina2's
+    /// `cfg_normalization` (rows) for Lumina-Image-2.0, none for the others.
+    pub cfg_renorm: Option<Renorm>,
     /// Lumina2: prepended to every prompt as "<system> <Prompt Start> <prompt>".
     pub system_prompt: Option<String>,
     /// Going past the training size. `None`: the pipeline's own rule — the model's measured
@@ -128,6 +133,17 @@ pub struct Request {
     /// img2img (an image of the request's size) or upscaling (any other size: the image,
     /// resized, guides I-Max's projected flow).
     pub init_image: Option<InitImage>,
+    /// Lumina-Next's time-aware Context Drop. `None`: the model's default (a pixel model's
+    /// sampler settings), else off; a window of 1 is off.
+    pub context_drop: Option<ContextDrop>,
+    /// Step caching (TeaCache) threshold. `None`: the model's default, else off; 0 is off.
+    pub cache_threshold: Option<f64>,
+    /// The cache's rescaling polynomial (highest power first). `None`: TeaCache's for
+    /// Lumina-Next and Lumina-Image-2.0, the fitted one a pixel model carries.
+    pub cache_coefficients: Option<Vec<f64>>,
+    /// Compute every step and record (input change, output change) pairs of the block stack
+    /// into [`Output::cache_pairs`], to fit a rescaling polynomial (`lumina cache-fit`).
+    pub record_cache: bool,
 }
 
 /// The starting picture of img2img and upscaling.
@@ -151,17 +167,21 @@ impl Request {
             steps: 30,
             guidance_scale: 4.0,
             solver: Solver::Euler,
-            shift: None,
+            schedule: None,
             images_per_prompt: 1,
             latents: Latents::Seed(0),
             max_sequence_length: 256,
             scaling_watershed: 1.0,
             proportional_attn: true,
             cfg_trunc_ratio: 1.0,
-            cfg_normalization: true,
+            cfg_renorm: None,
             system_prompt: None,
             extrapolation: None,
             init_image: None,
+            context_drop: None,
+            cache_threshold: None,
+            cache_coefficients: None,
+            record_cache: false,
         }
     }
 
@@ -180,6 +200,10 @@ pub struct Output {
     pub prompt_embeds: Caption,
     /// Per prompt, what truncation dropped (empty when nothing).
     pub truncated: Vec<String>,
+    /// With step caching: evaluations of the block stack computed and skipped (per row group).
+    pub cache_stats: Option<CacheStats>,
+    /// With [`Request::record_cache`]: the recorded (input change, output change) pairs.
+    pub cache_pairs: Vec<(f64, f64)>,
 }
 
 /// Prompt → caption features.
@@ -371,7 +395,7 @@ impl Pipeline {
             r.steps = d.steps;
             r.guidance_scale = d.guidance_scale;
             r.solver = d.solver().unwrap_or(Solver::Euler);
-            r.shift = Some(d.shift);
+            r.schedule = d.schedule().ok();
         }
         r
     }
@@ -454,9 +478,15 @@ impl Pipeline {
                 r.guidance_scale,
             ));
         }
-        if let Some(s) = r.shift {
-            if !(s.is_finite() && s > 0.0) {
-                return Err(Error::request("shift", "finite and > 0", s));
+        if let Some(s) = r.schedule {
+            s.validate()?;
+        }
+        if let Some(c) = r.context_drop {
+            c.validate()?;
+        }
+        if let Some(t) = r.cache_threshold {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(Error::request("cache threshold", "finite and >= 0", t));
             }
         }
         if !(0.0..=1.0).contains(&r.cfg_trunc_ratio) {
@@ -731,14 +761,14 @@ impl Pipeline {
         }
     }
 
-    /// The time grid of a request (see [`Request::shift`]).
+    /// The time grid of a request (see [`Request::schedule`]).
     pub fn grid(&self, r: &Request) -> Result<Vec<f64>> {
-        if let Some(shift) = r.shift {
-            return Ok(Schedule::Shifted { shift }.grid(r.steps)?);
+        if let Some(schedule) = r.schedule {
+            return Ok(schedule.grid(r.steps)?);
         }
         let scheduler = match &self.grid {
             Grid::Scheduler(s) => s,
-            Grid::Defaults(d) => return Ok(Schedule::Shifted { shift: d.shift }.grid(r.steps)?),
+            Grid::Defaults(d) => return Ok(d.schedule()?.grid(r.steps)?),
         };
         let request = match self.family {
             // diffusers passes the latents' *channel* count as the sequence length
@@ -782,24 +812,16 @@ impl Pipeline {
         let native_side = native / m;
         let native_tokens = native_side.pow(2);
         let guidance = match self.family {
-            _ if !guided => Guidance::None,
-            Family::LuminaNext => Guidance::FirstChannels {
-                scale: r.guidance_scale,
-                channels: 3,
-            },
-            Family::Lumina2 => Guidance::Lumina2 {
-                scale: r.guidance_scale,
-                truncation: Truncation::StepRatio(r.cfg_trunc_ratio),
-                renorm: if r.cfg_normalization {
-                    Renorm::Rows
-                } else {
-                    Renorm::Off
-                },
-            },
-            Family::Pixel => Guidance::Full {
-                scale: r.guidance_scale,
-            },
-        };
+            _ if !guided => Guidance::NONE,
+            Family::LuminaNext => Guidance::first_channels(r.guidance_scale, 3),
+            Family::Lumina2 | Family::Pixel => Guidance::full(r.guidance_scale),
+        }
+        .truncated(Truncation::StepRatio(r.cfg_trunc_ratio))
+        .renormed(r.cfg_renorm.unwrap_or(match self.family {
+            // diffusers Lumina2Pipeline `cfg_normalization=True`; LuminaPipeline has none
+            Family::Lumina2 => Renorm::Rows,
+            Family::LuminaNext | Family::Pixel => Renorm::Off,
+        }));
         if let Some(plan) = plan {
             let head_dim = match self.transformer.config() {
                 TransformerConfig::NextDit(c) => c.head_dim(),
@@ -844,6 +866,8 @@ impl Pipeline {
         let uncond = uncond.map(repeat).transpose()?;
         let rules = self.rules(r, plan.as_ref())?;
         let (guide, init) = self.guide_and_start(r, plan.as_ref(), &mut on_step)?;
+        // one cache per solve (the native pass of I-Max has its own)
+        let cache = self.step_cache(r)?;
         let denoiser = Denoiser {
             model: &self.transformer,
             cond: cond.clone(),
@@ -852,6 +876,8 @@ impl Pipeline {
             rope: rules.rope,
             base_sequence_length: rules.base_sequence_length,
             text_tiles: rules.text_tiles,
+            context_drop: self.context_drop(r),
+            cache: cache.as_ref(),
         };
         let mut grid = self.grid(r)?;
         if plan.is_some_and(|p| p.time_shift) {
@@ -893,7 +919,55 @@ impl Pipeline {
             images,
             prompt_embeds: cond,
             truncated,
+            cache_stats: cache.as_ref().map(|c| c.stats()),
+            cache_pairs: cache.map(|c| c.recorded()).unwrap_or_default(),
         })
+    }
+
+    /// The Context Drop of a request: its own, else the model's default; `None` when off.
+    pub fn context_drop(&self, r: &Request) -> Option<ContextDrop> {
+        let model_default = match &self.grid {
+            Grid::Defaults(d) => d.context_drop().ok().flatten(),
+            Grid::Scheduler(_) => None,
+        };
+        r.context_drop.or(model_default).filter(|c| c.factor > 1)
+    }
+
+    /// The step cache of one solve, when the request (or the model's default) turns it on.
+    fn step_cache(&self, r: &Request) -> Result<Option<StepCache>> {
+        if r.record_cache {
+            return Ok(Some(StepCache::recording()));
+        }
+        let defaults = match &self.grid {
+            Grid::Defaults(d) => Some(d),
+            Grid::Scheduler(_) => None,
+        };
+        let threshold = r
+            .cache_threshold
+            .or(defaults.and_then(|d| d.cache_threshold))
+            .unwrap_or(0.0);
+        if threshold <= 0.0 {
+            return Ok(None);
+        }
+        let coefficients = match (&r.cache_coefficients, self.family) {
+            (Some(c), _) => c.clone(),
+            (None, Family::LuminaNext) => LUMINA_NEXT_COEFFICIENTS.to_vec(),
+            (None, Family::Lumina2) => LUMINA2_COEFFICIENTS.to_vec(),
+            (None, Family::Pixel) => defaults
+                .and_then(|d| d.cache_coefficients.clone())
+                .ok_or_else(|| {
+                    Error::request(
+                        "step cache coefficients",
+                        "a polynomial fitted to this model (`lumina cache-fit` writes one into \
+                         its scheduler config), or --cache-coefficients",
+                        "none in the model folder",
+                    )
+                })?,
+        };
+        Ok(Some(StepCache::new(CacheRule::new(
+            threshold,
+            coefficients,
+        )?)))
     }
 
     /// I-Max's guide (latents of the request's shape) and img2img's clean start, if any:

@@ -15,8 +15,10 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use lumina::config::ConfigFile;
+use lumina::models::CacheRule;
 use lumina::models::NextDitConfig;
-use lumina::sample::Solver;
+use lumina::nn::ContextDrop;
+use lumina::sample::{Schedule, Solver};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -35,8 +37,12 @@ pub struct SamplerDefaults {
     pub guidance_scale: f64,
     /// `euler`, `midpoint`, `heun` or `rk4`.
     pub solver: String,
-    /// Lumina's time shift of the uniform grid.
+    /// Lumina's time shift of the uniform grid (used when `schedule` is absent).
     pub shift: f64,
+    /// The time schedule by name (`uniform`, `shift:S`, `sigmoid[:µ,α,β]`, see
+    /// `lumina::sample::Schedule`); absent: `shift:{shift}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
     /// What `generate` does beyond the training canvases (an `Extrapolation` name: `none`,
     /// `imax[:SCHEDULE]`, or a RoPE rule), chosen by the judge; absent: `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +51,16 @@ pub struct SamplerDefaults {
     /// short side; absent: 1 (square only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_aspect: Option<f64>,
+    /// Context Drop by default (`F:T`, see `lumina::nn::ContextDrop`); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_drop: Option<String>,
+    /// Step caching threshold by default; absent or 0: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_threshold: Option<f64>,
+    /// The step cache's rescaling polynomial fitted to this model (highest power first), as
+    /// `lumina cache-fit` writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_coefficients: Option<Vec<f64>>,
 }
 
 impl SamplerDefaults {
@@ -62,6 +78,21 @@ impl SamplerDefaults {
         }
         let defaults: SamplerDefaults = file.parse()?;
         defaults.solver()?;
+        defaults.schedule().map_err(|e| Error::Unsupported {
+            path: path.clone(),
+            reason: format!("schedule: {e}"),
+        })?;
+        defaults.context_drop().map_err(|e| Error::Unsupported {
+            path: path.clone(),
+            reason: format!("context_drop: {e}"),
+        })?;
+        if let Some(t) = defaults.cache_threshold {
+            let rule = CacheRule::new(t, defaults.cache_coefficients.clone().unwrap_or(vec![0.0]));
+            rule.map_err(|e| Error::Unsupported {
+                path: path.clone(),
+                reason: format!("cache_threshold / cache_coefficients: {e}"),
+            })?;
+        }
         defaults.extrapolation().map_err(|e| Error::Unsupported {
             path: path.clone(),
             reason: format!("extrapolation: {e}"),
@@ -80,6 +111,21 @@ impl SamplerDefaults {
     /// The extrapolation beyond the training canvases.
     pub fn extrapolation(&self) -> Result<crate::extrapolation::Extrapolation> {
         self.extrapolation.as_deref().unwrap_or("none").parse()
+    }
+
+    /// The default Context Drop, if any.
+    pub fn context_drop(&self) -> Result<Option<ContextDrop>> {
+        Ok(self.context_drop.as_deref().map(str::parse).transpose()?)
+    }
+
+    /// The time schedule: `schedule` by name, else the shifted uniform grid.
+    pub fn schedule(&self) -> Result<Schedule> {
+        let schedule = match &self.schedule {
+            Some(name) => name.parse()?,
+            None => Schedule::Shifted { shift: self.shift },
+        };
+        schedule.validate()?;
+        Ok(schedule)
     }
 
     pub fn solver(&self) -> Result<Solver> {

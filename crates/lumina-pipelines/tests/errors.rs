@@ -177,10 +177,38 @@ fn bad_requests_name_the_allowed_values() -> Result<()> {
     );
     check(
         Request {
-            shift: Some(-2.0),
+            schedule: Some(lumina::sample::Schedule::Shifted { shift: -2.0 }),
             ..base()
         },
-        "shift: expected finite and > 0",
+        "time shift: expected finite and > 0",
+    );
+    check(
+        Request {
+            schedule: Some(lumina::sample::Schedule::Sigmoid {
+                mu: 1.5,
+                alpha: 6.0,
+                beta: 20.0,
+            }),
+            ..base()
+        },
+        "sigmoid schedule µ: expected in (0, 1), got 1.5",
+    );
+    check(
+        Request {
+            context_drop: Some(lumina::nn::ContextDrop {
+                factor: 0,
+                until: 0.5,
+            }),
+            ..base()
+        },
+        "context drop: expected a window >= 1",
+    );
+    check(
+        Request {
+            cache_threshold: Some(-0.1),
+            ..base()
+        },
+        "cache threshold: expected finite and >= 0, got -0.1",
     );
     let wrong = Tensor::zeros((1, 4, 5, 5), DType::F32, &Device::Cpu)?;
     let err = pipeline

@@ -291,10 +291,14 @@ impl TrainConfig {
                 guidance_scale: 3.0,
                 solver: "midpoint".into(),
                 shift: 2.0,
+                schedule: None,
                 // beyond the training canvas: I-Max's projected flow with the constant
                 // schedule, the method the README's study measured best on this task
                 extrapolation: Some("imax:constant".into()),
                 max_aspect: None,
+                context_drop: None,
+                cache_threshold: None,
+                cache_coefficients: None,
             },
             eval: EvalConfig {
                 every: 1200,
@@ -498,6 +502,9 @@ impl TrainConfig {
         self.sampler
             .solver()
             .map_err(|e| Error::Config(format!("sampler.solver: {e}")))?;
+        self.sampler
+            .schedule()
+            .map_err(|e| Error::Config(format!("sampler.schedule: {e}")))?;
         Ok(())
     }
 }

@@ -42,10 +42,12 @@
 //!     model: &model,
 //!     cond: Caption::new(prompt, prompt_mask)?,
 //!     uncond: Some(Caption::new(empty, empty_mask)?),
-//!     guidance: Guidance::FirstChannels { scale: 4.0, channels: 3 }, // Lumina-Next's CFG
+//!     guidance: Guidance::first_channels(4.0, 3), // Lumina-Next's CFG
 //!     rope: RopeSchedule::time_aware(2048, 2048, 1024, 0.3)?,
 //!     base_sequence_length: Some(4096),
 //!     text_tiles: None,
+//!     context_drop: None,
+//!     cache: None,
 //! };
 //! let x0 = noise::gaussian(&[1, 4, 256, 256], DType::F32, &dev, &mut StdRng::seed_from_u64(42))?;
 //! let grid = Schedule::Shifted { shift: 4.0 }.grid(30)?;

@@ -13,36 +13,16 @@ use lumina::{Caption, Denoiser, DitInput, Transformer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use common::{fixture_root, max_abs_diff};
+use common::max_abs_diff;
 
 const FAMILIES: [&str; 2] = ["nextdit", "lumina2"];
 
 fn model(family: &str) -> Result<Transformer> {
-    Ok(Transformer::load_dir(
-        &fixture_root().join(family).join("tiny_square/transformer"),
-        DType::F32,
-        &Device::Cpu,
-    )?)
+    common::tiny_model(family)
 }
 
-/// A caption of `lens[i]` real tokens per row, right-padded to the longest.
 fn caption(lens: &[usize], seed: u64) -> Result<Caption> {
-    let longest = lens.iter().copied().max().unwrap_or(0);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let features = noise::gaussian(
-        &[lens.len(), longest, 32],
-        DType::F32,
-        &Device::Cpu,
-        &mut rng,
-    )?;
-    let mask: Vec<u8> = lens
-        .iter()
-        .flat_map(|&n| (0..longest).map(move |j| u8::from(j < n)))
-        .collect();
-    Ok(Caption::new(
-        features,
-        Tensor::from_vec(mask, (lens.len(), longest), &Device::Cpu)?,
-    )?)
+    common::random_caption(lens, seed)
 }
 
 fn latents(b: usize) -> Result<Tensor> {
@@ -73,7 +53,7 @@ fn guided_velocity_equals_separate_cond_and_uncond_calls() -> Result<()> {
     for family in FAMILIES {
         let m = model(family)?;
         let (cond, uncond) = (caption(&[5, 3], 1)?, caption(&[1, 1], 2)?);
-        let guidance = Guidance::Full { scale: 4.0 };
+        let guidance = Guidance::full(4.0);
         let d = Denoiser {
             model: &m,
             cond: cond.clone(),
@@ -82,6 +62,8 @@ fn guided_velocity_equals_separate_cond_and_uncond_calls() -> Result<()> {
             rope: RopeSchedule::default(),
             base_sequence_length: None,
             text_tiles: None,
+            context_drop: None,
+            cache: None,
         };
         let x = latents(2)?;
         let got = d.velocity(&x, at(0.4))?;
@@ -91,7 +73,7 @@ fn guided_velocity_equals_separate_cond_and_uncond_calls() -> Result<()> {
         assert!(max_abs_diff(&got, &want)? < 1e-5, "{family}");
         // without guidance the velocity is the conditional one, velocity channels only
         let plain = Denoiser {
-            guidance: Guidance::None,
+            guidance: Guidance::NONE,
             uncond: None,
             ..d
         };
@@ -114,10 +96,12 @@ fn time_aware_rope_switches_factors_per_evaluation() -> Result<()> {
         model: &m,
         cond: cond.clone(),
         uncond: None,
-        guidance: Guidance::None,
+        guidance: Guidance::NONE,
         rope,
         base_sequence_length: None,
         text_tiles: None,
+        context_drop: None,
+        cache: None,
     };
     let x = latents(1)?;
     let early = forward(&m, &x, 0.2, &cond, RopeFactors::uniform(2.0, 1.0))?;
@@ -140,13 +124,12 @@ fn sampling_a_real_model_is_seeded_and_reproducible() -> Result<()> {
             model: &m,
             cond: caption(&[6], 4)?,
             uncond: Some(caption(&[1], 5)?),
-            guidance: Guidance::FirstChannels {
-                scale: 4.0,
-                channels: 3,
-            },
+            guidance: Guidance::first_channels(4.0, 3),
             rope: RopeSchedule::default(),
             base_sequence_length: Some(16),
             text_tiles: None,
+            context_drop: None,
+            cache: None,
         };
         let grid = Schedule::Shifted { shift: 4.0 }.grid(4)?;
         let run = |seed| -> Result<Tensor> {
@@ -184,10 +167,12 @@ fn guidance_without_an_unconditional_caption_is_an_error() -> Result<()> {
         model: &m,
         cond: caption(&[3], 1)?,
         uncond: None,
-        guidance: Guidance::Full { scale: 3.0 },
+        guidance: Guidance::full(3.0),
         rope: RopeSchedule::default(),
         base_sequence_length: None,
         text_tiles: None,
+        context_drop: None,
+        cache: None,
     };
     let err = d
         .velocity(&latents(1)?, at(0.1))

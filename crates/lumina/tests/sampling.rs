@@ -130,35 +130,27 @@ fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 fn guidance_modes_combine_as_specified() -> Result<()> {
     let (c, u) = velocities()?;
     let standard = (&u + ((&c - &u)? * 4.0)?)?;
-    let full = Guidance::Full { scale: 4.0 }.combine(&c, &u)?;
+    let full = Guidance::full(4.0).combine(&c, &u)?;
     assert!(max_diff(&full, &standard)? < 1e-6);
 
     // Lumina-Next: channels 0..3 guided, channel 3 conditional
-    let quirk = Guidance::FirstChannels {
-        scale: 4.0,
-        channels: 3,
-    }
-    .combine(&c, &u)?;
+    let quirk = Guidance::first_channels(4.0, 3).combine(&c, &u)?;
     assert!(max_diff(&quirk.narrow(1, 0, 3)?, &standard.narrow(1, 0, 3)?)? < 1e-6);
     assert_eq!(max_diff(&quirk.narrow(1, 3, 1)?, &c.narrow(1, 3, 1)?)?, 0.0);
 
     // diffusers renormalisation: each (b, c, row) has the conditional row norm
-    let rows = Guidance::Lumina2 {
-        scale: 4.0,
-        truncation: Truncation::Never,
-        renorm: Renorm::Rows,
-    }
-    .combine(&c, &u)?;
+    let rows = Guidance::full(4.0)
+        .truncated(Truncation::Never)
+        .renormed(Renorm::Rows)
+        .combine(&c, &u)?;
     let row_norm = |x: &Tensor| -> Result<Tensor> { Ok(x.sqr()?.sum_keepdim(3)?.sqrt()?) };
     assert!(max_diff(&row_norm(&rows)?, &row_norm(&c)?)? < 1e-5);
 
     // original clamp: ‖guided‖ ≤ k‖cond‖ per sample, and untouched when already below
-    let clamp = Guidance::Lumina2 {
-        scale: 4.0,
-        truncation: Truncation::Never,
-        renorm: Renorm::Clamp(1.0),
-    }
-    .combine(&c, &u)?;
+    let clamp = Guidance::full(4.0)
+        .truncated(Truncation::Never)
+        .renormed(Renorm::Clamp(1.0))
+        .combine(&c, &u)?;
     let norm = |x: &Tensor| -> Result<Vec<f32>> {
         Ok(x.reshape((2, ()))?
             .sqr()?
@@ -169,12 +161,10 @@ fn guidance_modes_combine_as_specified() -> Result<()> {
     for (g, c) in norm(&clamp)?.iter().zip(norm(&c)?) {
         assert!(*g <= c * 1.0001, "{g} > {c}");
     }
-    let loose = Guidance::Lumina2 {
-        scale: 4.0,
-        truncation: Truncation::Never,
-        renorm: Renorm::Clamp(1e6),
-    }
-    .combine(&c, &u)?;
+    let loose = Guidance::full(4.0)
+        .truncated(Truncation::Never)
+        .renormed(Renorm::Clamp(1e6))
+        .combine(&c, &u)?;
     assert!(max_diff(&loose, &standard)? < 1e-6);
     Ok(())
 }
@@ -182,11 +172,9 @@ fn guidance_modes_combine_as_specified() -> Result<()> {
 #[test]
 fn truncation_limits_guidance_to_the_noisy_phase() {
     let at = |t, step| TimePoint { t, step, steps: 8 };
-    let steps = Guidance::Lumina2 {
-        scale: 4.0,
-        truncation: Truncation::StepRatio(0.25),
-        renorm: Renorm::Off,
-    };
+    let steps = Guidance::full(4.0)
+        .truncated(Truncation::StepRatio(0.25))
+        .renormed(Renorm::Off);
     let active: Vec<bool> = (0..8)
         .map(|i| steps.active(at(i as f64 / 8.0, i)))
         .collect();
@@ -194,14 +182,17 @@ fn truncation_limits_guidance_to_the_noisy_phase() {
         active,
         [true, true, false, false, false, false, false, false]
     );
-    let time = Guidance::Lumina2 {
-        scale: 4.0,
-        truncation: Truncation::Time(0.3),
-        renorm: Renorm::Off,
-    };
+    let time = Guidance::full(4.0)
+        .truncated(Truncation::Time(0.3))
+        .renormed(Renorm::Off);
     assert!(time.active(at(0.29, 5)) && !time.active(at(0.3, 0)));
-    assert!(!Guidance::Full { scale: 1.0 }.active(at(0.0, 0)));
-    assert!(!Guidance::None.active(at(0.0, 0)));
+    assert!(!Guidance::full(1.0).active(at(0.0, 0)));
+    assert!(!Guidance::NONE.active(at(0.0, 0)));
+    // every family takes truncation and renormalisation: Lumina-Next's channel rule too
+    let next = Guidance::first_channels(4.0, 3)
+        .truncated(Truncation::StepRatio(0.5))
+        .renormed(Renorm::Clamp(1.0));
+    assert!(next.active(at(0.0, 3)) && !next.active(at(0.5, 4)));
 }
 
 #[test]

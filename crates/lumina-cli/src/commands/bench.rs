@@ -18,7 +18,7 @@ use lumina::kernels::strassen::F32Matmul;
 use lumina::kernels::ternary::Activations;
 use lumina::kernels::{flash_attention, Isa};
 use lumina::models::next_dit::original;
-use lumina::nn::Linear;
+use lumina::nn::{KvPool, Linear};
 use lumina::weights::Init;
 use lumina::{DitInput, NextDit, NextDitConfig, Weights};
 use serde_json::{json, Value};
@@ -164,6 +164,8 @@ fn run_child(args: &BenchArgs, dtype: BenchDtype) -> Result<Value> {
         )
         .arg("--caption-tokens")
         .arg(args.caption_tokens.to_string())
+        .arg("--context-drop")
+        .arg(args.context_drop.to_string())
         .arg("--repeat")
         .arg(args.repeat.to_string());
     if let Some(layers) = args.layers {
@@ -223,31 +225,27 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
             &dev,
         )?;
         let mask = Tensor::ones((1, args.caption_tokens), DType::U8, &dev)?;
-        let inp = DitInput::new(&latents, &t, &caption, &mask);
-        let (mut best_step, mut best_block) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..args.repeat {
-            let mut blocks = Vec::with_capacity(cfg.num_layers);
-            let start = Instant::now();
-            let mut last = start;
-            model.forward_observed(&inp, |_| {
-                let now = Instant::now();
-                blocks.push((now - last).as_secs_f64());
-                last = now;
-            })?;
-            best_step = best_step.min(start.elapsed().as_secs_f64());
-            // the first block also carries the embedders; the median skips it
-            blocks.sort_by(f64::total_cmp);
-            best_block = best_block.min(blocks[blocks.len() / 2]);
-        }
+        let plain = DitInput::new(&latents, &t, &caption, &mask);
+        let (best_step, best_block) = time_step(&model, &plain, args.repeat)?;
         let (block_flops, step_flops) = flops(&cfg, n, args.caption_tokens);
         let (linear_secs, linear_flops) = time_linear(&ffn_in, n, dtype, args.repeat)?;
-        let (attention_secs, attention_flops) = time_attention(&cfg, n, dtype, args.repeat)?;
-        for (what, secs, f) in [
-            ("linear", linear_secs, linear_flops),
-            ("attention", attention_secs, attention_flops),
-            ("block", best_block, block_flops),
-            ("step", best_step, step_flops),
-        ] {
+        let (attention_secs, attention_flops) = time_attention(&cfg, n, dtype, 1, args.repeat)?;
+        let mut rows = vec![
+            ("linear".to_string(), linear_secs, linear_flops),
+            ("attention".to_string(), attention_secs, attention_flops),
+            ("block".to_string(), best_block, block_flops),
+            ("step".to_string(), best_step, step_flops),
+        ];
+        let f = args.context_drop;
+        if f > 1 {
+            // the same work with f² times fewer self-attention keys: FLOP/s count what is done
+            let (secs, flops) = time_attention(&cfg, n, dtype, f, args.repeat)?;
+            rows.push((format!("attention, context drop {f}"), secs, flops));
+            let (step, _) = time_step(&model, &plain.with_kv_pool(Some(f)), args.repeat)?;
+            let saved = cfg.num_layers as f64 * (attention_flops - flops);
+            rows.push((format!("step, context drop {f}"), step, step_flops - saved));
+        }
+        for (what, secs, f) in rows {
             eprintln!(
                 "{name} {n:>5} tokens {what:<5} {:>10.1} ms {:>7.1} GFLOP/s",
                 secs * 1e3,
@@ -275,6 +273,26 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
     }))
 }
 
+/// The fastest of `repeat` forwards and the fastest median block among them.
+fn time_step(model: &NextDit, inp: &DitInput, repeat: usize) -> Result<(f64, f64)> {
+    let (mut best_step, mut best_block) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..repeat.max(1) {
+        let mut blocks = Vec::with_capacity(model.config().num_layers);
+        let start = Instant::now();
+        let mut last = start;
+        model.forward_observed(inp, |_| {
+            let now = Instant::now();
+            blocks.push((now - last).as_secs_f64());
+            last = now;
+        })?;
+        best_step = best_step.min(start.elapsed().as_secs_f64());
+        // the first block also carries the embedders; the median skips it
+        blocks.sort_by(f64::total_cmp);
+        best_block = best_block.min(blocks.get(blocks.len() / 2).copied().unwrap_or(0.0));
+    }
+    Ok((best_step, best_block))
+}
+
 /// The fastest of `repeat` (at least 3) passes of `tokens` rows through `linear`.
 fn time_linear(linear: &Linear, tokens: usize, dtype: DType, repeat: usize) -> Result<(f64, f64)> {
     let (in_dim, out_dim) = (linear.in_dim(), linear.out_dim());
@@ -289,11 +307,13 @@ fn time_linear(linear: &Linear, tokens: usize, dtype: DType, repeat: usize) -> R
 }
 
 /// The fastest of `repeat` (at least 3) self-attention products of one block (`softmax(q kᵀ) v`
-/// over all heads, projections excluded).
+/// over all heads, projections excluded); with `pool` > 1, Context Drop's pooling of the keys
+/// and values over the token grid is timed with it and the product reads f² times fewer keys.
 fn time_attention(
     cfg: &NextDitConfig,
     tokens: usize,
     dtype: DType,
+    pool: usize,
     repeat: usize,
 ) -> Result<(f64, f64)> {
     let dh = cfg.head_dim();
@@ -307,12 +327,21 @@ fn time_attention(
     );
     let scale = 1.0 / (dh as f64).sqrt();
     let mut best = f64::INFINITY;
+    let side = square_side(tokens).unwrap_or(1);
+    let kv_pool = KvPool {
+        factor: pool,
+        grid: (side, side),
+        starts: &[],
+    };
+    let mut keys = tokens;
     for _ in 0..repeat.max(3) {
         let start = Instant::now();
+        let (k, v) = (kv_pool.pool(&k)?, kv_pool.pool(&v)?);
+        keys = k.dim(2)?;
         flash_attention(&q, &k, &v, None, scale)?;
         best = best.min(start.elapsed().as_secs_f64());
     }
-    let flops = 4.0 * (tokens * tokens * cfg.num_attention_heads * dh) as f64;
+    let flops = 4.0 * (tokens * keys * cfg.num_attention_heads * dh) as f64;
     Ok((best, flops))
 }
 

@@ -13,8 +13,13 @@ use rand::SeedableRng;
 use crate::cli::EvalArgs;
 use crate::commands::model_dir;
 
-pub fn run(args: &EvalArgs) -> Result<()> {
-    let prompts = match &args.prompts {
+/// Captions from a file (one per line) or, without one, the generated evaluation list.
+pub fn load_prompts(
+    path: Option<&std::path::Path>,
+    per_kind: usize,
+    prompt_seed: u64,
+) -> Result<Vec<Caption>> {
+    Ok(match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -27,8 +32,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?
         }
-        None => evaluation_prompts(args.per_kind, &mut StdRng::seed_from_u64(args.prompt_seed)),
-    };
+        None => evaluation_prompts(per_kind, &mut StdRng::seed_from_u64(prompt_seed)),
+    })
+}
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let prompts = load_prompts(args.prompts.as_deref(), args.per_kind, args.prompt_seed)?;
     if prompts.is_empty() || args.seeds == 0 {
         bail!("nothing to evaluate: no prompt or --seeds 0");
     }
@@ -50,7 +59,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if let Some(solver) = args.solver {
         template.solver = solver.into();
     }
-    template.shift = args.shift.or(template.shift);
+    super::sampling::apply(&args.sampling, &mut template)?;
     pipeline.validate(&lumina_pipelines::Request {
         prompts: vec!["x".into()],
         ..template.clone()
@@ -87,20 +96,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .collect();
         let json = serde_json::json!({
             "accuracy": report.accuracy(), "correct": report.correct, "total": report.total, "per_kind": per_kind, "faults": faults,
-            "steps": template.steps, "guidance": template.guidance_scale, "solver": template.solver.name(), "shift": template.shift,
+            "steps": template.steps, "guidance": template.guidance_scale, "solver": template.solver.name(), "shift": template.schedule.and_then(|s| s.shift()), "schedule": template.schedule.map(|s| s.to_string()),
+            "cfg_trunc_ratio": template.cfg_trunc_ratio, "context_drop": pipeline.context_drop(&template).map(|c| c.to_string()), "cache_threshold": template.cache_threshold,
             "width": template.width, "height": template.height, "extrapolation": plan,
         });
         println!("{json}");
     } else {
         println!(
-            "{} images ({} prompts × {} seeds), {} steps, {} solver, guidance {}, shift {}",
+            "{} images ({} prompts × {} seeds), {} steps, {} solver, guidance {}, {}",
             report.total,
             prompts.len(),
             args.seeds,
             template.steps,
             template.solver,
             template.guidance_scale,
-            template.shift.map_or("scheduler".into(), |s| s.to_string())
+            super::sampling::describe(&pipeline, &template)
         );
         println!(
             "accuracy  {:.3}  ({}/{})",

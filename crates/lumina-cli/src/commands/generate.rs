@@ -52,7 +52,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         let params = parameters(
             args,
             &request,
-            pipeline.family,
+            &pipeline,
             model_name,
             seed + i as u64,
             dtype,
@@ -61,9 +61,20 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         save_png(&path, &out.images.i(i)?, &params)?;
         println!("{}", path.display());
     }
+    let cache = out.cache_stats.map_or(String::new(), |s| {
+        format!(
+            "; step cache computed {} and skipped {} block-stack evaluations",
+            s.computed, s.skipped
+        )
+    });
     eprintln!(
-        "{} image(s) {}x{}, {} steps ({}) in {elapsed:.1} s, seed {seed}",
-        args.num_images, request.width, request.height, request.steps, request.solver
+        "{} image(s) {}x{}, {} steps ({}; {}) in {elapsed:.1} s, seed {seed}{cache}",
+        args.num_images,
+        request.width,
+        request.height,
+        request.steps,
+        request.solver,
+        super::sampling::describe(&pipeline, &request)
     );
     Ok(())
 }
@@ -119,12 +130,10 @@ fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Result<Reques
     if let Some(solver) = args.solver {
         r.solver = solver.into();
     }
-    r.shift = args.shift.or(r.shift);
+    super::sampling::apply(&args.sampling, &mut r)?;
     r.images_per_prompt = args.num_images;
     r.latents = Latents::Seed(seed);
     r.max_sequence_length = args.max_sequence_length;
-    r.cfg_trunc_ratio = args.cfg_trunc_ratio;
-    r.cfg_normalization = !args.no_cfg_normalization;
     r.system_prompt = args.system_prompt.clone();
     r.scaling_watershed = args.scaling_watershed;
     r.proportional_attn = !args.no_proportional_attn;
@@ -151,7 +160,7 @@ fn progress(quiet: bool, steps: usize) -> ProgressBar {
 fn parameters(
     args: &GenerateArgs,
     r: &Request,
-    family: Family,
+    pipeline: &Pipeline,
     model: &str,
     seed: u64,
     dtype: DType,
@@ -166,12 +175,24 @@ fn parameters(
         format!("Model: {model}"),
         format!(
             "Schedule: {}",
-            r.shift.map_or("scheduler".into(), |s| format!("shift {s}"))
+            r.schedule.map_or("scheduler".into(), |s| s.to_string())
+        ),
+        format!("CFG truncation: {}", r.cfg_trunc_ratio),
+        format!(
+            "CFG renorm: {}",
+            r.cfg_renorm
+                .map_or("pipeline default".into(), |n| n.to_string())
         ),
         format!("Dtype: {}", format!("{dtype:?}").to_lowercase()),
         format!("RNG: lumina StdRng(seed)"),
     ];
-    match family {
+    if let Some(c) = pipeline.context_drop(r) {
+        fields.push(format!("Context drop: {c}"));
+    }
+    if let Some(t) = r.cache_threshold.filter(|&t| t > 0.0) {
+        fields.push(format!("Step cache: {t}"));
+    }
+    match pipeline.family {
         Family::LuminaNext => {
             fields.push("Pipeline: Lumina-Next".into());
             fields.push(format!(
@@ -182,8 +203,6 @@ fn parameters(
         }
         Family::Lumina2 => {
             fields.push("Pipeline: Lumina-Image-2.0".into());
-            fields.push(format!("CFG truncation: {}", r.cfg_trunc_ratio));
-            fields.push(format!("CFG normalization: {}", r.cfg_normalization));
         }
         Family::Pixel => fields.push("Pipeline: Lumina pixel-space".into()),
     }

@@ -1,11 +1,13 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod cache_fit;
 pub mod eval;
 pub mod extrapolate;
 pub mod generate;
 pub mod inspect;
 pub mod quantize;
+pub mod sampling;
 pub mod train;
 
 use std::path::{Path, PathBuf};

@@ -57,7 +57,10 @@ pub fn request(call: &Value, init_latents: &Tensor) -> Result<Request> {
             "guidance_scale" => r.guidance_scale = num()?,
             "cfg_trunc_ratio" => r.cfg_trunc_ratio = num()?,
             "cfg_normalization" => {
-                r.cfg_normalization = v.as_bool().context("cfg_normalization")?
+                r.cfg_renorm = Some(match v.as_bool().context("cfg_normalization")? {
+                    true => lumina::sample::Renorm::Rows,
+                    false => lumina::sample::Renorm::Off,
+                })
             }
             "num_images_per_prompt" => r.images_per_prompt = num()? as usize,
             "max_sequence_length" => r.max_sequence_length = num()? as usize,

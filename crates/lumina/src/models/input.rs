@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::step_cache::CacheCall;
 use crate::error::{Error, Result};
 use crate::rope::RopeFactors;
 
@@ -25,6 +26,11 @@ pub struct DitInput<'a> {
     /// I-Max's text duplication, for models whose captions carry RoPE positions
     /// (Lumina-Image-2.0); Next-DiT's cross-attention has none and ignores it.
     pub text_tiles: Option<TextTiles>,
+    /// Context Drop: self-attention keys and values of the image tokens average-pooled over
+    /// `f × f` windows of the token grid (queries untouched); `None` or 1: off.
+    pub kv_pool: Option<usize>,
+    /// Step caching (TeaCache) for this evaluation.
+    pub cache: Option<CacheCall<'a>>,
 }
 
 /// `copies.0 × copies.1` copies of the caption in the joint sequence, copy (a, b) anchored at
@@ -62,7 +68,22 @@ impl<'a> DitInput<'a> {
             rope: RopeFactors::IDENTITY,
             base_sequence_length: None,
             text_tiles: None,
+            kv_pool: None,
+            cache: None,
         }
+    }
+
+    pub fn with_kv_pool(self, kv_pool: Option<usize>) -> Self {
+        Self { kv_pool, ..self }
+    }
+
+    pub fn with_cache(self, cache: Option<CacheCall<'a>>) -> Self {
+        Self { cache, ..self }
+    }
+
+    /// The Context Drop window, when it pools (> 1).
+    pub(crate) fn pool_factor(&self) -> Option<usize> {
+        self.kv_pool.filter(|&f| f > 1)
     }
 
     pub fn with_rope(self, rope: RopeFactors) -> Self {

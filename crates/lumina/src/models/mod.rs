@@ -4,6 +4,7 @@ mod input;
 pub mod lumina2;
 pub mod next_dit;
 mod patch;
+pub mod step_cache;
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ pub use input::{DitInput, TextTiles};
 pub use lumina2::{Lumina2Config, Lumina2Dit};
 pub use next_dit::{NextDit, NextDitConfig};
 pub use patch::{patchify, unpatchify, PatchOrder};
+pub use step_cache::{CacheCall, CacheRule, CacheStats, StepCache};
 
 use crate::config::ConfigFile;
 use crate::error::{Error, Result};

@@ -2,6 +2,7 @@
 //! same checkpoint keys.
 
 mod attention;
+pub mod context_drop;
 mod embedding;
 mod feed_forward;
 mod fused;
@@ -11,6 +12,7 @@ mod norm;
 pub mod ops;
 
 pub use attention::{attention, key_bias};
+pub use context_drop::{ContextDrop, KvPool};
 pub use embedding::{coordinate_features, timestep_features, TimestepEmbedder, TIMESTEP_FEATURES};
 pub use feed_forward::{swiglu_hidden, FeedForward};
 pub use linear::{qat_weight, Linear, PACKED_KEY, SCALE_KEY};

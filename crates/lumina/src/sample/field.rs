@@ -15,7 +15,8 @@ pub struct TimePoint {
 }
 
 /// `dx/dt = v(x, t)` in the project's convention (t = 0 noise → 1 data).
-/// Implementations must not change observable state: a field is a function.
+/// Implementations must not change observable state: a field is a function — with one
+/// declared exception, a denoiser's step cache (`models::StepCache`), the memo of one solve.
 pub trait VelocityField {
     fn velocity(&self, x: &Tensor, at: TimePoint) -> Result<Tensor>;
 }

@@ -16,8 +16,11 @@ mod solver;
 pub mod time;
 
 pub use field::{TimePoint, VelocityField};
-pub use guidance::{Guidance, Renorm, Truncation};
+pub use guidance::{Channels, Guidance, Renorm, Truncation};
 pub use projected::{cosine_weight, haar_lowpass, GuideSchedule, ProjectedFlow};
 pub use rope_schedule::{AxisScale, RopeMethod, RopeSchedule, IMAX_NTK_FACTOR};
-pub use schedule::{check_grid, grid_from_sigmas, shift_time, DynamicShift, Schedule};
+pub use schedule::{
+    check_grid, grid_from_sigmas, shift_time, sigmoid_time, DynamicShift, Schedule,
+    LUMINA_NEXT_SIGMOID,
+};
 pub use solver::{sample, sample_with, Solver, StepDone, StepHook};

@@ -50,3 +50,33 @@ pub fn tensor<'a>(io: &'a HashMap<String, Tensor>, key: &str, case: &Path) -> Re
     io.get(key)
         .with_context(|| format!("{}: io.safetensors has no `{key}`", case.display()))
 }
+
+/// The tiny fixture transformer of `family` (`nextdit`, `lumina2`), in f32 on the CPU.
+pub fn tiny_model(family: &str) -> Result<lumina::Transformer> {
+    Ok(lumina::Transformer::load_dir(
+        &fixture_root().join(family).join("tiny_square/transformer"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )?)
+}
+
+/// A seeded random caption of `lens[i]` real tokens per row (width 32), right-padded to the
+/// longest.
+pub fn random_caption(lens: &[usize], seed: u64) -> Result<lumina::Caption> {
+    use rand::SeedableRng;
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let features = lumina::sample::noise::gaussian(
+        &[lens.len(), longest, 32],
+        candle_core::DType::F32,
+        &Device::Cpu,
+        &mut rand::rngs::StdRng::seed_from_u64(seed),
+    )?;
+    let mask: Vec<u8> = lens
+        .iter()
+        .flat_map(|&n| (0..longest).map(move |j| u8::from(j < n)))
+        .collect();
+    Ok(lumina::Caption::new(
+        features,
+        Tensor::from_vec(mask, (lens.len(), longest), &Device::Cpu)?,
+    )?)
+}

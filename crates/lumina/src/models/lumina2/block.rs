@@ -10,13 +10,16 @@ use candle_core::Tensor;
 use super::Lumina2Config;
 use crate::error::Result;
 use crate::nn::ops::rope_interleaved;
-use crate::nn::{attention, FeedForward, Linear, RmsNorm, RmsNormZero};
+use crate::nn::{attention, FeedForward, KvPool, Linear, RmsNorm, RmsNormZero};
 use crate::weights::{Init, Weights};
 
 /// What one block call needs besides its input.
 pub(super) struct BlockInput<'a> {
-    /// Additive key mask (B, 1, 1, N), or `None` when every token is real.
+    /// Additive key mask (B, 1, 1, N) — of the pooled keys under Context Drop — or `None`
+    /// when every token is real.
     pub bias: Option<&'a Tensor>,
+    /// Context Drop: the keys and values of the image tokens pooled over their grid.
+    pub kv_pool: Option<KvPool<'a>>,
     /// Per-sample RoPE (cos, sin), (B, N, Dh/2) each.
     pub rope: (&'a Tensor, &'a Tensor),
     /// Conditioning vector (B, Dc); ignored by unmodulated blocks.
@@ -97,6 +100,15 @@ impl Lumina2Block {
         })
     }
 
+    /// The modulated input of the attention, `norm1(x, temb)` (B, N, D): what step caching
+    /// watches on the first main block.
+    pub(super) fn modulated_input(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        match &self.norm1 {
+            Norm1::Modulated(norm1) => Ok(norm1.forward(x, temb)?.0),
+            Norm1::Plain(norm1) => norm1.forward(x),
+        }
+    }
+
     /// `x` (B, N, D) → (B, N, D).
     pub(super) fn forward(&self, x: &Tensor, inp: &BlockInput) -> Result<Tensor> {
         match &self.norm1 {
@@ -124,6 +136,10 @@ impl Lumina2Block {
         let v = heads(&self.to_v.forward(xn)?, self.kv_heads, None)?; // (B, Hkv, N, Dh)
         let q = rope_interleaved(&q, cos, sin)?;
         let k = rope_interleaved(&k, cos, sin)?;
+        let (k, v) = match &inp.kv_pool {
+            Some(pool) => (pool.pool(&k)?, pool.pool(&v)?), // (B, Hkv, N', Dh)
+            None => (k, v),
+        };
         let o = attention(&q, &k, &v, inp.bias, inp.scale)?; // (B, H, N, Dh)
         let (b, h, n, dh) = o.dims4()?;
         self.to_out

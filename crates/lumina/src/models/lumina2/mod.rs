@@ -19,9 +19,10 @@ pub use config::Lumina2Config;
 
 use super::input::{DitInput, TextTiles};
 use super::patch::{patchify, unpatchify, PatchOrder};
+use super::step_cache::{select_rows, StepCache};
 use crate::config::Validate;
 use crate::error::Result;
-use crate::nn::{key_bias, Linear, NormOut, RmsNorm, TimestepEmbedder};
+use crate::nn::{key_bias, KvPool, Linear, NormOut, RmsNorm, TimestepEmbedder};
 use crate::rope::{lumina2_table, Position3, RopeFactors};
 use crate::weights::{Init, Weights};
 
@@ -175,6 +176,7 @@ impl Lumina2Dit {
         let cap_bias = key_bias(inp.caption_mask)?; // (B, 1, 1, L)
         let refine_caption = block::BlockInput {
             bias: Some(&cap_bias),
+            kv_pool: None,
             rope: (&cap_cos, &cap_sin),
             temb: &temb,
             scale: inp.self_attention_scale(slots, head_dim),
@@ -182,8 +184,16 @@ impl Lumina2Dit {
         for layer in &self.context_refiner {
             cap = layer.forward(&cap, &refine_caption)?; // (B, L, D)
         }
+        let image_pool = |starts| {
+            inp.pool_factor().map(|factor| KvPool {
+                factor,
+                grid: (rows, cols),
+                starts,
+            })
+        };
         let refine_image = block::BlockInput {
             bias: None,
+            kv_pool: image_pool(&[]),
             rope: (&img_cos, &img_sin),
             temb: &temb,
             scale: inp.self_attention_scale(rows * cols, head_dim),
@@ -192,17 +202,58 @@ impl Lumina2Dit {
             x = layer.forward(&x, &refine_image)?; // (B, N_img, D)
         }
 
-        let (mut joint, joint_bias) = join(&cap, &x, &lens, copies)?; // (B, S, D)
+        let (joint, joint_bias) = join(&cap, &x, &lens, copies)?; // (B, S, D)
         let joint_len = joint.dim(1)?;
+        // the image span of each row starts after its caption copies
+        let starts: Vec<usize> = lens.iter().map(|&l| l * copies).collect();
+        let joint_pool = image_pool(&starts);
+        let key_bias = match (&joint_pool, &joint_bias) {
+            (Some(pool), Some(bias)) => Some(pool.pool_bias(bias)?), // (B, 1, 1, S')
+            _ => joint_bias,
+        };
         let main = block::BlockInput {
-            bias: joint_bias.as_ref(),
+            bias: key_bias.as_ref(),
+            kv_pool: joint_pool,
             rope: (&cos, &sin),
             temb: &temb,
             scale: inp.self_attention_scale(joint_len, head_dim),
         };
-        for layer in &self.layers {
-            joint = layer.forward(&joint, &main)?; // (B, S, D)
-        }
+        let blocks = |mut joint: Tensor, rows: Option<&[u32]>| -> Result<Tensor> {
+            // a step cache may run only some rows: their masks, RoPE and conditioning alike
+            let pick = |t: Option<&Tensor>| t.map(|t| select_rows(t, rows)).transpose();
+            let (bias, cos, sin, temb) = (
+                pick(main.bias)?,
+                select_rows(main.rope.0, rows)?,
+                select_rows(main.rope.1, rows)?,
+                select_rows(main.temb, rows)?,
+            );
+            let starts: Vec<usize> = match rows {
+                Some(rows) => rows.iter().map(|&i| starts[i as usize]).collect(),
+                None => starts.clone(),
+            };
+            let inp = block::BlockInput {
+                bias: bias.as_ref(),
+                kv_pool: main.kv_pool.map(|p| KvPool {
+                    starts: &starts,
+                    ..p
+                }),
+                rope: (&cos, &sin),
+                temb: &temb,
+                scale: main.scale,
+            };
+            for layer in &self.layers {
+                joint = layer.forward(&joint, &inp)?; // (B, S, D)
+            }
+            Ok(joint)
+        };
+        let joint = match (&inp.cache, self.layers.first()) {
+            (Some(call), Some(first)) => {
+                let modulated = first.modulated_input(&joint, &temb)?;
+                StepCache::run(call, &joint, &modulated, |j, rows| blocks(j.clone(), rows))?
+                // (B, S, D)
+            }
+            _ => blocks(joint, None)?, // (B, S, D)
+        };
         let out = self.norm_out.forward(&joint, &temb)?; // (B, S, p·p·C_out)
         let image = (0..b)
             .map(|i| out.i(i)?.narrow(0, lens[i] * copies, rows * cols))

@@ -10,10 +10,11 @@ use candle_core::Tensor;
 use super::NextDitConfig;
 use crate::error::Result;
 use crate::nn::ops::rope_interleaved;
-use crate::nn::{attention, FeedForward, LayerNorm, Linear, RmsNorm, RmsNormZero};
+use crate::nn::{attention, FeedForward, KvPool, LayerNorm, Linear, RmsNorm, RmsNormZero};
 use crate::weights::{Init, Weights};
 
 /// What every block of one forward shares.
+#[derive(Clone, Copy)]
 pub(super) struct BlockContext<'a> {
     /// RoPE (cos, sin) of the image tokens, (N, Dh/2) each.
     pub rope: (&'a Tensor, &'a Tensor),
@@ -24,6 +25,8 @@ pub(super) struct BlockContext<'a> {
     pub temb: &'a Tensor,
     /// Softmax scale of the self-attention (plain or proportional).
     pub self_scale: f64,
+    /// Context Drop: the self-attention keys and values pooled over the token grid.
+    pub kv_pool: Option<KvPool<'a>>,
 }
 
 /// A query projection with its optional LayerNorm over the whole projected width.
@@ -171,6 +174,12 @@ impl NextDitBlock {
         })
     }
 
+    /// The modulated input of the attention, `norm1(x, temb)` (B, N, D): what step caching
+    /// watches on the first block.
+    pub(super) fn modulated_input(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        Ok(self.norm1.forward(x, temb)?.0)
+    }
+
     /// `x` (B, N, D) → (B, N, D).
     pub(super) fn forward(&self, x: &Tensor, ctx: &BlockContext) -> Result<Tensor> {
         let (xn, m) = self.norm1.forward(x, ctx.temb)?; // (B, N, D)
@@ -193,6 +202,10 @@ impl NextDitBlock {
         )?;
         let k = rope_interleaved(&k, ctx.rope.0, ctx.rope.1)?; // (B, Hkv, N, Dh)
         let v = split_heads(&self.attn1_to_v.forward(xn)?, self.kv_heads)?;
+        let (k, v) = match &ctx.kv_pool {
+            Some(pool) => (pool.pool(&k)?, pool.pool(&v)?), // (B, Hkv, N/f², Dh)
+            None => (k, v),
+        };
         let own_self = attention(&q, &k, &v, None, ctx.self_scale)?; // (B, H, N, Dh)
 
         // The cross-attention query is the *rotated* query; caption keys get no RoPE and the

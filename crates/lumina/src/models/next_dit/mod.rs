@@ -14,9 +14,12 @@ pub use config::NextDitConfig;
 
 use super::input::DitInput;
 use super::patch::{patchify, unpatchify, PatchOrder};
+use super::step_cache::{select_rows, StepCache};
 use crate::config::Validate;
 use crate::error::{Error, Result};
-use crate::nn::{coordinate_features, key_bias, LayerNorm, Linear, NormOut, TimestepEmbedder};
+use crate::nn::{
+    coordinate_features, key_bias, KvPool, LayerNorm, Linear, NormOut, TimestepEmbedder,
+};
 use crate::rope::next_dit_table;
 use crate::weights::{Init, Weights};
 
@@ -152,12 +155,39 @@ impl NextDit {
             caption_bias: &caption_bias,
             temb: &temb,
             self_scale: inp.self_attention_scale(n, cfg.head_dim()),
+            kv_pool: inp.pool_factor().map(|factor| KvPool {
+                factor,
+                grid: (h / p, w / p),
+                starts: &[],
+            }),
         };
-        let mut x = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &ctx)?; // (B, N, D)
-            after_layer(i);
-        }
+        let mut blocks = |mut x: Tensor, rows: Option<&[u32]>| -> Result<Tensor> {
+            // a step cache may run only some rows: their conditioning and caption alike
+            let (caption, caption_bias, temb) = (
+                select_rows(ctx.caption, rows)?,
+                select_rows(ctx.caption_bias, rows)?,
+                select_rows(ctx.temb, rows)?,
+            );
+            let ctx = block::BlockContext {
+                caption: &caption,
+                caption_bias: &caption_bias,
+                temb: &temb,
+                ..ctx
+            };
+            for (i, layer) in self.layers.iter().enumerate() {
+                x = layer.forward(&x, &ctx)?; // (B, N, D)
+                after_layer(i);
+            }
+            Ok(x)
+        };
+        let x = match (&inp.cache, self.layers.first()) {
+            (Some(call), Some(first)) => {
+                let modulated = first.modulated_input(&x, &temb)?;
+                StepCache::run(call, &x, &modulated, |x, rows| blocks(x.clone(), rows))?
+                // (B, N, D)
+            }
+            _ => blocks(x, None)?, // (B, N, D)
+        };
         let x = self.norm_out.forward(&x, &temb)?; // (B, N, p·p·C_out)
         unpatchify(&x, h, w, p) // (B, C_out, H, W)
     }
