@@ -102,7 +102,7 @@ fn pooled_attention_equals_attention_over_explicitly_pooled_keys_and_values() ->
     // the fast path (the tiled kernel on the CPU) over the pooled keys and values
     let got = attention(&q, &pool.pool(&k)?, &pool.pool(&v)?, None, scale)?;
     // the definition with loops: window means, then softmax(q·kᵀ·scale)·v per head
-    let (qv, kv, vv) = (q.to_vec3_flat()?, k.to_vec3_flat()?, v.to_vec3_flat()?);
+    let (qv, kv, vv) = (flat(&q)?, flat(&k)?, flat(&v)?);
     let windows: Vec<Vec<usize>> = (0..rows)
         .step_by(f)
         .flat_map(|i| {
@@ -119,7 +119,7 @@ fn pooled_attention_equals_attention_over_explicitly_pooled_keys_and_values() ->
             .sum::<f64>()
             / w.len() as f64
     };
-    let got = got.to_vec3_flat()?;
+    let got = flat(&got)?;
     let mut worst = 0.0f64;
     for bi in 0..b {
         for hi in 0..h {
@@ -153,14 +153,9 @@ fn pooled_attention_equals_attention_over_explicitly_pooled_keys_and_values() ->
     Ok(())
 }
 
-trait Flat {
-    fn to_vec3_flat(&self) -> Result<Vec<f32>>;
-}
-
-impl Flat for Tensor {
-    fn to_vec3_flat(&self) -> Result<Vec<f32>> {
-        Ok(self.flatten_all()?.to_vec1::<f32>()?)
-    }
+/// A tensor's values in row-major order.
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn denoiser<'a>(
