@@ -7,12 +7,20 @@ token counts, dtypes and thread count, and prints the ratio table against a `lum
     python3 bench/torch_reference.py --compare lumina.json          # README table
     python3 bench/torch_reference.py --tokens 1024 --dtype bf16     # PyTorch alone
 
+    cargo run --release -- bench --pipeline --json > pipeline.json
+    python3 bench/torch_reference.py --pipeline --compare pipeline.json   # whole pipelines
+
 It makes its own virtual environment (bench/.venv, or $LUMINA_BENCH_VENV when that points to
 one that already has torch and diffusers) and re-runs itself there. Each dtype runs in a
 process of its own, like the Rust bench. Definitions match `lumina bench`: a *step* is one
 transformer forward at batch 1; a *block* the median block of that forward (forward hooks);
 a *linear* the SwiGLU's D -> ffn projection; *attention* one block's self-attention product
 (SDPA, as diffusers runs it); FLOPs are counted by the same formula.
+
+`--pipeline` times the whole text-to-image pipeline as `lumina bench --pipeline` does
+(crates/lumina-cli/src/commands/bench_pipeline.rs says what each row is), at the configs of
+bench/pipelines.json, with transformers' Gemma models and diffusers' transformer and
+AutoencoderKL, as diffusers' LuminaPipeline and Lumina2Pipeline run them.
 """
 
 import argparse
@@ -191,6 +199,162 @@ def compare(ours: dict, theirs: dict) -> str:
     return "\n".join(rows)
 
 
+PIPELINES = json.loads((HERE / "pipelines.json").read_text())
+TOTAL_STEPS = 30
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def fastest(repeat: int, f) -> float:
+    best = float("inf")
+    for _ in range(max(1, repeat)):
+        start = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_pipeline(args: argparse.Namespace, name: str, dtype_name: str) -> dict:
+    """One pipeline in one dtype: the components built one after another with random weights."""
+    import torch
+    import transformers
+    from diffusers import AutoencoderKL, Lumina2Transformer2DModel, LuminaNextDiT2DModel
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    torch.set_num_threads(args.threads)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype_name]
+    spec = PIPELINES[name]
+    n_cap = spec["caption_tokens"]
+    results, memory = [], []
+
+    def row(what, size, secs):
+        print(f"torch {name} {dtype_name} {what:<16} {size or '-':>6} {secs * 1e3:>10.1f} ms", file=sys.stderr)
+        results.append(dict(pipeline=name, dtype=dtype_name, name=what, size=size, ms=secs * 1e3))
+
+    def build(make):
+        with torch.device("cpu"):
+            torch.set_default_dtype(dtype)
+            try:
+                return make().eval()
+            finally:
+                torch.set_default_dtype(torch.float32)
+
+    # text encoding: the CFG pair, as the pipelines run it (hidden_states[-2])
+    reset_peak()
+    enc = dict(spec["text_encoder"])
+    kind = enc.pop("model_type")
+    config_cls = {"gemma": transformers.GemmaConfig, "gemma2": transformers.Gemma2Config}[kind]
+    model_cls = {"gemma": transformers.GemmaModel, "gemma2": transformers.Gemma2Model}[kind]
+    print(f"torch {name} {dtype_name}: building the text encoder with random weights…", file=sys.stderr)
+    encoder = build(lambda: model_cls(config_cls(**enc)))
+    ids = (2 + (torch.arange(2 * n_cap) * 7919) % (enc["vocab_size"] - 2)).reshape(2, n_cap)
+    mask = torch.zeros(2, n_cap, dtype=torch.long)
+    mask[0] = 1
+    mask[1, 0] = 1
+    with torch.no_grad():
+        encode = fastest(args.repeat, lambda: encoder(input_ids=ids, attention_mask=mask,
+                                                      output_hidden_states=True).hidden_states[-2])
+    del encoder
+    row("text encoding", None, encode)
+    memory.append(dict(pipeline=name, dtype=dtype_name, name="text encoding", peak_rss_bytes=rss_bytes("VmHWM")))
+
+    # one step: the transformer at batch 2
+    reset_peak()
+    tcfg = {k: v for k, v in spec["transformer"].items() if not k.startswith("_")}
+    next_dit = spec["transformer"]["_class_name"] == "LuminaNextDiT2DModel"
+    print(f"torch {name} {dtype_name}: building the transformer with random weights…", file=sys.stderr)
+    transformer = build(lambda: (LuminaNextDiT2DModel if next_dit else Lumina2Transformer2DModel)(**tcfg))
+    cap_dim = tcfg["cross_attention_dim"] if next_dit else tcfg["cap_feat_dim"]
+    steps = []
+    with torch.no_grad():
+        for size in args.sizes:
+            x = torch.randn(2, tcfg["in_channels"], size // 8, size // 8, dtype=dtype)
+            t = torch.tensor([0.5, 0.5], dtype=dtype)
+            cap = torch.randn(2, n_cap, cap_dim, dtype=dtype)
+            if next_dit:
+                rope = get_2d_rotary_pos_embed_lumina(tcfg["hidden_size"] // tcfg["num_attention_heads"], 384, 384)
+                call = lambda: transformer(x, t, cap, mask.bool(), rope, cross_attention_kwargs={}, return_dict=False)
+            else:
+                call = lambda: transformer(x, t, cap, mask, return_dict=False)
+            step = fastest(args.repeat, call)
+            row("step", size, step)
+            steps.append(step)
+    del transformer
+    memory.append(dict(pipeline=name, dtype=dtype_name, name="step", peak_rss_bytes=rss_bytes("VmHWM")))
+
+    # VAE decode, one image
+    reset_peak()
+    vcfg = {k: v for k, v in spec["vae"].items() if not k.startswith("_")}
+    print(f"torch {name} {dtype_name}: building the VAE with random weights…", file=sys.stderr)
+    vae = build(lambda: AutoencoderKL(**vcfg))
+    with torch.no_grad():
+        for size, step in zip(args.sizes, steps):
+            z = torch.randn(1, vcfg["latent_channels"], size // 8, size // 8, dtype=dtype)
+            decode = fastest(args.repeat, lambda: vae.decode(z, return_dict=False))
+            row("VAE decode", size, decode)
+            row("total, 30 steps", size, encode + TOTAL_STEPS * step + decode)
+    del vae
+    memory.append(dict(pipeline=name, dtype=dtype_name, name="VAE decode", peak_rss_bytes=rss_bytes("VmHWM")))
+    return dict(results=results, memory=memory)
+
+
+def compare_pipeline(ours: dict, theirs: dict) -> str:
+    """Markdown: lumina / diffusers per (pipeline, component, size, dtype), then peak memory."""
+    index = {(r["pipeline"], r["name"], r["size"], r["dtype"]): r for r in theirs["results"]}
+    rows = ["| pipeline | what | size | dtype | lumina ms | diffusers ms | lumina / diffusers |",
+            "|---|---|---:|---|---:|---:|---:|"]
+    for r in ours["results"]:
+        t = index.get((r["pipeline"], r["name"], r["size"], r["dtype"]))
+        if t is None:
+            continue
+        size = "–" if r["size"] is None else r["size"]
+        rows.append(f"| {r['pipeline']} | {r['name']} | {size} | {r['dtype']} | {r['ms']:.0f} | {t['ms']:.0f} | "
+                    f"{r['ms'] / t['ms']:.2f}× |")
+    mem = {(m["pipeline"], m["name"], m["dtype"]): m for m in theirs["memory"]}
+    rows += ["", "| pipeline | component | dtype | lumina peak | diffusers peak | ratio |", "|---|---|---|---:|---:|---:|"]
+    gib = 1 << 30
+    for m in ours["memory"]:
+        t = mem.get((m["pipeline"], m["name"], m["dtype"]))
+        if t is None:
+            continue
+        rows.append(f"| {m['pipeline']} | {m['name']} | {m['dtype']} | {m['peak_rss_bytes'] / gib:.2f} GiB | "
+                    f"{t['peak_rss_bytes'] / gib:.2f} GiB | {m['peak_rss_bytes'] / t['peak_rss_bytes']:.2f}× |")
+    return "\n".join(rows)
+
+
+def main_pipeline(args: argparse.Namespace, ours) -> None:
+    if ours is not None:
+        args.sizes = ",".join(sorted({str(r["size"]) for r in ours["results"] if r["size"]}, key=int))
+        args.dtype = ",".join(dict.fromkeys(r["dtype"] for r in ours["results"]))
+        args.pipeline = ",".join(dict.fromkeys(r["pipeline"] for r in ours["results"]))
+    args.sizes = [int(s) for s in str(args.sizes).split(",")]
+    names = [n for n in PIPELINES if not n.startswith("_")] if args.pipeline == "all" else args.pipeline.split(",")
+    for n in names:
+        if n not in PIPELINES:
+            sys.exit(f"--pipeline {n}: unknown pipeline (known: {', '.join(k for k in PIPELINES if k[0] != '_')})")
+    ensure_venv()
+    if args.child:
+        print(json.dumps(measure_pipeline(args, names[0], args.dtype)))
+        return
+    results, memory = [], []
+    for name in names:
+        for dtype in args.dtype.split(","):
+            cmd = [sys.executable, __file__, "--child", "--pipeline", name, "--dtype", dtype,
+                   "--threads", str(args.threads), "--sizes", ",".join(map(str, args.sizes)),
+                   "--repeat", str(args.repeat)]
+            out = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+            results += out["results"]
+            memory += out["memory"]
+    import torch
+    theirs = dict(torch=torch.__version__, threads=args.threads, results=results, memory=memory)
+    print(json.dumps(theirs) if ours is None else compare_pipeline(ours, theirs))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", default="256,1024,4096")
@@ -201,10 +365,17 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--compare", type=Path, help="a `lumina bench --json` report: run its sizes and print ratios")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--pipeline", nargs="?", const="all", default=None,
+                   help="time whole pipelines (lumina-next-sft, lumina-image-2; default both)")
+    p.add_argument("--sizes", default="512,1024", help="with --pipeline: square image sizes")
     args = p.parse_args()
     ours = None
     if args.compare:
         ours = json.loads(args.compare.read_text())
+    if args.pipeline is not None:
+        main_pipeline(args, ours)
+        return
+    if ours is not None:
         args.tokens = ",".join(sorted({str(r["tokens"]) for r in ours["results"]}, key=int))
         args.dtype = ",".join(dict.fromkeys(torch_dtype_of(r["dtype"]) for r in ours["results"]))
         configs = {r["config"] for r in ours["results"]}

@@ -149,9 +149,25 @@ pub struct BenchArgs {
     pub tokens: Vec<usize>,
 
     /// Weight formats, each measured in a process of its own (clean resident-memory figures).
-    /// `ternary`: TerDiT's layers 2-bit ternary, the rest and the activations bf16.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchDtype::F32, BenchDtype::Bf16, BenchDtype::Ternary])]
-    pub dtype: Vec<BenchDtype>,
+    /// `ternary`: TerDiT's layers 2-bit ternary, the rest and the activations bf16. Default:
+    /// f32, bf16 and ternary; with `--pipeline`, f32 and bf16.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub dtype: Option<Vec<BenchDtype>>,
+
+    /// Benchmark the whole text-to-image pipeline instead — text encoding, one step at batch
+    /// 2, VAE decode, the total for 30 steps, peak resident memory — at the real configs of
+    /// `lumina-next-sft` and `lumina-image-2` (random weights); name one or both, or none
+    /// for both.
+    #[arg(long, num_args = 0.., value_delimiter = ',')]
+    pub pipeline: Option<Vec<String>>,
+
+    /// Internal: with `--pipeline`, run one component in this process and print its JSON.
+    #[arg(long, hide = true)]
+    pub component: Option<String>,
+
+    /// With `--pipeline`: image sizes in pixels (square).
+    #[arg(long, value_delimiter = ',', default_values_t = [512, 1024])]
+    pub sizes: Vec<usize>,
 
     /// Blocks of the model (default: the 2B config's 24); fewer for a quick look.
     #[arg(long)]

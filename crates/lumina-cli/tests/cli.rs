@@ -570,3 +570,26 @@ fn fast_sampling_flags_run_on_both_diffusers_families_and_are_recorded() {
         assert!(stderr(&o).contains(want), "{flags:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn pipeline_bench_refuses_unknown_pipelines_sizes_and_dtypes() {
+    for (args, expected) in [
+        (
+            &["bench", "--pipeline", "sdxl"][..],
+            "--pipeline sdxl: unknown pipeline (known: lumina-image-2, lumina-next-sft)",
+        ),
+        (
+            &["bench", "--pipeline", "--sizes", "500"][..],
+            "--sizes 500: expected a positive multiple of 16",
+        ),
+        (
+            &["bench", "--pipeline", "--dtype", "ternary"][..],
+            "--pipeline --dtype ternary",
+        ),
+        (&["bench", "--pipeline", "--repeat", "0"][..], "--repeat 0"),
+    ] {
+        let o = lumina(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+    }
+}

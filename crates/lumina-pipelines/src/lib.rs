@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod vae;
+pub mod vae_decoder;
 pub mod vae_encoder;
 
 pub use error::{Error, Result};

@@ -1,18 +1,19 @@
 //! The latent ↔ pixel codec: diffusers `AutoencoderKL` (the SDXL VAE of Lumina-Next, the
-//! 16-channel Flux VAE of Lumina-Image-2.0), run by candle-transformers' implementation and
-//! loaded through our weight store. Scale and shift come from the folder's config.
+//! 16-channel Flux VAE of Lumina-Image-2.0), loaded through our weight store: the decoder on
+//! the project's kernels (`vae_decoder.rs`), the encoder on candle-transformers' blocks
+//! (`vae_encoder.rs`). Scale and shift come from the folder's config.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use lumina::config::ConfigFile;
 use lumina::weights::Weights;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::vae_decoder::VaeDecoder;
 use crate::vae_encoder::VaeEncoder;
 
 /// `vae/config.json` of a diffusers `AutoencoderKL`.
@@ -74,10 +75,8 @@ fn yes() -> bool {
 }
 
 pub struct Vae {
-    model: AutoEncoderKL,
+    decoder: VaeDecoder,
     pub config: VaeConfig,
-    /// The dtype candle's modules hold their weights in, and so compute in.
-    dtype: DType,
     /// The weights, for the encoder, built on first use (text to image never needs it).
     weights: Weights,
     encoder: Mutex<Option<Arc<VaeEncoder>>>,
@@ -95,30 +94,15 @@ impl Vae {
 
     /// Builds the model from `weights` (any source: files, audit, random).
     pub fn load(config: VaeConfig, weights: &Weights) -> Result<Self> {
-        let cfg = AutoEncoderKLConfig {
-            block_out_channels: config.block_out_channels.clone(),
-            layers_per_block: config.layers_per_block,
-            latent_channels: config.latent_channels,
-            norm_num_groups: config.norm_num_groups,
-            use_quant_conv: config.use_quant_conv,
-            use_post_quant_conv: config.use_post_quant_conv,
-        };
-        let model = AutoEncoderKL::new(
-            weights.var_builder(),
-            config.in_channels,
-            config.out_channels,
-            cfg,
-        )?;
         Ok(Self {
-            model,
+            decoder: VaeDecoder::load(&config, weights)?,
             config,
-            dtype: weights.dtype(),
             weights: weights.clone(),
             encoder: Mutex::new(None),
         })
     }
 
-    /// What candle's implementation covers; anything else is an error, not a silent mismatch.
+    /// What this implementation covers; anything else is an error, not a silent mismatch.
     pub fn check(config: &VaeConfig, path: &Path) -> Result<()> {
         let unsupported = |reason: String| Error::Unsupported {
             path: path.to_path_buf(),
@@ -192,12 +176,10 @@ impl Vae {
     }
 
     /// Model latents (B, C, h, w) → images (B, H, W, 3) in [0, 1]:
-    /// `decode(z / scale + shift)`, then `(x + 1)/2` clamped.
+    /// `decode(z / scale + shift)`, then `(x + 1)/2` clamped; in f32.
     ///
-    /// One sample at a time: candle-transformers 0.11.1's VAE gives wrong results for the
-    /// second and later samples of a batch (its mid-block attention; each sample alone matches
-    /// diffusers to 1e-6 — `vae_decodes_a_batch_like_its_samples_alone`), and decoding
-    /// separately also bounds memory at large sizes.
+    /// One sample at a time, which bounds the activations at large sizes (a 1024² image's last
+    /// block holds 128 × 1024² values per tensor).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let z = (latents.to_dtype(DType::F32)? / self.config.scaling_factor)?;
         let z = match self.config.shift_factor {
@@ -206,13 +188,11 @@ impl Vae {
         };
         let images = (0..z.dim(0)?)
             .map(|i| {
-                let x = self
-                    .model
-                    .decode(&z.narrow(0, i, 1)?.to_dtype(self.dtype)?)?; // (1, 3, H, W)
-                let x = ((x.to_dtype(DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
-                x.permute((0, 2, 3, 1)) // (1, H, W, 3)
+                let x = self.decoder.forward(&z.narrow(0, i, 1)?)?; // (1, 3, H, W)
+                let x = ((x * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
+                Ok(x.permute((0, 2, 3, 1))?) // (1, H, W, 3)
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&images, 0)?)
     }
 }

@@ -39,6 +39,12 @@ impl ConfigFile {
             path: path.to_path_buf(),
             reason: format!("invalid JSON: {e}"),
         })?;
+        Self::from_value(path, value)
+    }
+
+    /// A config given as JSON rather than read from a file (a built-in preset); `path` names
+    /// where it came from in errors.
+    pub fn from_value(path: &Path, value: Value) -> Result<Self> {
         let Value::Object(raw) = value else {
             return Err(Error::Config {
                 path: path.to_path_buf(),

@@ -26,6 +26,13 @@ use serde_json::{json, Value};
 use crate::cli::{BenchArgs, BenchDtype};
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.pipeline.is_some() {
+        return super::bench_pipeline::run(args);
+    }
+    let dtypes = args
+        .dtype
+        .clone()
+        .unwrap_or_else(|| vec![BenchDtype::F32, BenchDtype::Bf16, BenchDtype::Ternary]);
     for &n in &args.tokens {
         if square_side(n).is_none() {
             bail!("--tokens {n}: expected a square number of tokens (256, 1024, 4096, …)");
@@ -35,7 +42,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--repeat 0: expected at least one timed forward");
     }
     if args.child {
-        let [dtype] = args.dtype[..] else {
+        let [dtype] = dtypes[..] else {
             bail!("a bench child runs exactly one dtype");
         };
         println!("{}", measure_dtype(args, dtype)?);
@@ -54,7 +61,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     });
     let mut results = Vec::new();
     let mut memory = Vec::new();
-    for &dtype in &args.dtype {
+    for &dtype in &dtypes {
         let child = run_child(args, dtype)?;
         results.extend(child["results"].as_array().cloned().unwrap_or_default());
         memory.push(child["memory"].clone());
@@ -80,7 +87,7 @@ fn square_side(n: usize) -> Option<usize> {
     (s > 0 && s * s == n).then_some(s)
 }
 
-fn dtype_name(d: BenchDtype) -> &'static str {
+pub(super) fn dtype_name(d: BenchDtype) -> &'static str {
     match d {
         BenchDtype::F32 => "f32",
         BenchDtype::Bf16 => "bf16",
@@ -90,7 +97,7 @@ fn dtype_name(d: BenchDtype) -> &'static str {
 }
 
 /// The compute dtype of a bench run (ternary layers compute with bf16 activations).
-fn compute_dtype(d: BenchDtype) -> DType {
+pub(super) fn compute_dtype(d: BenchDtype) -> DType {
     match d {
         BenchDtype::F32 => DType::F32,
         BenchDtype::Bf16 | BenchDtype::Ternary => DType::BF16,
@@ -369,7 +376,7 @@ fn flops(cfg: &NextDitConfig, tokens: usize, caption: usize) -> (f64, f64) {
 }
 
 /// A `/proc/self/status` field in bytes (0 where there is no procfs).
-fn proc_status_bytes(field: &str) -> u64 {
+pub(super) fn proc_status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

@@ -80,12 +80,17 @@ impl EncoderConfig {
                 source,
             })
         })?;
+        Self::parse(&text, path)
+    }
+
+    /// A `config.json` given as text; `path` names where it came from in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let bad = |reason: String| Error::Unsupported {
             path: path.to_path_buf(),
             reason,
         };
         let raw: Raw =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not a Gemma config: {e}")))?;
+            serde_json::from_str(text).map_err(|e| bad(format!("not a Gemma config: {e}")))?;
         let gemma2 = match raw.model_type.as_str() {
             "gemma" => false,
             "gemma2" => true,

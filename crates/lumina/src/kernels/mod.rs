@@ -3,6 +3,8 @@
 //! - [`flash`]: attention that never materialises the N×M score matrix (tiled, online softmax).
 //! - [`bf16_gemm`]: bf16 × bf16 → f32-accumulated linear layers on `vdpbf16ps`.
 //! - [`strassen`]: large f32 linear layers by Strassen–Winograd on the `gemm` crate's kernels.
+//! - [`conv`]: the VAE decoder's convolution (banded im2col on `gemm`), GroupNorm (+ SiLU) and
+//!   nearest ×2 upsampling.
 //! - [`modulate`]: RMSNorm fused with adaLN scaling and with the tanh-gated residual.
 //! - [`ternary`]: 2-bit ternary weights (TerDiT): reference, exact and int8-VNNI matmuls.
 //! - [`probe`]: this machine's arithmetic peak (f32 FMA, bf16 dot, int8 VNNI), the yardstick
@@ -33,6 +35,7 @@ macro_rules! with_row_count {
 }
 
 pub mod bf16_gemm;
+pub mod conv;
 pub(crate) mod f32_packed;
 pub mod flash;
 pub(crate) mod math;
