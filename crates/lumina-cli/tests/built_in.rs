@@ -450,6 +450,31 @@ fn cache_fit_writes_coefficients_that_generate_then_uses() {
     let o = cached();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("skipped"), "{}", stderr(&o));
+
+    // a threshold in the model's defaults turns the cache on without a flag, and the image's
+    // parameters say so
+    let mut sampler = written;
+    sampler["cache_threshold"] = serde_json::json!(0.2);
+    std::fs::write(&config, sampler.to_string()).expect("write config");
+    let o = lumina(
+        &cache,
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "a red circle",
+            "-o",
+            o_path,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = std::fs::read(&out).expect("png");
+    let text = String::from_utf8_lossy(&png);
+    assert!(
+        text.contains("Step cache: 0.2"),
+        "the PNG parameters omit the model's cache"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -933,6 +933,16 @@ impl Pipeline {
         r.context_drop.or(model_default).filter(|c| c.factor > 1)
     }
 
+    /// The step cache threshold of a request: its own, else the model's default; `None` when
+    /// off (0 turns a model's default off).
+    pub fn cache_threshold(&self, r: &Request) -> Option<f64> {
+        let model_default = match &self.grid {
+            Grid::Defaults(d) => d.cache_threshold,
+            Grid::Scheduler(_) => None,
+        };
+        r.cache_threshold.or(model_default).filter(|&t| t > 0.0)
+    }
+
     /// The step cache of one solve, when the request (or the model's default) turns it on.
     fn step_cache(&self, r: &Request) -> Result<Option<StepCache>> {
         if r.record_cache {
@@ -942,13 +952,9 @@ impl Pipeline {
             Grid::Defaults(d) => Some(d),
             Grid::Scheduler(_) => None,
         };
-        let threshold = r
-            .cache_threshold
-            .or(defaults.and_then(|d| d.cache_threshold))
-            .unwrap_or(0.0);
-        if threshold <= 0.0 {
+        let Some(threshold) = self.cache_threshold(r) else {
             return Ok(None);
-        }
+        };
         let coefficients = match (&r.cache_coefficients, self.family) {
             (Some(c), _) => c.clone(),
             (None, Family::LuminaNext) => LUMINA_NEXT_COEFFICIENTS.to_vec(),

@@ -87,10 +87,15 @@ impl SamplerDefaults {
             reason: format!("context_drop: {e}"),
         })?;
         if let Some(t) = defaults.cache_threshold {
-            let rule = CacheRule::new(t, defaults.cache_coefficients.clone().unwrap_or(vec![0.0]));
-            rule.map_err(|e| Error::Unsupported {
+            CacheRule::check_threshold(t).map_err(|e| Error::Unsupported {
                 path: path.clone(),
-                reason: format!("cache_threshold / cache_coefficients: {e}"),
+                reason: format!("cache_threshold: {e}"),
+            })?;
+        }
+        if let Some(c) = &defaults.cache_coefficients {
+            CacheRule::check_coefficients(c).map_err(|e| Error::Unsupported {
+                path: path.clone(),
+                reason: format!("cache_coefficients: {e}"),
             })?;
         }
         defaults.extrapolation().map_err(|e| Error::Unsupported {

@@ -97,7 +97,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let json = serde_json::json!({
             "accuracy": report.accuracy(), "correct": report.correct, "total": report.total, "per_kind": per_kind, "faults": faults,
             "steps": template.steps, "guidance": template.guidance_scale, "solver": template.solver.name(), "shift": template.schedule.and_then(|s| s.shift()), "schedule": template.schedule.map(|s| s.to_string()),
-            "cfg_trunc_ratio": template.cfg_trunc_ratio, "context_drop": pipeline.context_drop(&template).map(|c| c.to_string()), "cache_threshold": template.cache_threshold,
+            "cfg_trunc_ratio": template.cfg_trunc_ratio, "context_drop": pipeline.context_drop(&template).map(|c| c.to_string()), "cache_threshold": pipeline.cache_threshold(&template),
             "width": template.width, "height": template.height, "extrapolation": plan,
         });
         println!("{json}");

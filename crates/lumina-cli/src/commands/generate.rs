@@ -189,7 +189,7 @@ fn parameters(
     if let Some(c) = pipeline.context_drop(r) {
         fields.push(format!("Context drop: {c}"));
     }
-    if let Some(t) = r.cache_threshold.filter(|&t| t > 0.0) {
+    if let Some(t) = pipeline.cache_threshold(r) {
         fields.push(format!("Step cache: {t}"));
     }
     match pipeline.family {

@@ -46,7 +46,7 @@ pub fn describe(pipeline: &Pipeline, r: &Request) -> String {
     if let Some(c) = pipeline.context_drop(r) {
         parts.push(format!("context drop {c}"));
     }
-    if let Some(t) = r.cache_threshold.filter(|&t| t > 0.0) {
+    if let Some(t) = pipeline.cache_threshold(r) {
         parts.push(format!("cache {t}"));
     }
     parts.join(", ")

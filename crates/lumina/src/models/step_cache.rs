@@ -54,6 +54,16 @@ pub struct CacheRule {
 
 impl CacheRule {
     pub fn new(threshold: f64, coefficients: Vec<f64>) -> Result<Self> {
+        Self::check_threshold(threshold)?;
+        Self::check_coefficients(&coefficients)?;
+        Ok(Self {
+            threshold,
+            coefficients,
+        })
+    }
+
+    /// A threshold is finite and ≥ 0 (0: every step computed).
+    pub fn check_threshold(threshold: f64) -> Result<()> {
         if !(threshold.is_finite() && threshold >= 0.0) {
             return Err(Error::input(
                 "step cache threshold",
@@ -61,6 +71,11 @@ impl CacheRule {
                 threshold.to_string(),
             ));
         }
+        Ok(())
+    }
+
+    /// A rescaling polynomial has one or more finite coefficients.
+    pub fn check_coefficients(coefficients: &[f64]) -> Result<()> {
         if coefficients.is_empty() || coefficients.iter().any(|c| !c.is_finite()) {
             return Err(Error::input(
                 "step cache coefficients",
@@ -68,10 +83,7 @@ impl CacheRule {
                 format!("{coefficients:?}"),
             ));
         }
-        Ok(Self {
-            threshold,
-            coefficients,
-        })
+        Ok(())
     }
 
     /// The polynomial at r (Horner).
