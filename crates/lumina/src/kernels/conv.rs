@@ -16,18 +16,13 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::modulate::applies as fast_path;
 use super::storage::contiguous_f32;
 use crate::error::{Error, Result};
 
 /// im2col values per band (16 MiB of f32): large enough that each GEMM has thousands of
 /// columns, small enough that the band stays in cache-friendly bounds at any image size.
 const BAND_VALUES: usize = 4 << 20;
-
-fn fast_path(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| {
-        t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16) && !t.track_op()
-    })
-}
 
 fn dims4(l: &Layout, what: &str) -> candle_core::Result<[usize; 4]> {
     match *l.dims() {
