@@ -19,7 +19,8 @@ pub struct Cli {
 
     /// How large f32 linear layers multiply: `strassen` (Strassen–Winograd: 7/8 of the
     /// multiplications per level, normwise-accurate to a few f32 ulps) or `classical`.
-    /// Products too small to gain are always classical; training always is.
+    /// Products too small to gain are always classical; training always is. The same switch
+    /// turns the VAE's Winograd F(2×2, 3×3) convolutions back into im2col.
     #[arg(long, value_enum, default_value_t = F32MatmulArg::Strassen, global = true)]
     pub f32_matmul: F32MatmulArg,
 

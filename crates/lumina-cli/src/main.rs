@@ -27,6 +27,11 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     lumina::kernels::ternary::set_activations(cli.ternary_activations.into());
     lumina::kernels::strassen::set_f32_matmul(cli.f32_matmul.into());
+    // a LUMINA_ISA that names no level is refused before anything runs on a guessed path
+    if let Err(e) = lumina::kernels::Isa::cap_from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),

@@ -97,7 +97,7 @@ fn portable_kernels_draw_the_same_image() {
                 out.to_str().expect("utf-8"),
             ]);
             if portable {
-                cmd.env("LUMINA_PORTABLE_KERNELS", "1");
+                cmd.env("LUMINA_ISA", "portable");
             }
             let o = cmd.output().expect("the lumina binary runs");
             assert!(o.status.success(), "{}", stderr(&o));
@@ -488,4 +488,19 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).expect("copy");
         }
     }
+}
+
+#[test]
+fn an_unknown_isa_level_is_refused_by_name() {
+    let o = Command::new(env!("CARGO_BIN_EXE_lumina"))
+        .env("LUMINA_ISA", "sse9")
+        .args(["inspect", "/nonexistent-folder"])
+        .output()
+        .expect("the lumina binary runs");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("LUMINA_ISA") && err.contains("sse9") && err.contains("avx2"),
+        "{err}"
+    );
 }

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::modulate::applies as fast_path;
 use super::storage::contiguous_f32;
+use super::winograd;
 use crate::error::{Error, Result};
 
 /// im2col values per band (16 MiB of f32): large enough that each GEMM has thousands of
@@ -122,7 +123,11 @@ impl CustomOp2 for Conv2d {
         let [b, c, h, wd] = dims4(l1, "convolution input")?;
         let [o, _, k, _] = dims4(l2, "convolution weight")?;
         let (p, up) = (self.padding, self.upsample);
-        let out = conv2d_f32(x, w, self.bias.as_deref(), [b, c, h, wd], o, k, p, up);
+        let out = if winograd::applies(k, p, c, o) {
+            winograd::conv3x3(x, w, self.bias.as_deref(), [b, c, h, wd], o, up)
+        } else {
+            conv2d_f32(x, w, self.bias.as_deref(), [b, c, h, wd], o, k, p, up)
+        };
         let f = if up { 2 } else { 1 };
         let (ho, wo) = (f * h + 2 * p + 1 - k, f * wd + 2 * p + 1 - k);
         Ok((CpuStorage::F32(out), Shape::from_dims(&[b, o, ho, wo])))
@@ -216,7 +221,7 @@ fn conv2d_f32(
 /// `dst[i][col0 + j] (+)= Σ_l a[i][l] · bmat[l][j]` for `a` (m × kk), `bmat` (kk × n), `dst`
 /// rows `ld` apart: m × n of the output written in place, on all of rayon's threads.
 #[allow(clippy::too_many_arguments)]
-fn gemm_rows(
+pub(super) fn gemm_rows(
     dst: &mut [f32],
     ld: usize,
     col0: usize,

@@ -13,7 +13,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::storage::{contiguous_bf16, contiguous_f32};
-use super::{bf16_gemm, f32_packed, math};
+use super::{bf16_gemm, f32_packed, math, Isa, Level};
 use crate::error::{Error, Result};
 
 /// Query rows per task: one task's scores (64 × 512 f32 = 128 KiB) stay in L2.
@@ -182,7 +182,24 @@ pub fn attention_f32(
     d: Dims,
     scale: f32,
 ) -> Vec<f32> {
-    attention(q, k, v, bias, d, scale)
+    attention_f32_at(Isa::detect().level(), q, k, v, bias, d, scale)
+}
+
+/// [`attention_f32`] on the path of `level`, which the CPU must have.
+pub(crate) fn attention_f32_at(
+    level: Level,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    d: Dims,
+    scale: f32,
+) -> Vec<f32> {
+    assert!(
+        level <= Isa::detect().level(),
+        "{level:?} is beyond this CPU"
+    );
+    attention(level, q, k, v, bias, d, scale)
 }
 
 /// The bf16 kernel: both block products on `vdpbf16ps` (bf16 operands, f32 accumulation), the
@@ -197,7 +214,7 @@ pub fn attention_bf16(
     d: Dims,
     scale: f32,
 ) -> Vec<bf16> {
-    attention(q, k, v, bias, d, scale)
+    attention(Isa::detect().level(), q, k, v, bias, d, scale)
 }
 
 /// What the tiled kernel needs from an element type: its two block products on packed right
@@ -232,9 +249,10 @@ trait Element: Copy + Default + Send + Sync {
         cols: usize,
         scratch: &'a mut Vec<Self::Word>,
     ) -> (&'a [Self::Word], usize);
-    /// `c (m, n) (+)= a (m, k) · B`, B packed as above.
+    /// `c (m, n) (+)= a (m, k) · B`, B packed as above, on the path of `level`.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
+        level: Level,
         a: &[Self],
         lda: usize,
         b: &[Self::Word],
@@ -270,6 +288,7 @@ impl Element for f32 {
     }
 
     fn gemm(
+        level: Level,
         a: &[f32],
         lda: usize,
         b: &[f32],
@@ -279,7 +298,7 @@ impl Element for f32 {
         ldc: usize,
         accumulate: bool,
     ) {
-        f32_packed::gemm_packed(a, lda, b, strip_len, dims, c, ldc, accumulate)
+        f32_packed::gemm_packed(level, a, lda, b, strip_len, dims, c, ldc, accumulate)
     }
 }
 
@@ -315,6 +334,7 @@ impl Element for bf16 {
     }
 
     fn gemm(
+        _level: Level,
         a: &[bf16],
         lda: usize,
         b: &[u32],
@@ -399,6 +419,7 @@ fn as_bf16_bits(words: &[u32]) -> &[u16] {
 
 /// Both kernels: Vᵀ prepared once per kv head, then every query block on rayon's threads.
 fn attention<T: Element>(
+    level: Level,
     q: &[T],
     k: &[T],
     v: &[T],
@@ -441,7 +462,8 @@ fn attention<T: Element>(
         let bias = bias
             .as_deref()
             .map(|all| &all[t.batch * d.m..(t.batch + 1) * d.m]);
-        query_block(q_rows, keys, values_t, m_pad, bias, o, dh, scale, buffers);
+        let operands = (q_rows, keys, values_t, m_pad);
+        query_block(level, operands, bias, o, dh, scale, buffers);
     });
     out
 }
@@ -471,10 +493,8 @@ struct Buffers<W> {
 /// (keys × STRIP queries), which is already the packed layout of Pᵀ.
 #[allow(clippy::too_many_arguments)]
 fn query_block<T: Element>(
-    q: &[T],
-    k: &[T],
-    vt: &[T],
-    m_pad: usize,
+    level: Level,
+    (q, k, vt, m_pad): (&[T], &[T], &[T], usize),
     bias: Option<&[f32]>,
     o: &mut [T],
     dh: usize,
@@ -507,9 +527,20 @@ fn query_block<T: Element>(
         for (s, st_s) in st.chunks_mut(s_len).enumerate() {
             let lanes = STRIP.min(rows - s * STRIP);
             let qt = &q_packed[s * q_len..];
-            T::gemm(k_blk, dh, qt, q_len, (cols, lanes, dh), st_s, STRIP, false);
+            T::gemm(
+                level,
+                k_blk,
+                dh,
+                qt,
+                q_len,
+                (cols, lanes, dh),
+                st_s,
+                STRIP,
+                false,
+            );
         }
         softmax.add(
+            level,
             st,
             s_len,
             cols,
@@ -520,7 +551,7 @@ fn query_block<T: Element>(
         let (pt, p_len) = T::probabilities(st, s_len, cols, p_packed);
         // Oᵀ += Vᵀ_blk · Pᵀ, (Dh, rows); a padded key has P = 0 and Vᵀ = 0
         let dims = (dh, rows, cols.next_multiple_of(T::PER_WORD));
-        T::gemm(&vt[j0..], m_pad, pt, p_len, dims, ot, rows, true);
+        T::gemm(level, &vt[j0..], m_pad, pt, p_len, dims, ot, rows, true);
     }
     // O = (Oᵀ)ᵀ / row sums, (rows, Dh)
     for (i, orow) in o.chunks_mut(dh).enumerate() {
@@ -555,7 +586,31 @@ impl ColumnSoftmax {
     /// 2^(s − running max) and rescales the columns of the output accumulator `ot`
     /// (Dh, queries) to the new maxima. With no scale left and no bias the first pass only
     /// reads.
+    #[allow(clippy::too_many_arguments)]
     fn add(
+        &mut self,
+        level: Level,
+        st: &mut [f32],
+        s_len: usize,
+        cols: usize,
+        scale: f32,
+        bias: Option<&[f32]>,
+        ot: &mut [f32],
+    ) {
+        match level {
+            // SAFETY (both): the CPU has the level (the caller's contract).
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { self.add_avx512(st, s_len, cols, scale, bias, ot) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { self.add_avx2(st, s_len, cols, scale, bias, ot) },
+            _ => self.add_body(Level::Portable, st, s_len, cols, scale, bias, ot),
+        }
+    }
+
+    /// [`Self::add_body`] compiled for AVX2 + FMA: the same loops on 8 lanes.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn add_avx2(
         &mut self,
         st: &mut [f32],
         s_len: usize,
@@ -564,12 +619,7 @@ impl ColumnSoftmax {
         bias: Option<&[f32]>,
         ot: &mut [f32],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if super::Isa::detect().avx512f {
-            // SAFETY: the CPU has AVX-512F, checked at run time.
-            return unsafe { self.add_avx512(st, s_len, cols, scale, bias, ot) };
-        }
-        self.add_body(st, s_len, cols, scale, bias, ot)
+        self.add_body(Level::Avx2, st, s_len, cols, scale, bias, ot)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -583,13 +633,15 @@ impl ColumnSoftmax {
         bias: Option<&[f32]>,
         ot: &mut [f32],
     ) {
-        self.add_body(st, s_len, cols, scale, bias, ot)
+        self.add_body(Level::Avx512, st, s_len, cols, scale, bias, ot)
     }
 
     /// Plain loops over STRIP-wide rows, written to vectorise.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn add_body(
         &mut self,
+        level: Level,
         st: &mut [f32],
         s_len: usize,
         cols: usize,
@@ -621,7 +673,7 @@ impl ColumnSoftmax {
                 }
             }
             let sums = &mut self.block_sum[c0..c0 + lanes];
-            exp2_rows(&mut st_s[..cols * STRIP], new_max, sums);
+            exp2_rows(level, &mut st_s[..cols * STRIP], new_max, sums);
         }
         // the old maxima become the correction factors exp(old − new)
         let mut rescale = false;
@@ -643,12 +695,13 @@ impl ColumnSoftmax {
 /// `x ← 2^(x − max)` down the key rows of one strip (STRIP values per row, the first
 /// `max.len()` lanes used), adding each query's values to `sums`. The softmax's costliest
 /// pass: on AVX-512 it runs on `math::avx512::exp2`, about 10 instructions per 16 scores
-/// against ~15 for the auto-vectorised scalar form.
+/// against ~15 for the auto-vectorised scalar form (which is what AVX2 runs, 8 lanes wide,
+/// inlined into `add_avx2`).
 #[inline(always)]
-fn exp2_rows(rows: &mut [f32], max: &[f32], sums: &mut [f32]) {
+fn exp2_rows(level: Level, rows: &mut [f32], max: &[f32], sums: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::Isa::detect().avx512f {
-        // SAFETY: the CPU has AVX-512F, checked at run time.
+    if level == Level::Avx512 {
+        // SAFETY: the caller runs this level only where the CPU has AVX-512F.
         return unsafe { exp2_rows_avx512(rows, max, sums) };
     }
     for row in rows.chunks_exact_mut(STRIP) {
@@ -768,8 +821,11 @@ mod tests {
                 .map(|_| if rng.gen_bool(0.3) { -1e30 } else { 0.0 })
                 .collect();
             bias[..m].iter_mut().for_each(|b| *b = -1e30); // batch row 0 fully masked
-            for bias in [None, Some(&bias[..])] {
-                let got = attention_f32(&q, &k, &v, bias, d, 0.3);
+            for (level, bias) in crate::kernels::test_levels()
+                .into_iter()
+                .flat_map(|l| [(l, None), (l, Some(&bias[..]))])
+            {
+                let got = attention_f32_at(level, &q, &k, &v, bias, d, 0.3);
                 let want = attention_reference(&q, &k, &v, bias, d, 0.3);
                 let err = got
                     .iter()
@@ -778,7 +834,7 @@ mod tests {
                     .fold(0f32, f32::max);
                 assert!(
                     err < 2e-5,
-                    "{d:?} masked={}: max error {err}",
+                    "{level:?} {d:?} masked={}: max error {err}",
                     bias.is_some()
                 );
             }

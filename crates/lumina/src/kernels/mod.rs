@@ -5,6 +5,8 @@
 //! - [`strassen`]: large f32 linear layers by Strassen–Winograd on the `gemm` crate's kernels.
 //! - [`conv`]: the VAE decoder's convolution (banded im2col on `gemm`), GroupNorm (+ SiLU) and
 //!   nearest ×2 upsampling.
+//! - `winograd`: the decoder's wide 3×3 convolutions by Winograd's F(2×2, 3×3), 2.25× fewer
+//!   multiplications than im2col.
 //! - [`modulate`]: RMSNorm fused with adaLN scaling and with the tanh-gated residual.
 //! - [`ternary`]: 2-bit ternary weights (TerDiT): reference, exact and int8-VNNI matmuls.
 //! - [`probe`]: this machine's arithmetic peak (f32 FMA, bf16 dot, int8 VNNI), the yardstick
@@ -44,67 +46,245 @@ pub mod probe;
 pub(crate) mod storage;
 pub mod strassen;
 pub mod ternary;
+pub(crate) mod winograd;
 
 pub use flash::flash_attention;
+
+/// The rungs of the instruction-set ladder, lowest first: every kernel family has a path for
+/// each, and the portable one is the reference the others are tested against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Plain Rust, whatever the build target vectorises.
+    Portable,
+    /// x86-64 AVX2 + FMA (256-bit): Haswell and later, every AMD Zen.
+    Avx2,
+    /// AVX-512F (512-bit), with BF16 and VNNI where present.
+    Avx512,
+}
+
+impl Level {
+    /// The name `LUMINA_ISA` takes and `lumina bench` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Portable => "portable",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a `LUMINA_ISA` value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "portable" => Ok(Level::Portable),
+            "avx2" => Ok(Level::Avx2),
+            "avx512" => Ok(Level::Avx512),
+            other => Err(format!(
+                "LUMINA_ISA={other:?} is not a level: expected portable, avx2 or avx512"
+            )),
+        }
+    }
+}
+
+/// The environment variable that caps the detected level.
+pub const ISA_ENV: &str = "LUMINA_ISA";
 
 /// The CPU features these kernels can use, detected once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Isa {
+    /// AVX2 and FMA (256-bit integer and fused multiply-add).
+    pub avx2: bool,
+    /// AVX-VNNI: `vpdpbusd` on 256-bit registers without AVX-512 (Alder Lake, Zen 5 client).
+    pub avx_vnni: bool,
     /// AVX-512 foundation (512-bit FMA).
     pub avx512f: bool,
     /// `vdpbf16ps`: bf16 pair dot products into f32.
     pub avx512_bf16: bool,
     /// `vpdpbusd`: u8×i8 quad dot products into i32.
     pub avx512_vnni: bool,
+    /// aarch64 Advanced SIMD (always present on aarch64; reported, the kernels use candle's).
+    pub neon: bool,
+    /// aarch64 `sdot`/`udot`.
+    pub neon_dotprod: bool,
 }
 
 impl Isa {
-    /// The CPU's features, unless `LUMINA_PORTABLE_KERNELS` is set (to anything but `0`):
-    /// then none, so the portable paths can be run and compared on any machine.
+    /// No SIMD at all: the portable paths everywhere.
+    pub const PORTABLE: Isa = Isa {
+        avx2: false,
+        avx_vnni: false,
+        avx512f: false,
+        avx512_bf16: false,
+        avx512_vnni: false,
+        neon: false,
+        neon_dotprod: false,
+    };
+
+    /// The CPU's features, capped by `LUMINA_ISA` (`portable`, `avx2` or `avx512`) so that
+    /// every path can be run, tested and benchmarked on the largest machine. A value that
+    /// names no level is ignored here with a warning; the CLI refuses it up front
+    /// ([`Isa::cap_from_env`]).
     pub fn detect() -> Self {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
-            if std::env::var_os("LUMINA_PORTABLE_KERNELS").is_some_and(|v| v != "0") {
-                return Isa {
-                    avx512f: false,
-                    avx512_bf16: false,
-                    avx512_vnni: false,
-                };
-            }
-            #[cfg(target_arch = "x86_64")]
-            {
-                let f = std::arch::is_x86_feature_detected!("avx512f");
-                Isa {
-                    avx512f: f,
-                    avx512_bf16: f && std::arch::is_x86_feature_detected!("avx512bf16"),
-                    avx512_vnni: f
-                        && std::arch::is_x86_feature_detected!("avx512vnni")
-                        && std::arch::is_x86_feature_detected!("avx512bw"),
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                Isa {
-                    avx512f: false,
-                    avx512_bf16: false,
-                    avx512_vnni: false,
-                }
+            let cap = Self::cap_from_env().unwrap_or_else(|e| {
+                tracing::warn!("{e}; using every level the CPU has");
+                None
+            });
+            let isa = Self::of_cpu();
+            match cap {
+                Some(level) => isa.capped(level),
+                None => isa,
             }
         })
     }
 
-    /// A short description, e.g. `avx512f+bf16+vnni` or `portable`.
-    pub fn describe(&self) -> String {
-        if !self.avx512f {
-            return "portable".into();
+    /// The level `LUMINA_ISA` asks for, if set; an error that names the value otherwise.
+    pub fn cap_from_env() -> Result<Option<Level>, String> {
+        match std::env::var(ISA_ENV) {
+            Ok(v) => Level::parse(&v).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => Err(format!(
+                "{ISA_ENV}={v:?} is not a level: expected portable, avx2 or avx512"
+            )),
         }
-        let mut s = String::from("avx512f");
+    }
+
+    /// Everything the CPU has, uncapped.
+    pub fn of_cpu() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            let f = avx2 && has!("avx512f");
+            Isa {
+                avx2,
+                avx_vnni: avx2 && has!("avxvnni"),
+                avx512f: f,
+                avx512_bf16: f && has!("avx512bf16"),
+                avx512_vnni: f && has!("avx512vnni") && has!("avx512bw"),
+                ..Isa::PORTABLE
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            Isa {
+                neon: has!("neon"),
+                neon_dotprod: has!("dotprod"),
+                ..Isa::PORTABLE
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            Isa::PORTABLE
+        }
+    }
+
+    /// These features with nothing above `level`.
+    pub fn capped(self, level: Level) -> Self {
+        match level {
+            Level::Portable => Isa::PORTABLE,
+            Level::Avx2 => Isa {
+                avx512f: false,
+                avx512_bf16: false,
+                avx512_vnni: false,
+                ..self
+            },
+            Level::Avx512 => self,
+        }
+    }
+
+    /// The highest rung these features reach.
+    pub fn level(&self) -> Level {
+        if self.avx512f {
+            Level::Avx512
+        } else if self.avx2 {
+            Level::Avx2
+        } else {
+            Level::Portable
+        }
+    }
+
+    /// Every level these features can run, lowest first: what the kernel tests walk.
+    pub fn levels(&self) -> Vec<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|l| *l <= self.level())
+            .collect()
+    }
+
+    /// A short description, e.g. `avx512 (bf16, vnni)`, `avx2 (avx-vnni)` or `portable`.
+    pub fn describe(&self) -> String {
+        let mut extras = Vec::new();
         if self.avx512_bf16 {
-            s.push_str("+bf16");
+            extras.push("bf16");
         }
         if self.avx512_vnni {
-            s.push_str("+vnni");
+            extras.push("vnni");
         }
-        s
+        if self.avx_vnni && !self.avx512_vnni {
+            extras.push("avx-vnni");
+        }
+        if self.neon {
+            extras.push("neon");
+        }
+        if self.neon_dotprod {
+            extras.push("dotprod");
+        }
+        let level = self.level().name();
+        if extras.is_empty() {
+            level.to_string()
+        } else {
+            format!("{level} ({})", extras.join(", "))
+        }
+    }
+}
+
+/// The levels a kernel test runs: every one this CPU (capped by `LUMINA_ISA`) has, with a
+/// printed line for each it skips, so a skipped path is never mistaken for a tested one.
+#[cfg(test)]
+pub(crate) fn test_levels() -> Vec<Level> {
+    let isa = Isa::detect();
+    for level in [Level::Avx2, Level::Avx512] {
+        if level > isa.level() {
+            eprintln!(
+                "skipped: the {} path ({} here)",
+                level.name(),
+                isa.describe()
+            );
+        }
+    }
+    isa.levels()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_cap_and_describe() {
+        assert_eq!(Level::parse("AVX2"), Ok(Level::Avx2));
+        let err = Level::parse("sse4").unwrap_err();
+        assert!(
+            err.contains("sse4") && err.contains("portable, avx2 or avx512"),
+            "{err}"
+        );
+        let full = Isa {
+            avx2: true,
+            avx_vnni: false,
+            avx512f: true,
+            avx512_bf16: true,
+            avx512_vnni: true,
+            ..Isa::PORTABLE
+        };
+        assert_eq!(full.describe(), "avx512 (bf16, vnni)");
+        let avx2 = full.capped(Level::Avx2);
+        assert_eq!(
+            (avx2.level(), avx2.avx2, avx2.avx512_bf16),
+            (Level::Avx2, true, false)
+        );
+        assert_eq!(avx2.levels(), vec![Level::Portable, Level::Avx2]);
+        assert_eq!(full.capped(Level::Portable), Isa::PORTABLE);
+        assert_eq!(Isa::PORTABLE.describe(), "portable");
     }
 }

@@ -1,13 +1,13 @@
 //! Arithmetic peak probes: register-only loops of independent multiply-adds on every thread,
 //! timed together. What a kernel reaches is reported as a fraction of these.
 //!
-//! Counting: one 512-bit f32 FMA = 16 lanes × 2 = 32 FLOP; one `vdpbf16ps` = 16 lanes × 2
+//! Counting: one 512-bit f32 FMA = 16 lanes × 2 = 32 FLOP (a 256-bit AVX2 one 16 FLOP); one `vdpbf16ps` = 16 lanes × 2
 //! pairs × 2 = 64 FLOP; one `vpdpbusd` = 16 lanes × 4 pairs × 2 = 128 OP.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use super::Isa;
+use super::{Isa, Level};
 
 /// Which arithmetic a probe measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,9 +53,10 @@ pub fn peak_gflops(arith: Arith, threads: usize, seconds: f64) -> Option<f64> {
 }
 
 fn ops_per_iter(arith: Arith, isa: Isa) -> f64 {
-    let per_instr = match (arith, isa.avx512f) {
-        (Arith::F32, true) => 32.0,
-        (Arith::F32, false) => 2.0 * PORTABLE_LANES as f64,
+    let per_instr = match (arith, isa.level()) {
+        (Arith::F32, Level::Avx512) => 32.0,
+        (Arith::F32, Level::Avx2) => 16.0,
+        (Arith::F32, Level::Portable) => 2.0 * PORTABLE_LANES as f64,
         (Arith::Bf16, _) => 64.0,
         (Arith::Int8, _) => 128.0,
     };
@@ -75,21 +76,43 @@ fn run(arith: Arith, iters: u64, isa: Isa) {
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx2 && arith == Arith::F32 {
+        // SAFETY: AVX2 and FMA detected.
+        unsafe { avx2_fma_f32(iters) };
+        return;
+    }
     let _ = isa;
     portable_fma(iters);
 }
 
 const PORTABLE_LANES: usize = 8;
 
-/// Whatever vector width the compiler picks for the build target.
+/// Whatever vector width the compiler picks for the build target, as a multiply and an add:
+/// `mul_add` without the FMA feature is a libm call, which no portable kernel makes.
 fn portable_fma(iters: u64) {
     let mut acc = [[1.0f32; PORTABLE_LANES]; CHAINS];
     let (a, b) = (black_box(0.999_999f32), black_box(1e-7f32));
     for _ in 0..iters {
         for chain in acc.iter_mut() {
             for x in chain.iter_mut() {
-                *x = x.mul_add(a, b);
+                *x = *x * a + b;
             }
+        }
+    }
+    black_box(acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_fma_f32(iters: u64) {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(black_box(0.999_999));
+    let b = _mm256_set1_ps(black_box(1e-7));
+    let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
         }
     }
     black_box(acc);
