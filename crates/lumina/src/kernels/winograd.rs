@@ -207,13 +207,13 @@ fn output_transform(
                 for tx in 0..tw {
                     let t = r * tw + tx;
                     // Aᵀ M down the rows, then along the columns
-                    let mut z = [[0f32; 4]; 2];
-                    for j in 0..4 {
+                    let column = |j: usize| {
                         let (m0, m1, m2, m3) =
                             (at(j, t), at(4 + j, t), at(8 + j, t), at(12 + j, t));
-                        z[0][j] = m0 + m1 + m2;
-                        z[1][j] = m1 - m2 - m3;
-                    }
+                        [m0 + m1 + m2, m1 - m2 - m3]
+                    };
+                    let cols: [[f32; 2]; 4] = std::array::from_fn(column);
+                    let z = [cols.map(|c| c[0]), cols.map(|c| c[1])];
                     for (dy, zr) in z.iter().enumerate() {
                         if y + dy >= h {
                             break;

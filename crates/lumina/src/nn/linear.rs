@@ -256,42 +256,40 @@ pub fn qat_weight(latent: &Tensor, alpha: &Tensor) -> Result<Tensor> {
     Ok(ste.broadcast_mul(alpha)?)
 }
 
+/// Both operands stored in `dtype` on the CPU, neither tracking a gradient: an inference
+/// product that one of the project's kernels may take instead of candle's matmul.
+fn inference_product(x: &Tensor, w: &Tensor, dtype: DType) -> bool {
+    x.dtype() == dtype
+        && w.dtype() == dtype
+        && x.device().is_cpu()
+        && !(x.track_op() || w.track_op())
+}
+
+/// Whether `x (M, K) · wᵀ` is large enough for Strassen–Winograd to gain, and it is switched
+/// on ([`strassen::set_f32_matmul`]).
+fn strassen_gains(x: &Tensor, w: &Tensor) -> bool {
+    let (Ok((m, k)), Ok((n, _))) = (x.dims2(), w.dims2()) else {
+        return false;
+    };
+    strassen::worthwhile(m, n, k)
+}
+
 /// bf16 inference on a CPU with AVX-512 BF16 runs the `vdpbf16ps` kernel; training (inputs
 /// that track gradients), other dtypes and other CPUs take candle's matmul.
 fn use_bf16_kernel(x: &Tensor, w: &Tensor) -> bool {
-    x.dtype() == DType::BF16
-        && w.dtype() == DType::BF16
-        && x.device().is_cpu()
-        && !(x.track_op() || w.track_op())
-        && bf16_gemm::available()
+    inference_product(x, w, DType::BF16) && bf16_gemm::available()
 }
 
 /// bf16 inference products that gain from Strassen–Winograd, on a CPU without the `vdpbf16ps`
 /// kernel, are computed widened to f32 (see `dense_matmul`).
 fn widen_bf16(x: &Tensor, w: &Tensor) -> bool {
-    let (Ok((m, k)), Ok((n, _))) = (x.dims2(), w.dims2()) else {
-        return false;
-    };
-    x.dtype() == DType::BF16
-        && w.dtype() == DType::BF16
-        && x.device().is_cpu()
-        && !(x.track_op() || w.track_op())
-        && !bf16_gemm::available()
-        && strassen::f32_matmul() == strassen::F32Matmul::Strassen
-        && strassen::worthwhile(m, n, k)
+    inference_product(x, w, DType::BF16) && !bf16_gemm::available() && strassen_gains(x, w)
 }
 
 /// Large f32 inference products take Strassen–Winograd unless it was switched off
 /// ([`strassen::set_f32_matmul`]); training keeps candle's differentiable matmul.
 fn use_strassen(x: &Tensor, w: &Tensor) -> bool {
-    let (Ok((m, k)), Ok((n, _))) = (x.dims2(), w.dims2()) else {
-        return false;
-    };
-    x.dtype() == DType::F32
-        && w.dtype() == DType::F32
-        && x.device().is_cpu()
-        && !(x.track_op() || w.track_op())
-        && strassen::worthwhile(m, n, k)
+    inference_product(x, w, DType::F32) && strassen_gains(x, w)
 }
 
 /// Ternary layers take the int8 path unless it was switched off
