@@ -18,7 +18,7 @@ from pathlib import Path
 
 KINDS = ["single", "position", "relation", "held-out pair"]
 # Model evaluations per solver step (torchdiffeq's rk4 is the 3/8 rule: 4).
-NFE_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+NFE_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "ab2": 1}
 
 
 def evaluate(binary, model, per_kind, seeds, prompt_seed, overrides):

@@ -12,8 +12,9 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// Activations of ternary layers: `int8` (per-token, VNNI; the fast path), `exact` (the
-    /// trained model's own f32/bf16 numerics), or `auto` (int8 where the CPU has VNNI).
+    /// Activations of ternary layers: `int8` (per-token, AVX-512 VNNI or AVX2; the fast path),
+    /// `exact` (the trained model's own f32/bf16 numerics), or `auto` (int8 where the CPU has
+    /// AVX2 or AVX-512 VNNI).
     #[arg(long, value_enum, default_value_t = TernaryActivationsArg::Auto, global = true)]
     pub ternary_activations: TernaryActivationsArg,
 
@@ -245,6 +246,8 @@ pub enum SolverArg {
     Midpoint,
     Heun,
     Rk4,
+    /// Two-step Adams–Bashforth: second order at one evaluation per step.
+    Ab2,
 }
 
 impl From<SolverArg> for lumina::sample::Solver {
@@ -254,6 +257,7 @@ impl From<SolverArg> for lumina::sample::Solver {
             SolverArg::Midpoint => Self::Midpoint,
             SolverArg::Heun => Self::Heun,
             SolverArg::Rk4 => Self::Rk4,
+            SolverArg::Ab2 => Self::Ab2,
         }
     }
 }
@@ -296,8 +300,9 @@ pub struct GenerateArgs {
     #[arg(short, long)]
     pub guidance: Option<f64>,
 
-    /// ODE solver; midpoint, heun and rk4 evaluate the model 2, 2 and 4 times per step
-    /// (default: the model's; euler for diffusers pipelines).
+    /// ODE solver; midpoint, heun and rk4 evaluate the model 2, 2 and 4 times per step, euler
+    /// and ab2 (two-step Adams–Bashforth, second order) once (default: the model's; euler for
+    /// diffusers pipelines).
     #[arg(long, value_enum)]
     pub solver: Option<SolverArg>,
 

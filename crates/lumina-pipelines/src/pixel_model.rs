@@ -35,7 +35,7 @@ pub const WORD_ENCODER_CLASS: &str = "WordEncoder";
 pub struct SamplerDefaults {
     pub steps: usize,
     pub guidance_scale: f64,
-    /// `euler`, `midpoint`, `heun` or `rk4`.
+    /// `euler`, `midpoint`, `heun`, `rk4` or `ab2`.
     pub solver: String,
     /// Lumina's time shift of the uniform grid (used when `schedule` is absent).
     pub shift: f64,

@@ -50,6 +50,7 @@ fn observed_convergence_order_matches_each_solver() -> Result<()> {
         (Solver::Midpoint, 32),
         (Solver::Heun, 32),
         (Solver::Rk4, 8),
+        (Solver::Ab2, 32),
     ] {
         let err = |steps: usize| -> Result<f64> {
             let grid = Schedule::Uniform.grid(steps)?;
@@ -86,6 +87,8 @@ fn one_step_quadrature_identifies_each_method() -> Result<()> {
     assert!((one_step(Solver::Heun)? - 0.5).abs() < 1e-15);
     // (0 + 3·(1/3)⁴ + 3·(2/3)⁴ + 1)/8 = 11/54; classic RK4 would give 1.25/6
     assert!((one_step(Solver::Rk4)? - 11.0 / 54.0).abs() < 1e-15);
+    // no history on the first step: Euler's rule
+    assert!((one_step(Solver::Ab2)? - 0.0).abs() < 1e-15);
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! transformers 5.23 `modeling_gemma.py` / `modeling_gemma2.py`.
 
 use candle_core::{DType, Tensor, D};
+use lumina::kernels::gate;
 use lumina::nn::Linear;
 use lumina::weights::{Init, Weights};
 
@@ -93,10 +94,14 @@ impl Layer {
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.gelu()?; // tanh approximation
-        Ok(self
-            .down_proj
-            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        // GELU, tanh approximation (`gelu_pytorch_tanh`)
+        let gated = if gate::applies(&gate, &up) {
+            gate::gelu_tanh_gate(&gate, &up)?
+        } else {
+            (gate.gelu()? * up)?
+        };
+        Ok(self.down_proj.forward(&gated)?)
     }
 }
 

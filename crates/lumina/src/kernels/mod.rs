@@ -8,6 +8,7 @@
 //! - `winograd`: the decoder's wide 3×3 convolutions by Winograd's F(2×2, 3×3), 2.25× fewer
 //!   multiplications than im2col.
 //! - [`modulate`]: RMSNorm fused with adaLN scaling and with the tanh-gated residual.
+//! - [`gate`]: Gemma's `gelu_tanh(a) ⊙ b` feed-forward gate in one vectorised pass.
 //! - [`ternary`]: 2-bit ternary weights (TerDiT): reference, exact and int8-VNNI matmuls.
 //! - [`probe`]: this machine's arithmetic peak (f32 FMA, bf16 dot, int8 VNNI), the yardstick
 //!   `lumina bench` reports against.
@@ -40,6 +41,7 @@ pub mod bf16_gemm;
 pub mod conv;
 pub(crate) mod f32_packed;
 pub mod flash;
+pub mod gate;
 pub(crate) mod math;
 pub mod modulate;
 pub mod probe;

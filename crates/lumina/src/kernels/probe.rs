@@ -2,7 +2,9 @@
 //! timed together. What a kernel reaches is reported as a fraction of these.
 //!
 //! Counting: one 512-bit f32 FMA = 16 lanes × 2 = 32 FLOP (a 256-bit AVX2 one 16 FLOP); one `vdpbf16ps` = 16 lanes × 2
-//! pairs × 2 = 64 FLOP; one `vpdpbusd` = 16 lanes × 4 pairs × 2 = 128 OP.
+//! pairs × 2 = 64 FLOP; one `vpdpbusd` = 16 lanes × 4 pairs × 2 = 128 OP; on AVX2 one
+//! `vpmaddubsw` (with the int16 add the ternary kernel pairs it with) = 16 lanes × 2 pairs × 2
+//! = 64 OP.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -27,7 +29,7 @@ pub fn peak_gflops(arith: Arith, threads: usize, seconds: f64) -> Option<f64> {
     let supported = match arith {
         Arith::F32 => true,
         Arith::Bf16 => isa.avx512_bf16,
-        Arith::Int8 => isa.avx512_vnni,
+        Arith::Int8 => isa.avx512_vnni || isa.avx2,
     };
     if !supported {
         return None;
@@ -58,14 +60,15 @@ fn ops_per_iter(arith: Arith, isa: Isa) -> f64 {
         (Arith::F32, Level::Avx2) => 16.0,
         (Arith::F32, Level::Portable) => 2.0 * PORTABLE_LANES as f64,
         (Arith::Bf16, _) => 64.0,
-        (Arith::Int8, _) => 128.0,
+        (Arith::Int8, _) if isa.avx512_vnni => 128.0,
+        (Arith::Int8, _) => 64.0,
     };
     per_instr * CHAINS as f64
 }
 
 fn run(arith: Arith, iters: u64, isa: Isa) {
     #[cfg(target_arch = "x86_64")]
-    if isa.avx512f {
+    if isa.avx512f && (arith != Arith::Int8 || isa.avx512_vnni) {
         // SAFETY: each probe runs only when `peak_gflops` found its instructions.
         unsafe {
             match arith {
@@ -80,6 +83,12 @@ fn run(arith: Arith, iters: u64, isa: Isa) {
     if isa.avx2 && arith == Arith::F32 {
         // SAFETY: AVX2 and FMA detected.
         unsafe { avx2_fma_f32(iters) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx2 && arith == Arith::Int8 {
+        // SAFETY: AVX2 detected.
+        unsafe { avx2_maddubs(iters) };
         return;
     }
     let _ = isa;
@@ -113,6 +122,23 @@ unsafe fn avx2_fma_f32(iters: u64) {
     for _ in 0..iters {
         for x in acc.iter_mut() {
             *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    black_box(acc);
+}
+
+/// The AVX2 ternary kernel's arithmetic: u8 × i8 pair products into int16, added to int16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_maddubs(iters: u64) {
+    use std::arch::x86_64::*;
+    let b = _mm256_set1_epi8(black_box(1));
+    let c = _mm256_set1_epi16(black_box(1));
+    let mut acc = [_mm256_setzero_si256(); CHAINS];
+    for _ in 0..iters {
+        // the accumulator is an operand of the product, so nothing is loop-invariant
+        for x in acc.iter_mut() {
+            *x = _mm256_add_epi16(_mm256_maddubs_epi16(*x, b), c);
         }
     }
     black_box(acc);

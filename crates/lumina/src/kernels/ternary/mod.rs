@@ -15,8 +15,8 @@
 //! - [`exact_linear`]: f32 / bf16 activations × the decoded {−1, 0, 1} matrix through the usual
 //!   GEMM, then α: the trained model's own numerics (ternary values are exact in bf16).
 //! - [`int8::int8_linear`]: activations quantised per token to int8, int32 dot products with
-//!   the 2-bit weights on AVX-512 VNNI (`vpdpbusd`), scale/bias epilogue; its plain integer
-//!   reference gives the same bits.
+//!   the 2-bit weights on AVX-512 VNNI (`vpdpbusd`) or AVX2 (`vpmaddubsw`), scale/bias
+//!   epilogue; its plain integer reference gives the same bits.
 
 pub mod int8;
 
@@ -30,11 +30,12 @@ use crate::error::{Error, Result};
 /// How ternary layers treat their activations at inference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activations {
-    /// int8 on CPUs with AVX-512 VNNI (fastest), exact elsewhere.
+    /// int8 on CPUs with an int8 SIMD kernel (AVX-512 VNNI, AVX2), exact elsewhere.
     Auto,
     /// Full-precision activations: the trained model's own numerics.
     Exact,
-    /// Per-token int8 activations everywhere (the portable reference without VNNI: slow).
+    /// Per-token int8 activations everywhere (plain loops without AVX2: slow, but the same
+    /// bits as the SIMD kernels).
     Int8,
 }
 
