@@ -21,9 +21,9 @@ const CHUNK: usize = 16_384;
 
 /// Whether [`gelu_tanh_gate`] takes these operands: CPU f32, same shape, no autograd.
 pub fn applies(a: &Tensor, b: &Tensor) -> bool {
-    [a, b].iter().all(|t| {
-        t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op()
-    }) && a.dims() == b.dims()
+    super::modulate::applies(&[a, b])
+        && [a, b].iter().all(|t| t.dtype() == candle_core::DType::F32)
+        && a.dims() == b.dims()
 }
 
 /// `gelu_tanh(a) ⊙ b` for same-shaped CPU f32 tensors (see [`applies`]).
