@@ -91,24 +91,20 @@ impl Solver {
             }
             Ok(acc)
         };
+        // The first velocity: the field's own is the history a multistep solver keeps, and
+        // the hook sees what the step uses. For Ab2 that is the extrapolation: a hook's state
+        // feedback (I-Max's pull towards its guide, ∝ 1/(1 − t)) is stiff, and extrapolating
+        // it from the previous step overshoots where Euler's single use of it does not.
         let at0 = TimePoint { t: t0, step, steps };
-        if *self == Solver::Ab2 {
-            // The history holds the field's own velocities and the hook sees the extrapolated
-            // one: a hook's state feedback (I-Max's pull towards its guide, ∝ 1/(1 − t)) is
-            // stiff, and extrapolating it from the previous step overshoots where Euler's
-            // single use of it does not.
-            let f = field.velocity(x, at0)?;
-            let extrapolated = match prev.filter(|p| p.t < t0) {
-                Some(p) => {
-                    let r = h / (2.0 * (t0 - p.t));
-                    ((&f * (1.0 + r))? - (&p.v * r)?)?
-                }
-                None => f.clone(),
-            };
-            let used = hook.velocity(x, extrapolated, at0)?;
-            return Ok((advance(&[(1.0, &used)])?, Velocity { t: t0, v: f }));
-        }
-        let k1 = v(x, t0)?;
+        let f = field.velocity(x, at0)?;
+        let first = match (self, prev.filter(|p| p.t < t0)) {
+            (Solver::Ab2, Some(p)) => {
+                let r = h / (2.0 * (t0 - p.t));
+                ((&f * (1.0 + r))? - (&p.v * r)?)?
+            }
+            _ => f.clone(),
+        };
+        let k1 = hook.velocity(x, first, at0)?;
         let next = match self {
             Solver::Euler | Solver::Ab2 => advance(&[(1.0, &k1)])?,
             Solver::Midpoint => {
@@ -130,12 +126,12 @@ impl Solver {
                 advance(&[(0.125, &k1), (0.375, &k2), (0.375, &k3), (0.125, &k4)])?
             }
         };
-        Ok((next, Velocity { t: t0, v: k1 }))
+        Ok((next, Velocity { t: t0, v: f }))
     }
 }
 
-/// A step's first velocity and its time: the history a multistep solver reads (for
-/// [`Solver::Ab2`] the field's velocity before the hook).
+/// A step's first velocity, the field's before the hook, and its time: the history a
+/// multistep solver reads.
 #[derive(Clone, Debug)]
 pub struct Velocity {
     pub t: f64,
