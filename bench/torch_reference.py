@@ -7,6 +7,10 @@ token counts, dtypes and thread count, and prints the ratio table against a `lum
     python3 bench/torch_reference.py --compare lumina.json          # README table
     python3 bench/torch_reference.py --tokens 1024 --dtype bf16     # PyTorch alone
 
+    LUMINA_ISA=avx2 cargo run --release -- bench --tokens 1024,4096 --json > avx2.json
+    python3 bench/torch_reference.py --compare avx2.json --isa avx2 --against f32
+        # both sides as on an AVX2-only CPU, every lumina dtype against PyTorch f32
+
     cargo run --release -- bench --pipeline --json > pipeline.json
     python3 bench/torch_reference.py --pipeline --compare pipeline.json   # whole pipelines
 
@@ -178,19 +182,32 @@ def measure(args: argparse.Namespace, dtype_name: str) -> dict:
     return dict(results=results, memory=memory)
 
 
-def torch_dtype_of(ours: str) -> str:
-    """The PyTorch run a lumina row is compared with: ternary against bf16 (what TerDiT's own
-    deployment runs: bf16 GEMMs on dequantised weights), others against the same dtype."""
+def torch_dtype_of(ours: str, against: str | None = None) -> str:
+    """The PyTorch run a lumina row is compared with: `against` when given (every row against
+    one PyTorch dtype), else ternary against bf16 (what TerDiT's own deployment runs: bf16
+    GEMMs on dequantised weights) and the others against the same dtype."""
+    if against:
+        return against
     return "bf16" if ours == "ternary" else ours
 
 
-def compare(ours: dict, theirs: dict) -> str:
+# What makes PyTorch run as on a CPU of a lower level, so that `LUMINA_ISA=avx2` on an AVX-512
+# machine is compared with PyTorch as an AVX2-only CPU runs it: ATen's vectorised kernels
+# (ATEN_CPU_CAPABILITY), MKL's GEMMs (MKL_ENABLE_INSTRUCTIONS) and oneDNN's
+# (ONEDNN_MAX_CPU_ISA) each have their own cap.
+ISA_CAPS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def compare(ours: dict, theirs: dict, against: str | None = None) -> str:
     """Markdown: time of lumina / time of PyTorch per (what, tokens, dtype)."""
     index = {(r["name"], r["tokens"], r["dtype"]): r for r in theirs["results"]}
     rows = ["| what | tokens | lumina dtype | PyTorch dtype | lumina ms | PyTorch ms | lumina / PyTorch |",
             "|---|---:|---|---|---:|---:|---:|"]
     for r in ours["results"]:
-        theirs_dtype = torch_dtype_of(r["dtype"])
+        theirs_dtype = torch_dtype_of(r["dtype"], against)
         t = index.get((r["name"], r["tokens"], theirs_dtype))
         if t is None:
             continue
@@ -368,7 +385,14 @@ def main() -> None:
     p.add_argument("--pipeline", nargs="?", const="all", default=None,
                    help="time whole pipelines (lumina-next-sft, lumina-image-2; default both)")
     p.add_argument("--sizes", default="512,1024", help="with --pipeline: square image sizes")
+    p.add_argument("--against", choices=["f32", "bf16"],
+                   help="with --compare: every lumina row against this PyTorch dtype")
+    p.add_argument("--isa", choices=sorted(ISA_CAPS),
+                   help="cap PyTorch's kernels at this level (as on a CPU without AVX-512), "
+                        "to compare with `LUMINA_ISA=avx2 lumina bench`")
     args = p.parse_args()
+    if args.isa:
+        os.environ.update(ISA_CAPS[args.isa])
     ours = None
     if args.compare:
         ours = json.loads(args.compare.read_text())
@@ -377,7 +401,8 @@ def main() -> None:
         return
     if ours is not None:
         args.tokens = ",".join(sorted({str(r["tokens"]) for r in ours["results"]}, key=int))
-        args.dtype = ",".join(dict.fromkeys(torch_dtype_of(r["dtype"]) for r in ours["results"]))
+        args.dtype = ",".join(dict.fromkeys(torch_dtype_of(r["dtype"], args.against)
+                                            for r in ours["results"]))
         configs = {r["config"] for r in ours["results"]}
         layered = [c for c in configs if "/" in c]
         if layered:
@@ -398,11 +423,14 @@ def main() -> None:
         results += out["results"]
         memory.append(out["memory"])
     import torch
-    theirs = dict(torch=torch.__version__, threads=args.threads, results=results, memory=memory)
+    capability = torch.backends.cpu.get_cpu_capability()
+    theirs = dict(torch=torch.__version__, threads=args.threads, capability=capability,
+                  results=results, memory=memory)
     if ours is None:
         print(json.dumps(theirs))
     else:
-        print(compare(ours, theirs))
+        print(f"PyTorch {torch.__version__}, kernels {capability}, {args.threads} threads\n")
+        print(compare(ours, theirs, args.against))
 
 
 if __name__ == "__main__":

@@ -390,7 +390,7 @@ pub struct SamplingArgs {
     pub no_cfg_normalization: bool,
 
     /// Context Drop: keys and values of self-attention average-pooled over F × F windows of
-    /// the token grid while t < T: `F` (T = 0.5) or `F:T`; `1` turns a model's default off.
+    /// the token grid while t < T: `F` (T = 0.3) or `F:T`; `1` turns a model's default off.
     #[arg(long)]
     pub context_drop: Option<String>,
 

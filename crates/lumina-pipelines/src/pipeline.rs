@@ -385,16 +385,24 @@ impl Pipeline {
         }
     }
 
-    /// A request with this pipeline's defaults: diffusers' for its pipelines, the model's own
-    /// for a pixel model.
+    /// A request with this pipeline's defaults at its training size: diffusers' for its
+    /// pipelines, the model's own for a pixel model.
     pub fn default_request(&self, prompts: Vec<String>) -> Request {
+        let native = self.native_size();
+        self.default_request_at(prompts, native, native)
+    }
+
+    /// A request with this pipeline's defaults for a `width` × `height` canvas: a pixel
+    /// model's steps and solver can depend on the canvas (`SamplerDefaults::canvas_steps`).
+    pub fn default_request_at(&self, prompts: Vec<String>, width: usize, height: usize) -> Request {
         let mut r = Request::new(prompts);
-        r.width = self.native_size();
-        r.height = self.native_size();
+        (r.width, r.height) = (width, height);
         if let Grid::Defaults(d) = &self.grid {
-            r.steps = d.steps;
+            // the defaults were checked when the folder was read
+            (r.steps, r.solver) = d
+                .steps_for(width, height)
+                .unwrap_or((d.steps, Solver::Euler));
             r.guidance_scale = d.guidance_scale;
-            r.solver = d.solver().unwrap_or(Solver::Euler);
             r.schedule = d.schedule().ok();
         }
         r

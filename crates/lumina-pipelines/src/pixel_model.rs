@@ -33,6 +33,7 @@ pub const WORD_ENCODER_CLASS: &str = "WordEncoder";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerDefaults {
+    /// Steps and solver on canvases no entry of `canvas_steps` covers.
     pub steps: usize,
     pub guidance_scale: f64,
     /// `euler`, `midpoint`, `heun`, `rk4` or `ab2`.
@@ -61,6 +62,39 @@ pub struct SamplerDefaults {
     /// `lumina cache-fit` writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_coefficients: Option<Vec<f64>>,
+    /// Steps and solver chosen per canvas shape, first match wins; canvases none covers take
+    /// `steps` and `solver`. A fast setting that the judge finds as accurate as the slow one
+    /// on some canvases can lose on others (the built-in model: 10 Euler steps on squares,
+    /// 20 midpoint steps on the 2:1 canvases — README, Fast sampling).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canvas_steps: Vec<CanvasSteps>,
+}
+
+/// Default steps and solver for the canvases up to an aspect ratio.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanvasSteps {
+    /// Covers canvases whose long side / short side is at most this (1: squares).
+    pub max_aspect: f64,
+    pub steps: usize,
+    /// `euler`, `midpoint`, `heun`, `rk4` or `ab2`.
+    pub solver: String,
+}
+
+impl CanvasSteps {
+    fn check(&self) -> std::result::Result<(), String> {
+        if !(self.max_aspect.is_finite() && self.max_aspect >= 1.0) {
+            return Err(format!(
+                "max_aspect must be a ratio >= 1, got {}",
+                self.max_aspect
+            ));
+        }
+        if self.steps == 0 {
+            return Err("steps must be at least 1, got 0".into());
+        }
+        self.solver.parse::<Solver>().map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }
 
 impl SamplerDefaults {
@@ -110,7 +144,34 @@ impl SamplerDefaults {
                 });
             }
         }
+        if defaults.steps == 0 {
+            return Err(Error::Unsupported {
+                path,
+                reason: "steps must be at least 1, got 0".into(),
+            });
+        }
+        for (i, c) in defaults.canvas_steps.iter().enumerate() {
+            c.check().map_err(|reason| Error::Unsupported {
+                path: path.clone(),
+                reason: format!("canvas_steps[{i}]: {reason}"),
+            })?;
+        }
         Ok(defaults)
+    }
+
+    /// The default steps and solver for a `width` × `height` canvas: the first entry of
+    /// `canvas_steps` that covers its aspect ratio, else `steps` and `solver`.
+    pub fn steps_for(&self, width: usize, height: usize) -> Result<(usize, Solver)> {
+        let (short, long) = (width.min(height).max(1), width.max(height));
+        let aspect = long as f64 / short as f64;
+        match self
+            .canvas_steps
+            .iter()
+            .find(|c| aspect <= c.max_aspect + 1e-9)
+        {
+            Some(c) => Ok((c.steps, c.solver.parse()?)),
+            None => Ok((self.steps, self.solver()?)),
+        }
     }
 
     /// The extrapolation beyond the training canvases.
@@ -239,4 +300,71 @@ pub fn read_word_encoder_config(dir: &Path) -> Result<WordEncoderConfig> {
     let cfg: WordEncoderConfig = file.parse()?;
     cfg.validate(&file.path)?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_defaults(
+        extra: serde_json::Value,
+    ) -> anyhow::Result<(tempfile::TempDir, Result<SamplerDefaults>)> {
+        let mut config = json!({
+            "_class_name": SAMPLER_CLASS, "steps": 20, "guidance_scale": 3.0,
+            "solver": "midpoint", "shift": 2.0,
+        });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let tmp = tempfile::tempdir()?;
+        std::fs::write(tmp.path().join("scheduler_config.json"), config.to_string())?;
+        let read = SamplerDefaults::read_dir(tmp.path());
+        Ok((tmp, read))
+    }
+
+    #[test]
+    fn canvas_steps_pick_the_first_entry_covering_the_aspect() -> anyhow::Result<()> {
+        let (_tmp, d) = write_defaults(json!({"canvas_steps": [
+            {"max_aspect": 1.0, "steps": 10, "solver": "euler"},
+            {"max_aspect": 1.5, "steps": 12, "solver": "ab2"},
+        ]}))?;
+        let d = d?;
+        assert_eq!(d.steps_for(32, 32)?, (10, Solver::Euler));
+        assert_eq!(d.steps_for(96, 96)?, (10, Solver::Euler));
+        assert_eq!(d.steps_for(48, 32)?, (12, Solver::Ab2));
+        assert_eq!(d.steps_for(32, 48)?, (12, Solver::Ab2));
+        assert_eq!(d.steps_for(64, 32)?, (20, Solver::Midpoint));
+        // without entries every canvas takes the top-level pair
+        let (_tmp, plain) = write_defaults(json!({}))?;
+        assert_eq!(plain?.steps_for(32, 32)?, (20, Solver::Midpoint));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_canvas_steps_are_refused_by_entry() -> anyhow::Result<()> {
+        for (entry, says) in [
+            (
+                json!({"max_aspect": 0.5, "steps": 10, "solver": "euler"}),
+                "canvas_steps[0]: max_aspect must be a ratio >= 1, got 0.5",
+            ),
+            (
+                json!({"max_aspect": 1.0, "steps": 0, "solver": "euler"}),
+                "canvas_steps[0]: steps must be at least 1",
+            ),
+            (
+                json!({"max_aspect": 1.0, "steps": 10, "solver": "leapfrog"}),
+                "leapfrog",
+            ),
+            (json!({"max_aspect": 1.0, "steps": 10}), "solver"),
+        ] {
+            let (_tmp, read) = write_defaults(json!({ "canvas_steps": [entry] }))?;
+            let e = read.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(says), "expected {says:?} in: {e}");
+            assert!(e.contains("scheduler_config.json"), "names the file: {e}");
+        }
+        let (_tmp, read) = write_defaults(json!({ "steps": 0 }))?;
+        let e = read.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("steps must be at least 1"), "{e}");
+        Ok(())
+    }
 }

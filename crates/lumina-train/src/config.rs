@@ -299,6 +299,7 @@ impl TrainConfig {
                 context_drop: None,
                 cache_threshold: None,
                 cache_coefficients: None,
+                canvas_steps: Vec::new(),
             },
             eval: EvalConfig {
                 every: 1200,

@@ -24,9 +24,9 @@ pub fn run(args: &CacheFitArgs) -> Result<()> {
     let model = model_dir(args.model.as_deref())?;
     let pipeline = Pipeline::load(&model.dir, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading {}", model.dir.display()))?;
-    let mut template = pipeline.default_request(vec![]);
-    template.width = args.width.unwrap_or(template.width);
-    template.height = args.height.unwrap_or(template.height);
+    let native = pipeline.native_size();
+    let (width, height) = (args.width.unwrap_or(native), args.height.unwrap_or(native));
+    let mut template = pipeline.default_request_at(vec![], width, height);
     super::sampling::apply(&args.sampling, &mut template)?;
     template.record_cache = true;
     template.cache_threshold = None;

@@ -44,12 +44,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let dir = model_dir(args.model.as_deref())?.dir;
     let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading {}", dir.display()))?;
-    let mut template = pipeline.default_request(vec![]);
-    if let Some(size) = args.size {
-        (template.width, template.height) = (size, size);
-    }
-    template.width = args.width.unwrap_or(template.width);
-    template.height = args.height.unwrap_or(template.height);
+    let side = args.size.unwrap_or(pipeline.native_size());
+    let (width, height) = (args.width.unwrap_or(side), args.height.unwrap_or(side));
+    let mut template = pipeline.default_request_at(vec![], width, height);
     let plan = super::extrapolate::apply(&args.extrapolation, &pipeline, &mut template)?;
     if let Some(plan) = &plan {
         eprintln!("extrapolation: {plan}");

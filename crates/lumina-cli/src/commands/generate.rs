@@ -106,13 +106,20 @@ fn check_args(args: &GenerateArgs, dir: &std::path::Path) -> Result<()> {
 }
 
 fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Result<Request> {
-    let mut r = pipeline.default_request(vec![args.prompt.clone()]);
+    let image = match &args.init_image {
+        Some(path) => Some(load_png(path, &Device::Cpu)?),
+        None if args.strength.is_some() => bail!("--strength needs --init-image"),
+        None => None,
+    };
+    // the canvas: the flags, else the init image's size, else the model's own
+    let (w, h) = match &image {
+        Some(image) => (image.dim(1)?, image.dim(0)?),
+        None => (pipeline.native_size(), pipeline.native_size()),
+    };
+    let (width, height) = (args.width.unwrap_or(w), args.height.unwrap_or(h));
+    let mut r = pipeline.default_request_at(vec![args.prompt.clone()], width, height);
     r.negative_prompts = Some(vec![args.negative_prompt.clone()]);
-    if let Some(path) = &args.init_image {
-        let image = load_png(path, &Device::Cpu)?;
-        let (h, w) = (image.dim(0)?, image.dim(1)?);
-        (r.width, r.height) = (w, h);
-        let (width, height) = (args.width.unwrap_or(w), args.height.unwrap_or(h));
+    if let Some(image) = image {
         let upscaling = (width, height) != (w, h);
         r.init_image = Some(InitImage {
             image,
@@ -120,11 +127,7 @@ fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Result<Reques
                 .strength
                 .unwrap_or(if upscaling { 1.0 } else { IMG2IMG_STRENGTH }),
         });
-    } else if args.strength.is_some() {
-        bail!("--strength needs --init-image");
     }
-    r.width = args.width.unwrap_or(r.width);
-    r.height = args.height.unwrap_or(r.height);
     r.steps = args.steps.unwrap_or(r.steps);
     r.guidance_scale = args.guidance.unwrap_or(r.guidance_scale);
     if let Some(solver) = args.solver {

@@ -148,10 +148,16 @@ impl ContextDrop {
     }
 }
 
+/// The end time of `--context-drop F` without `:T`. 0.3, not 0.5: on the built-in model at 96²
+/// pooling until t = 0.5 lost 0.05 and 0.075 of judge accuracy on two 40-image lists, until
+/// t = 0.3 0.025 and nothing (and nothing at 64² either way) — README, Fast sampling. With
+/// Lumina's time shift 2, t < 0.3 is still the first 46 % of the steps.
+pub const DEFAULT_UNTIL: f64 = 0.3;
+
 impl std::str::FromStr for ContextDrop {
     type Err = Error;
 
-    /// `F` (pooling F × F for t < 0.5) or `F:T`.
+    /// `F` (pooling F × F for t < [`DEFAULT_UNTIL`]) or `F:T`.
     fn from_str(text: &str) -> Result<Self> {
         let bad = || {
             Error::input(
@@ -167,7 +173,7 @@ impl std::str::FromStr for ContextDrop {
         let factor = f.trim().parse::<usize>().map_err(|_| bad())?;
         let until = match t {
             Some(t) => t.trim().parse::<f64>().map_err(|_| bad())?,
-            None => 0.5,
+            None => DEFAULT_UNTIL,
         };
         let c = Self { factor, until };
         c.validate().map_err(|_| bad())?;
@@ -265,7 +271,7 @@ mod tests {
         let c: ContextDrop = "2:0.4".parse()?;
         assert_eq!(c.at(0.1), Some(2));
         assert_eq!(c.at(0.4), None);
-        assert_eq!("3".parse::<ContextDrop>()?.until, 0.5);
+        assert_eq!("3".parse::<ContextDrop>()?.until, DEFAULT_UNTIL);
         assert!("0".parse::<ContextDrop>().is_err());
         assert!("2:1.5".parse::<ContextDrop>().is_err());
         assert_eq!(c.to_string().parse::<ContextDrop>()?, c);

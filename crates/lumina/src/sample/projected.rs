@@ -292,7 +292,10 @@ mod tests {
             let lo = crate::fixtures::max_abs_diff(&low(&end)?, &low(&guide)?)?;
             let hi = crate::fixtures::max_abs_diff(&high(&end)?, &high(&target)?)?;
             assert!(lo < 1e-4, "{solver}: low band off the guide by {lo}");
-            assert!(hi < 1e-4, "{solver}: high band off the model's answer by {hi}");
+            assert!(
+                hi < 1e-4,
+                "{solver}: high band off the model's answer by {hi}"
+            );
         }
         Ok(())
     }

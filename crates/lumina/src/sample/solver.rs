@@ -238,7 +238,8 @@ pub fn sample_with(
     let steps = grid.len() - 1;
     let mut prev = None;
     for (step, w) in grid.windows(2).enumerate() {
-        let (next, v) = solver.step(field, &hook, &x, (w[0], w[1]), (step, steps), prev.as_ref())?;
+        let (next, v) =
+            solver.step(field, &hook, &x, (w[0], w[1]), (step, steps), prev.as_ref())?;
         (x, prev) = (next, Some(v));
         x = hook.after_step(
             x,

@@ -215,7 +215,9 @@ pub fn int8_linear(x: &Tensor, w: &TernaryMatrix, bias: Option<&[f32]>) -> Resul
     let kernel = Kernel::of(Isa::detect());
     // bf16 results are rounded once, in the epilogue: no f32 copy of the output
     Ok(match x.dtype() {
-        DType::BF16 => Tensor::from_vec(tiled_gemm::<bf16>(kernel, &q, w, bias), shape, x.device())?,
+        DType::BF16 => {
+            Tensor::from_vec(tiled_gemm::<bf16>(kernel, &q, w, bias), shape, x.device())?
+        }
         _ => Tensor::from_vec(tiled_gemm::<f32>(kernel, &q, w, bias), shape, x.device())?,
     })
 }
@@ -516,7 +518,9 @@ mod tests {
         for level in crate::kernels::test_levels() {
             let kernel = Kernel::of(Isa::detect().capped(level));
             let mut rng = StdRng::seed_from_u64(7);
-            let shapes = SHAPES.into_iter().chain([(6, 64, 256), (7, 70, 260), (3, 9, 520)]);
+            let shapes = SHAPES
+                .into_iter()
+                .chain([(6, 64, 256), (7, 70, 260), (3, 9, 520)]);
             for (i, (rows, out, inp)) in shapes.enumerate() {
                 let w = random_matrix(&mut rng, out, inp, i % 2 == 0);
                 let bias: Vec<f32> = (0..out).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -536,8 +540,14 @@ mod tests {
                 let x = vec![sign * 3.0; rows * inp];
                 let q = QuantizedRows::new(rows, inp, &x);
                 let fast = tiled_gemm::<f32>(kernel, &q, &w, None);
-                assert_eq!(fast, int8_reference::<f32>(&q, &w, None), "{kernel:?} at the bound");
-                assert!(fast.iter().all(|&y| (y - sign * 3.0 * inp as f32).abs() < 1e-2));
+                assert_eq!(
+                    fast,
+                    int8_reference::<f32>(&q, &w, None),
+                    "{kernel:?} at the bound"
+                );
+                assert!(fast
+                    .iter()
+                    .all(|&y| (y - sign * 3.0 * inp as f32).abs() < 1e-2));
             }
             ran.push(kernel);
         }
