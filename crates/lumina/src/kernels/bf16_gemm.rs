@@ -266,6 +266,7 @@ unsafe fn tile(
     debug_assert!(a.len() >= (mr - 1) * lda + depth && strip.len() >= depth * NR);
     let mut acc = [0f32; MR * NR];
     // SAFETY: forwarded from the caller; `acc` is MR × NR.
+    #[cfg(target_arch = "x86_64")]
     unsafe {
         avx512::kernel(
             a.as_ptr().cast(),
@@ -276,6 +277,17 @@ unsafe fn tile(
             mr,
         )
     };
+    // Other architectures never get here ([`available`] is false there); the plain tile
+    // keeps this function total on them.
+    #[cfg(not(target_arch = "x86_64"))]
+    for (r, row) in acc.chunks_exact_mut(NR).take(mr).enumerate() {
+        for (p, &x) in a[r * lda..r * lda + depth].iter().enumerate() {
+            let pair = &strip[(p / 2) * NR * 2..];
+            for (j, o) in row.iter_mut().enumerate() {
+                *o += x.to_f32() * bf16::from_bits(pair[j * 2 + p % 2]).to_f32();
+            }
+        }
+    }
     // SAFETY: forwarded from the caller.
     unsafe { store_tile(&acc, NR, c, ldc, (mr, nr), accumulate) }
 }

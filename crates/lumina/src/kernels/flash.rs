@@ -698,6 +698,7 @@ impl ColumnSoftmax {
 /// against ~15 for the auto-vectorised scalar form (which is what AVX2 runs, 8 lanes wide,
 /// inlined into `add_avx2`).
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn exp2_rows(level: Level, rows: &mut [f32], max: &[f32], sums: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512 {

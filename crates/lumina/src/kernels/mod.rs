@@ -18,6 +18,8 @@
 
 /// `$body!(n)` with `n` the literal equal to `$mr` (1 to 12; 1 for anything else): a register
 /// tile kernel's row loop with a constant count keeps every accumulator in a register.
+// (only the x86 tile kernels use it)
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! with_row_count {
     ($mr:expr, $body:ident) => {
         match $mr {

@@ -66,6 +66,7 @@ fn ops_per_iter(arith: Arith, isa: Isa) -> f64 {
     per_instr * CHAINS as f64
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn run(arith: Arith, iters: u64, isa: Isa) {
     #[cfg(target_arch = "x86_64")]
     if isa.avx512f && (arith != Arith::Int8 || isa.avx512_vnni) {
