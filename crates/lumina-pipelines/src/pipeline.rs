@@ -283,8 +283,8 @@ pub fn size_multiple(dir: &Path) -> Result<usize> {
 }
 
 impl Pipeline {
-    /// Loads every component of a pipeline folder; the transformer and the text encoder compute
-    /// in `dtype`, the VAE in f32.
+    /// Loads every component of a pipeline folder in `dtype` (the VAE decoder's activations
+    /// stay f32; in bf16 its convolutions multiply in bf16, see `VaeDecoder::load`).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         Self::load_with_transformer(dir, None, dtype, device)
     }
@@ -349,11 +349,9 @@ impl Pipeline {
         }
         let decoder = match family {
             Family::Pixel => Decoder::Pixels,
-            _ => Decoder::Vae(Box::new(Vae::load_dir(
-                &dir.join("vae"),
-                DType::F32,
-                device,
-            )?)),
+            // in the pipeline's dtype, as diffusers loads it: a bf16 VAE's convolutions
+            // multiply in bf16 (activations stay f32, see `VaeDecoder::load`)
+            _ => Decoder::Vae(Box::new(Vae::load_dir(&dir.join("vae"), dtype, device)?)),
         };
         Ok(Self {
             family,

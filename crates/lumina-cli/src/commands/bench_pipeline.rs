@@ -8,8 +8,9 @@
 //!   pipelines read;
 //! - *step*: one transformer forward at batch 2 (conditional and unconditional rows: one
 //!   sampler step with guidance);
-//! - *VAE decode*: one image's latents to pixels — in f32 whatever the dtype, as `Pipeline`
-//!   decodes (diffusers decodes in the pipeline's dtype);
+//! - *VAE decode*: one image's latents to pixels, the VAE in the pipeline's dtype as
+//!   `Pipeline` (and diffusers) load it: in bf16 its convolutions multiply in bf16, with f32
+//!   activations between layers;
 //! - *total, 30 steps*: text encoding + 30 steps + VAE decode, the sum of the measured parts
 //!   (30 is both pipelines' default step count);
 //! - *peak resident*: the peak resident memory of the process that built and ran that
@@ -20,7 +21,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use lumina::config::ConfigFile;
 use lumina::models::{Transformer, TransformerConfig};
 use lumina::{DitInput, Weights};
@@ -287,8 +288,8 @@ fn measure(args: &BenchArgs, name: &str, dtype_arg: BenchDtype, component: &str)
         }
         "VAE decode" => {
             let channels = cfgs.vae.latent_channels;
-            // the pipelines decode in f32 whatever the model dtype (`Pipeline::load`)
-            let vae = Vae::load(cfgs.vae, &Weights::random(3, DType::F32, &dev))?;
+            // the VAE in the pipeline's dtype, as `Pipeline::load` reads it
+            let vae = Vae::load(cfgs.vae, &Weights::random(3, dtype, &dev))?;
             for &size in &args.sizes {
                 let side = size / 8;
                 let latents = Tensor::randn(0f32, 1.0, (1, channels, side, side), &dev)?;

@@ -87,8 +87,24 @@ impl CustomOp2 for Bf16Linear {
 /// `x` (M, K) · `w`ᵀ, `w` (N, K), both row-major, to f32 (M, N).
 fn gemm(x: &[bf16], w: &[bf16], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
-    if m == 0 || n == 0 || k == 0 {
-        return y;
+    gemm_into(x, w, (m, n, k), &mut y);
+    y
+}
+
+/// [`gemm`] into `y` (M, N), row-major, every value overwritten; for kernels that multiply
+/// their own bf16 operands (the Winograd convolution's products). The CPU must have AVX-512
+/// BF16 ([`available`]).
+pub(crate) fn gemm_into(x: &[bf16], w: &[bf16], (m, n, k): (usize, usize, usize), y: &mut [f32]) {
+    assert!(
+        available() && x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
+        "bf16 gemm operands smaller than ({m}, {n}, {k})"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y[..m * n].fill(0.0);
+        return;
     }
     // an odd K would make the last activation pair read past its row: pad to even
     let padded;
@@ -115,7 +131,6 @@ fn gemm(x: &[bf16], w: &[bf16], m: usize, n: usize, k: usize) -> Vec<f32> {
     tiles
         .into_par_iter()
         .for_each(|(i0, j0)| output_tile(&operands, &out, i0, j0));
-    y
 }
 
 /// The operands of one product: `x` (m, k) with row stride `ldx`, `w` (n, k) with row
@@ -238,6 +253,18 @@ fn pack_panel(
                 continue;
             }
             let row = &w[(j0 + col) * k + p0..][..depth];
+            // A k-pair is one 32-bit lane: moved as one, the packing (each weight once per
+            // product when M ≤ MC, as in a text encoder's 256 rows) takes half the stores.
+            // SAFETY: any two u16 are a valid u32; `align_to_mut` only hands out the
+            // u32-aligned middle, which is checked to be the whole strip before use.
+            let (head, pairs, _) = unsafe { strip.align_to_mut::<u32>() };
+            if cfg!(target_endian = "little") && head.is_empty() && pairs.len() == depth / 2 * NR {
+                for (pair, v) in row.chunks_exact(2).enumerate() {
+                    pairs[pair * NR + c] =
+                        u32::from(v[0].to_bits()) | (u32::from(v[1].to_bits()) << 16);
+                }
+                continue;
+            }
             for pair in 0..depth / 2 {
                 strip[pair * 2 * NR + 2 * c] = row[2 * pair].to_bits();
                 strip[pair * 2 * NR + 2 * c + 1] = row[2 * pair + 1].to_bits();

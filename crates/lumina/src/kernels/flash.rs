@@ -404,14 +404,14 @@ fn pack_bf16_pairs(p: &[f32], cols: usize, out: &mut [u32]) {
 /// `x` rounded to bf16 (to nearest, ties to even), as bits: plain integer arithmetic, so loops
 /// over it vectorise. Only for finite values (probabilities here).
 #[inline(always)]
-fn bf16_bits(x: f32) -> u32 {
+pub(super) fn bf16_bits(x: f32) -> u32 {
     let b = x.to_bits();
     (b + 0x7fff + ((b >> 16) & 1)) >> 16
 }
 
 /// The u32 words of a packed strip as the bf16 bit pairs `gemm_packed` reads (little-endian:
 /// the low half is the even key).
-fn as_bf16_bits(words: &[u32]) -> &[u16] {
+pub(super) fn as_bf16_bits(words: &[u32]) -> &[u16] {
     // SAFETY: u16 has weaker alignment than u32 and every bit pattern is a valid u16; the
     // view covers exactly the words' bytes.
     unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u16>(), words.len() * 2) }

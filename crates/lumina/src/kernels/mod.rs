@@ -44,6 +44,7 @@ pub mod conv;
 pub(crate) mod f32_packed;
 pub mod flash;
 pub mod gate;
+pub(crate) mod group_norm;
 pub(crate) mod math;
 pub mod modulate;
 pub mod probe;

@@ -14,9 +14,23 @@
 //! every channel and tile, M[ξ] = U[ξ] · V[ξ] with U[ξ][o][c] = (G g Gᵀ)[ξ], and the output
 //! tiles Aᵀ M A are written in place into NCHW.
 
+use half::bf16;
 use rayon::prelude::*;
 
+use super::bf16_gemm::{self, STRIP};
 use super::conv::gemm_rows;
+use super::flash::{as_bf16_bits, bf16_bits};
+
+/// The precision of the 16 products (the transforms always run in f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Products {
+    /// f32 operands on the `gemm` crate's kernels.
+    F32,
+    /// U and V rounded to bf16, multiplied by `vdpbf16ps` with f32 accumulation (AVX-512 BF16
+    /// only): a bf16 VAE's convolutions, as diffusers runs them in a bf16 pipeline, with the
+    /// activations between layers still f32.
+    Bf16,
+}
 
 /// Transformed values per band (V: 16 × C × tiles), as the im2col bands of `conv`.
 const BAND_VALUES: usize = 4 << 20;
@@ -69,6 +83,9 @@ fn filter_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
 
 /// `x` (B, C, H, W) — read upsampled ×2 by nearest neighbour when `up` — convolved with `w`
 /// (O, C, 3, 3), padding 1, plus `bias`: (B, O, H', W') with H', W' the logical input's size.
+///
+/// `products` [`Products::Bf16`] needs a CPU with AVX-512 BF16 (`bf16_gemm::available`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv3x3(
     x: &[f32],
     w: &[f32],
@@ -76,6 +93,7 @@ pub(crate) fn conv3x3(
     [b, c, hs, ws]: [usize; 4],
     o: usize,
     up: bool,
+    products: Products,
 ) -> Vec<f32> {
     let f = if up { 2 } else { 1 };
     let (h, wd) = (f * hs, f * ws);
@@ -89,6 +107,22 @@ pub(crate) fn conv3x3(
     let band = (BAND_VALUES / (16 * c * tw).max(1)).clamp(1, th);
     let mut v = vec![0f32; 16 * c * band * tw];
     let mut m = vec![0f32; 16 * o * band * tw];
+    // bf16 products: U as bf16 rows, V[ξ] packed per band into the kernel's strips
+    let (ub, mut vp) = match products {
+        Products::F32 => (Vec::new(), Vec::new()),
+        Products::Bf16 => {
+            assert!(
+                c % 2 == 0,
+                "bf16 Winograd products take an even channel count"
+            );
+            let ub: Vec<bf16> = u
+                .par_iter()
+                .map(|&x| bf16::from_bits(bf16_bits(x) as u16))
+                .collect();
+            let words = 16 * (band * tw).div_ceil(STRIP) * (c / 2) * STRIP;
+            (ub, vec![0u32; words])
+        }
+    };
     for bi in 0..b {
         let xb = &x[bi * c * hs * ws..][..c * hs * ws];
         let ob = &mut out[bi * o * plane..][..o * plane];
@@ -98,15 +132,66 @@ pub(crate) fn conv3x3(
             let (v, m) = (&mut v[..16 * c * nt], &mut m[..16 * o * nt]);
             input_transform(xb, [c, hs, ws], up, t0, rows, v);
             // M[ξ] (O, nt) = U[ξ] (O, C) · V[ξ] (C, nt)
-            for xi in 0..16 {
-                let dst = &mut m[xi * o * nt..][..o * nt];
-                let a = &u[xi * o * c..][..o * c];
-                gemm_rows(dst, nt, 0, nt, a, &v[xi * c * nt..][..c * nt], o, c, false);
+            match products {
+                Products::F32 => {
+                    for xi in 0..16 {
+                        let dst = &mut m[xi * o * nt..][..o * nt];
+                        let a = &u[xi * o * c..][..o * c];
+                        gemm_rows(dst, nt, 0, nt, a, &v[xi * c * nt..][..c * nt], o, c, false);
+                    }
+                }
+                Products::Bf16 => bf16_products(&ub, v, &mut vp, m, (o, c, nt)),
             }
             output_transform(m, o, nt, [h, wd], t0, rows, bias, ob);
         }
     }
     out
+}
+
+/// Output rows per task of the bf16 products (a multiple of the kernel's 12-row tile).
+const PRODUCT_ROWS: usize = 48;
+
+/// The 16 products M[ξ] = U[ξ] · V[ξ] on the bf16 kernel: V[ξ] (C, nt) is rounded and packed
+/// straight into the kernel's strips (word (c/2, t) = the bf16 pair of channels c, c + 1 at
+/// tile t) — no transposed copy — then every (ξ, block of output rows) is a task.
+fn bf16_products(
+    ub: &[bf16],
+    v: &[f32],
+    vp: &mut [u32],
+    m: &mut [f32],
+    (o, c, nt): (usize, usize, usize),
+) {
+    let strips = nt.div_ceil(STRIP);
+    let strip_len = c / 2 * STRIP;
+    let vp = &mut vp[..16 * strips * strip_len];
+    vp.par_chunks_mut(strip_len)
+        .enumerate()
+        .for_each(|(i, out)| {
+            let (xi, t0) = (i / strips, (i % strips) * STRIP);
+            let width = STRIP.min(nt - t0);
+            let vx = &v[xi * c * nt..][..c * nt];
+            for (cp, dst) in out.chunks_exact_mut(STRIP).enumerate() {
+                let even = &vx[2 * cp * nt + t0..][..width];
+                let odd = &vx[(2 * cp + 1) * nt + t0..][..width];
+                for ((d, &a), &b) in dst.iter_mut().zip(even).zip(odd) {
+                    *d = bf16_bits(a) | (bf16_bits(b) << 16);
+                }
+                dst[width..].fill(0);
+            }
+        });
+    let vp = &*vp;
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
+    for (xi, mx) in m[..16 * o * nt].chunks_mut(o * nt).enumerate() {
+        for (bi, rows) in mx.chunks_mut(PRODUCT_ROWS * nt).enumerate() {
+            tasks.push((xi, bi * PRODUCT_ROWS, rows));
+        }
+    }
+    tasks.into_par_iter().for_each(|(xi, r0, dst)| {
+        let rows = dst.len() / nt;
+        let a = &ub[(xi * o + r0) * c..][..rows * c];
+        let b = as_bf16_bits(&vp[xi * strips * strip_len..][..strips * strip_len]);
+        bf16_gemm::gemm_packed(a, c, b, 2 * strip_len, (rows, nt, c), dst, nt, false);
+    });
 }
 
 /// V[ξ][c][t] = (Bᵀ d B)[ξ] for the 4×4 input patch d of each tile t of tile rows
@@ -254,7 +339,7 @@ mod tests {
                 .collect();
             let wt: Vec<f32> = (0..o * c * 9).map(|_| rng.gen_range(-0.2..0.2)).collect();
             let bias: Vec<f32> = (0..o).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let got = conv3x3(&x, &wt, Some(&bias), [b, c, h, w], o, up);
+            let got = conv3x3(&x, &wt, Some(&bias), [b, c, h, w], o, up, Products::F32);
             // the reference on the explicitly upsampled input
             let (hl, wl) = if up { (2 * h, 2 * w) } else { (h, w) };
             let xl: Vec<f32> = (0..b * c * hl * wl)
