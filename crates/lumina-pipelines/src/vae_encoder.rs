@@ -25,12 +25,13 @@ pub struct VaeEncoder {
     conv_out: nn::Conv2d,
     quant_conv: Option<nn::Conv2d>,
     latent_channels: usize,
-    dtype: DType,
 }
 
 impl VaeEncoder {
     pub fn load(config: &VaeConfig, weights: &Weights) -> Result<Self> {
-        let vs = weights.var_builder();
+        // f32 whatever the weights' dtype: candle's CPU backend has no bf16 matmul, and an
+        // image is encoded once per request (the decoder is the one on the hot path)
+        let vs = weights.var_builder().set_dtype(DType::F32);
         let enc = vs.pp("encoder");
         let channels = &config.block_out_channels;
         let groups = config.norm_num_groups;
@@ -85,13 +86,12 @@ impl VaeEncoder {
             conv_out,
             quant_conv,
             latent_channels: config.latent_channels,
-            dtype: weights.dtype(),
         })
     }
 
     /// Images (1, 3, H, W) in [−1, 1] → the posterior mean (1, C, H/f, W/f), unscaled.
     pub fn mean(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.conv_in.forward(&x.to_dtype(self.dtype)?)?;
+        let mut h = self.conv_in.forward(&x.to_dtype(DType::F32)?)?;
         for block in &self.down_blocks {
             h = block.forward(&h)?;
         }
