@@ -13,6 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+use super::flash::as_bf16_bits;
 use super::storage::{contiguous_bf16, linear_dims, store_tile, SharedOut};
 use super::Isa;
 use crate::error::{Error, Result};
@@ -87,24 +88,8 @@ impl CustomOp2 for Bf16Linear {
 /// `x` (M, K) · `w`ᵀ, `w` (N, K), both row-major, to f32 (M, N).
 fn gemm(x: &[bf16], w: &[bf16], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
-    gemm_into(x, w, (m, n, k), &mut y);
-    y
-}
-
-/// [`gemm`] into `y` (M, N), row-major, every value overwritten; for kernels that multiply
-/// their own bf16 operands (the Winograd convolution's products). The CPU must have AVX-512
-/// BF16 ([`available`]).
-pub(crate) fn gemm_into(x: &[bf16], w: &[bf16], (m, n, k): (usize, usize, usize), y: &mut [f32]) {
-    assert!(
-        available() && x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
-        "bf16 gemm operands smaller than ({m}, {n}, {k})"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        y[..m * n].fill(0.0);
-        return;
+    if m == 0 || n == 0 || k == 0 {
+        return y;
     }
     // an odd K would make the last activation pair read past its row: pad to even
     let padded;
@@ -131,6 +116,7 @@ pub(crate) fn gemm_into(x: &[bf16], w: &[bf16], (m, n, k): (usize, usize, usize)
     tiles
         .into_par_iter()
         .for_each(|(i0, j0)| output_tile(&operands, &out, i0, j0));
+    y
 }
 
 /// The operands of one product: `x` (m, k) with row stride `ldx`, `w` (n, k) with row
@@ -149,13 +135,18 @@ struct Operands<'a> {
 fn output_tile(p: &Operands, out: &SharedOut<f32>, i0: usize, j0: usize) {
     let rows = MC.min(p.m - i0);
     let cols = NC.min(p.n - j0);
-    let mut panel = vec![0u16; KC.min(p.k) * NC.div_ceil(NR) * NR];
+    let mut panel = vec![0u32; KC.min(p.k) / 2 * NC.div_ceil(NR) * NR];
     for p0 in (0..p.k).step_by(KC) {
         let depth = KC.min(p.k - p0);
         pack_panel(p.w, p.ldw, j0, cols, p0, depth, &mut panel);
+        let packed = as_bf16_bits(&panel);
         for r0 in (0..rows).step_by(MR) {
             let mr = MR.min(rows - r0);
-            for (s, strip) in panel.chunks(depth * NR).take(cols.div_ceil(NR)).enumerate() {
+            for (s, strip) in packed
+                .chunks(depth * NR)
+                .take(cols.div_ceil(NR))
+                .enumerate()
+            {
                 let c0 = s * NR;
                 let nr = NR.min(cols - c0);
                 let a = &p.x[(i0 + r0) * p.ldx + p0..];
@@ -230,8 +221,11 @@ fn pad_k(a: &[bf16], rows: usize, k: usize) -> Vec<bf16> {
 }
 
 /// Packs `w[j0..j0+cols, p0..p0+depth]` as strips of NR columns, each strip laid out
-/// `[depth/2][NR][2]`: for every k-pair, the NR columns' two weights side by side, which is
-/// the operand order of `vdpbf16ps`. Columns past `cols` are zero.
+/// `[depth/2][NR]` in 32-bit words: for every k-pair, the NR columns' two weights side by side
+/// (the low half the even one, as [`super::flash::as_bf16_bits`] reads them), which is the
+/// operand order of `vdpbf16ps`. A pair moves as one word: when each weight is packed once per
+/// product (M ≤ MC, as a text encoder's 256 rows) that halves the packing's stores. Columns
+/// past `cols` are zero.
 fn pack_panel(
     w: &[bf16],
     k: usize,
@@ -239,35 +233,20 @@ fn pack_panel(
     cols: usize,
     p0: usize,
     depth: usize,
-    out: &mut [u16],
+    out: &mut [u32],
 ) {
-    for s in 0..cols.div_ceil(NR) {
-        let strip = &mut out[s * depth * NR..(s + 1) * depth * NR];
+    let words = depth / 2 * NR;
+    for (s, strip) in out.chunks_mut(words).take(cols.div_ceil(NR)).enumerate() {
         for c in 0..NR {
             let col = s * NR + c;
             if col >= cols {
-                for pair in 0..depth / 2 {
-                    strip[pair * 2 * NR + 2 * c] = 0;
-                    strip[pair * 2 * NR + 2 * c + 1] = 0;
-                }
+                (0..depth / 2).for_each(|pair| strip[pair * NR + c] = 0);
                 continue;
             }
             let row = &w[(j0 + col) * k + p0..][..depth];
-            // A k-pair is one 32-bit lane: moved as one, the packing (each weight once per
-            // product when M ≤ MC, as in a text encoder's 256 rows) takes half the stores.
-            // SAFETY: any two u16 are a valid u32; `align_to_mut` only hands out the
-            // u32-aligned middle, which is checked to be the whole strip before use.
-            let (head, pairs, _) = unsafe { strip.align_to_mut::<u32>() };
-            if cfg!(target_endian = "little") && head.is_empty() && pairs.len() == depth / 2 * NR {
-                for (pair, v) in row.chunks_exact(2).enumerate() {
-                    pairs[pair * NR + c] =
-                        u32::from(v[0].to_bits()) | (u32::from(v[1].to_bits()) << 16);
-                }
-                continue;
-            }
-            for pair in 0..depth / 2 {
-                strip[pair * 2 * NR + 2 * c] = row[2 * pair].to_bits();
-                strip[pair * 2 * NR + 2 * c + 1] = row[2 * pair + 1].to_bits();
+            for (pair, v) in row.chunks_exact(2).enumerate() {
+                strip[pair * NR + c] =
+                    u32::from(v[0].to_bits()) | (u32::from(v[1].to_bits()) << 16);
             }
         }
     }

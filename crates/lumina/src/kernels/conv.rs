@@ -337,6 +337,19 @@ pub fn conv2d_reference(
     out
 }
 
+/// `x` (planes, H, W) upsampled ×2 by nearest neighbour: (planes, 2H, 2W), the input the
+/// references of the upsampled convolutions convolve.
+#[cfg(test)]
+pub(crate) fn upsampled_reference(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
+    let (hl, wl) = (2 * h, 2 * w);
+    (0..planes * hl * wl)
+        .map(|i| {
+            let (plane, y, xx) = (i / (hl * wl), (i / wl) % hl, i % wl);
+            x[plane * h * w + (y / 2) * w + xx / 2]
+        })
+        .collect()
+}
+
 /// GroupNorm of `x` (B, C, H, W) over `groups` channel groups with the per-channel affine
 /// `weight`, `bias` (C,), then SiLU when `silu`: diffusers' `GroupNorm` (+ `SiLU`), two-pass
 /// statistics accumulated into f64 (`group_norm.rs`), the biased variance as torch takes it.
@@ -548,13 +561,11 @@ mod tests {
             };
             assert_eq!(chosen, want_products, "case {i}: products chosen");
             let (hl, wl) = if up { (2 * h, 2 * w) } else { (h, w) };
-            let xl: Vec<f32> = (0..c * hl * wl)
-                .map(|j| {
-                    let (plane, y, xx) = (j / (hl * wl), (j / wl) % hl, j % wl);
-                    let f = if up { 2 } else { 1 };
-                    x[plane * h * w + (y / f) * w + xx / f]
-                })
-                .collect();
+            let xl = if up {
+                upsampled_reference(&x, c, h, w)
+            } else {
+                x.clone()
+            };
             let wide = wt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let want = conv2d_reference(&xl, &wide, Some(&bias), [1, c, hl, wl], o, 3, 1);
             let xt = Tensor::from_vec(x, (1, c, h, w), &dev)?;

@@ -56,10 +56,12 @@ fn body(dst: &mut [f32], src: &[f32], p: &Params) {
     let n = src.len().max(1) as f64;
     let mean = lane_sum(src, |x| x) / n;
     let m32 = mean as f32;
-    // the deviation from the f32 mean; its bias (mean − m32)² is below f32's resolution of var
+    // deviations from the f32 mean (vectorisable), then exact about the f64 one:
+    // Σ(x − mean)² / n = Σ(x − m32)² / n − (mean − m32)²
     let var = lane_sum(src, |x| (x - m32) * (x - m32)) / n - (mean - f64::from(m32)).powi(2);
     let inv = 1.0 / (var.max(0.0) + eps).sqrt();
     for (j, (d, s)) in dst.chunks_mut(plane).zip(src.chunks(plane)).enumerate() {
+        // the shift uses the rounded scale, so that x·scale + shift cancels at x = m32 exactly
         let scale = (inv * f64::from(weight[j])) as f32;
         let shift =
             bias[j] - m32 * scale - ((mean - f64::from(m32)) * inv * f64::from(weight[j])) as f32;

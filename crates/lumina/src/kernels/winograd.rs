@@ -318,7 +318,7 @@ fn output_transform(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::conv::conv2d_reference;
+    use crate::kernels::conv::{conv2d_reference, upsampled_reference};
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     /// Odd and even sizes (partial tiles on both edges), several bands, batches, upsampling:
@@ -342,13 +342,11 @@ mod tests {
             let got = conv3x3(&x, &wt, Some(&bias), [b, c, h, w], o, up, Products::F32);
             // the reference on the explicitly upsampled input
             let (hl, wl) = if up { (2 * h, 2 * w) } else { (h, w) };
-            let xl: Vec<f32> = (0..b * c * hl * wl)
-                .map(|i| {
-                    let (plane, y, xx) = (i / (hl * wl), (i / wl) % hl, i % wl);
-                    let f = if up { 2 } else { 1 };
-                    x[plane * h * w + (y / f) * w + xx / f]
-                })
-                .collect();
+            let xl = if up {
+                upsampled_reference(&x, b * c, h, w)
+            } else {
+                x.clone()
+            };
             let want = conv2d_reference(&xl, &wt, Some(&bias), [b, c, hl, wl], o, 3, 1);
             assert_eq!(got.len(), want.len());
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
