@@ -48,6 +48,7 @@ pub(crate) mod group_norm;
 pub(crate) mod math;
 pub mod modulate;
 pub mod probe;
+pub mod softcap;
 pub(crate) mod storage;
 pub mod strassen;
 pub mod ternary;
