@@ -64,6 +64,7 @@ pub(crate) fn contiguous_bf16<'a>(
 /// An output buffer shared by parallel tasks that each write a disjoint tile of it.
 pub(crate) struct SharedOut<T>(pub(crate) *mut T);
 // SAFETY: every user hands each task a tile no other task writes (see `bf16_gemm::gemm`,
+// `winograd::input_transform_packed`,
 // `ternary::int8::vnni_gemm`).
 unsafe impl<T> Sync for SharedOut<T> {}
 
