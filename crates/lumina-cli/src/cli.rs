@@ -204,7 +204,8 @@ pub struct BenchArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A diffusers pipeline folder (with model_index.json), one model folder (with
-    /// config.json), or a built-in model's name. Default: the built-in `shapes` model.
+    /// config.json), one safetensors file, or a built-in model's name. Default: the built-in
+    /// `shapes` model.
     pub dir: Option<String>,
 
     /// Print one JSON object instead of the text report.

@@ -91,15 +91,54 @@ fn inspect_of_a_folder_without_config_fails_with_a_clear_message() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.starts_with("error: inspecting") && err.contains("has no config.json"),
+        err.starts_with("error: ") && err.contains("has no config.json"),
         "{err}"
     );
     let out = lumina(&["inspect", "/no/such/folder"]);
+    let err = stderr(&out);
     assert!(
-        !out.status.success() && stderr(&out).contains("no such folder"),
-        "{}",
-        stderr(&out)
+        !out.status.success() && err.contains("no such file or folder"),
+        "{err}"
     );
+    // each fact once: the path and the reason
+    assert_eq!(err.matches("/no/such/folder").count(), 1, "{err}");
+    assert_eq!(err.matches("no such file or folder").count(), 1, "{err}");
+}
+
+/// A single weights file: summarised, audited against the `config.json` beside it; an
+/// upstream Lumina-Next file without one is audited with the inferred config; a file that is
+/// not safetensors is a clear error naming it.
+#[test]
+fn inspect_takes_a_single_weights_file() {
+    let file =
+        fixtures().join("lumina2/tiny_square/transformer/diffusion_pytorch_model.safetensors");
+    let out = lumina(&["inspect", file.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "diffusion_pytorch_model.safetensors  Lumina2Transformer2DModel",
+        "weights  1 file(s)",
+        "keys     complete",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lone = tmp.path().join("model.safetensors");
+    std::fs::copy(&file, &lone).expect("copy");
+    let out = lumina(&["inspect", lone.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("weights  1 file(s)") && text.contains("no key audit: no config.json"),
+        "{text}"
+    );
+
+    let junk = tmp.path().join("model.gguf");
+    std::fs::write(&junk, b"not a safetensors file").expect("write");
+    let out = lumina(&["inspect", junk.to_str().expect("utf-8 path")]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("model.gguf"), "{err}");
 }
 
 /// The fixture's tensors as raw (name, header entry, bytes), with `x_embedder.bias` renamed so
@@ -437,6 +476,17 @@ fn an_upstream_transformer_file_replaces_the_pipelines_own() {
     std::fs::create_dir(&elsewhere).expect("mkdir");
     let single = elsewhere.join("consolidated_ema.00-of-01.safetensors");
     candle_core::safetensors::save(&upstream, &single).expect("save");
+    // inspected alone, without a config: audited with the config the loader infers
+    let out = lumina(&["inspect", single.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "LuminaNextDiT2DModel",
+        "inferred from the",
+        "keys     complete",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
     std::fs::copy(
         pipeline.join("transformer/config.json"),
         elsewhere.join("config.json"),

@@ -40,7 +40,7 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
             path: path.to_path_buf(),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "no such folder (nor an org/name repo id)",
+                "no such file or folder (nor an org/name repo id)",
             ),
         }
         .into());

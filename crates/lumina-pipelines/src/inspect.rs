@@ -1,5 +1,5 @@
-//! What a model folder holds: for a diffusers pipeline folder (`model_index.json`) or a single
-//! model folder (`config.json`), each component's class, config, parameter count, stored
+//! What a model folder or file holds: for a diffusers pipeline folder (`model_index.json`), a
+//! single model folder (`config.json`) or one weights file, each component's class, config, parameter count, stored
 //! dtypes, and — for the models this build implements — the tensors it lacks, misshapes or
 //! leaves unused. Nothing is computed and no weight data is read.
 
@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use lumina::config::ConfigFile;
-use lumina::models::{Transformer, KNOWN_CLASSES};
+use lumina::models::{next_dit, Family, Transformer, KNOWN_CLASSES};
 use lumina::weights::{WeightFiles, Weights};
 
 use crate::error::Result;
@@ -88,8 +88,11 @@ const CONFIG_FILES: [&str; 3] = [
     "tokenizer_config.json",
 ];
 
-/// Inspects a pipeline folder or a model folder.
+/// Inspects a pipeline folder, a model folder, or one weights file.
 pub fn inspect(dir: &Path) -> Result<Inspection> {
+    if dir.is_file() {
+        return inspect_file(dir);
+    }
     let index = dir.join("model_index.json");
     if index.is_file() {
         return inspect_pipeline(dir, &index);
@@ -108,7 +111,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     if !dir.is_dir() {
         return Err(lumina::Error::Io {
             path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
         }
         .into());
     }
@@ -116,6 +119,55 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         dir: dir.to_path_buf(),
     }
     .into())
+}
+
+/// One safetensors file (or sharded index): its tensors summarised, its class and config
+/// from a `config.json` beside it, and the key audit where this build implements the class —
+/// or, for an upstream Lumina-Next checkpoint without a config, the one the loader infers.
+fn inspect_file(path: &Path) -> Result<Inspection> {
+    let files = WeightFiles::open(&[path.to_path_buf()])?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut component = Component {
+        name,
+        path: path.to_path_buf(),
+        library: None,
+        class_name: None,
+        config: None,
+        weights: Some(summarize(&files)),
+        keys: None,
+        notes: Vec::new(),
+    };
+    read_config(&mut component, dir);
+    if component.class_name.is_none() && next_dit::original::is_original_layout(&files) {
+        component.class_name = KNOWN_CLASSES
+            .iter()
+            .find(|(_, family)| *family == Family::NextDit)
+            .map(|(class, _)| (*class).to_string());
+        component.notes.push(
+            "upstream Lumina-Next layout without config.json: the config is inferred from the \
+             tensor shapes"
+                .into(),
+        );
+    }
+    match component.class_name.clone() {
+        Some(class) => audit_keys(&mut component, &class, files, dir),
+        None => component.notes.push(format!(
+            "no key audit: no config.json beside the file in {} names its model class",
+            dir.display()
+        )),
+    }
+    Ok(Inspection {
+        path: path.to_path_buf(),
+        pipeline_class: None,
+        components: vec![component],
+    })
 }
 
 fn inspect_pipeline(dir: &Path, index: &Path) -> Result<Inspection> {
@@ -164,26 +216,7 @@ fn inspect_component(name: &str, path: &Path, library: Option<&str>) -> Componen
             .push(format!("missing folder {}", path.display()));
         return component;
     }
-    let config = CONFIG_FILES
-        .iter()
-        .map(|f| path.join(f))
-        .find(|p| p.is_file())
-        .map(|p| ConfigFile::read(&p));
-    match config {
-        Some(Ok(file)) => {
-            // diffusers writes `_class_name`, transformers `architectures`
-            let architecture = file
-                .raw
-                .get("architectures")
-                .and_then(|a| a.get(0))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            component.class_name = file.class_name.clone().or(architecture);
-            component.config = Some(file.raw);
-        }
-        Some(Err(e)) => component.notes.push(e.to_string()),
-        None => {}
-    }
+    read_config(&mut component, path);
     let has_safetensors = std::fs::read_dir(path)
         .map(|rd| {
             rd.flatten()
@@ -208,12 +241,36 @@ fn inspect_component(name: &str, path: &Path, library: Option<&str>) -> Componen
         Ok(files) => {
             component.weights = Some(summarize(&files));
             if let Some(class) = component.class_name.clone() {
-                audit_keys(&mut component, &class, files);
+                audit_keys(&mut component, &class, files, path);
             }
         }
         Err(e) => component.notes.push(e.to_string()),
     }
     component
+}
+
+/// The component's class and config from the first config file in `dir`.
+fn read_config(component: &mut Component, dir: &Path) {
+    let config = CONFIG_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .map(|p| ConfigFile::read(&p));
+    match config {
+        Some(Ok(file)) => {
+            // diffusers writes `_class_name`, transformers `architectures`
+            let architecture = file
+                .raw
+                .get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            component.class_name = file.class_name.clone().or(architecture);
+            component.config = Some(file.raw);
+        }
+        Some(Err(e)) => component.notes.push(e.to_string()),
+        None => {}
+    }
 }
 
 fn summarize(files: &WeightFiles) -> WeightSummary {
@@ -262,9 +319,9 @@ const ENCODER_CLASSES: [&str; 4] = [
 const VAE_CLASSES: [&str; 1] = ["AutoencoderKL"];
 
 /// Builds the component's model in audit mode: every tensor it asks for is checked against
-/// the files, and what it never asks for is unused.
-fn audit_keys(component: &mut Component, class: &str, files: WeightFiles) {
-    let path = component.path.clone();
+/// the files, and what it never asks for is unused. `config_dir` holds its config file.
+fn audit_keys(component: &mut Component, class: &str, files: WeightFiles, config_dir: &Path) {
+    let (path, config_dir) = (component.path.clone(), config_dir.to_path_buf());
     let built: Result<Weights> = if KNOWN_CLASSES.iter().any(|(known, _)| *known == class) {
         // through the loader, so upstream layouts get their key map
         Transformer::open_dir(&path, |f| Weights::audit(f, &Device::Cpu))
@@ -272,15 +329,15 @@ fn audit_keys(component: &mut Component, class: &str, files: WeightFiles) {
             .and_then(|(cfg, w)| Ok(Transformer::load(&cfg, &w).map(|_| w)?))
     } else if ENCODER_CLASSES.contains(&class) {
         let weights = Weights::audit(files, &Device::Cpu);
-        EncoderConfig::read(&path.join("config.json"))
+        EncoderConfig::read(&config_dir.join("config.json"))
             .and_then(|cfg| GemmaEncoder::load(&cfg, &weights).map(|_| weights))
     } else if class == WORD_ENCODER_CLASS {
         let weights = Weights::audit(files, &Device::Cpu);
-        read_word_encoder_config(&path)
+        read_word_encoder_config(&config_dir)
             .and_then(|cfg| WordEncoder::load(&cfg, &weights).map(|_| weights))
     } else if VAE_CLASSES.contains(&class) {
         let weights = Weights::audit(files, &Device::Cpu);
-        ConfigFile::read_dir(&path)
+        ConfigFile::read_dir(&config_dir)
             .map_err(Into::into)
             .and_then(|file| {
                 let cfg: crate::vae::VaeConfig = file.parse()?;

@@ -1,6 +1,6 @@
-//! `lumina inspect DIR`.
+//! `lumina inspect DIR|FILE`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use lumina_pipelines::inspect::{inspect, Component, Inspection};
 
 use crate::cli::InspectArgs;
@@ -12,7 +12,8 @@ const LIST_LIMIT: usize = 12;
 
 pub fn run(args: &InspectArgs) -> Result<()> {
     let dir = model_dir(args.dir.as_deref())?.dir;
-    let report = inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    // every error of `inspect` names the file or folder it is about
+    let report = inspect(&dir)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
