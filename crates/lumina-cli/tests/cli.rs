@@ -25,22 +25,29 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[test]
-fn inspect_a_pipeline_folder() {
-    let dir = fixtures().join("pipeline_lumina2/one_prompt/pipeline");
-    let out = lumina(&["inspect", dir.to_str().expect("utf-8 path")]);
+/// `lumina inspect PATH` succeeds and its report contains every line fragment of `wants`.
+fn inspect_shows(path: &Path, wants: &[&str]) {
+    let out = lumina(&["inspect", path.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for want in [
-        "(Lumina2Pipeline)",
-        "transformer  Lumina2Transformer2DModel (diffusers)",
-        "text_encoder  Gemma2Model",
-        "keys     complete",
-        "stored as f32 100%",
-        "cap_feat_dim=",
-    ] {
+    for want in wants {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+}
+
+#[test]
+fn inspect_a_pipeline_folder() {
+    inspect_shows(
+        &fixtures().join("pipeline_lumina2/one_prompt/pipeline"),
+        &[
+            "(Lumina2Pipeline)",
+            "transformer  Lumina2Transformer2DModel (diffusers)",
+            "text_encoder  Gemma2Model",
+            "keys     complete",
+            "stored as f32 100%",
+            "cap_feat_dim=",
+        ],
+    );
 }
 
 #[test]
@@ -112,16 +119,14 @@ fn inspect_of_a_folder_without_config_fails_with_a_clear_message() {
 fn inspect_takes_a_single_weights_file() {
     let file =
         fixtures().join("lumina2/tiny_square/transformer/diffusion_pytorch_model.safetensors");
-    let out = lumina(&["inspect", file.to_str().expect("utf-8 path")]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    for want in [
-        "diffusion_pytorch_model.safetensors  Lumina2Transformer2DModel",
-        "weights  1 file(s)",
-        "keys     complete",
-    ] {
-        assert!(text.contains(want), "missing {want:?} in:\n{text}");
-    }
+    inspect_shows(
+        &file,
+        &[
+            "diffusion_pytorch_model.safetensors  Lumina2Transformer2DModel",
+            "weights  1 file(s)",
+            "keys     complete",
+        ],
+    );
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let lone = tmp.path().join("model.safetensors");
@@ -477,16 +482,14 @@ fn an_upstream_transformer_file_replaces_the_pipelines_own() {
     let single = elsewhere.join("consolidated_ema.00-of-01.safetensors");
     candle_core::safetensors::save(&upstream, &single).expect("save");
     // inspected alone, without a config: audited with the config the loader infers
-    let out = lumina(&["inspect", single.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    for want in [
-        "LuminaNextDiT2DModel",
-        "inferred from the",
-        "keys     complete",
-    ] {
-        assert!(text.contains(want), "missing {want:?} in:\n{text}");
-    }
+    inspect_shows(
+        &single,
+        &[
+            "LuminaNextDiT2DModel",
+            "inferred from the",
+            "keys     complete",
+        ],
+    );
     std::fs::copy(
         pipeline.join("transformer/config.json"),
         elsewhere.join("config.json"),
