@@ -60,29 +60,9 @@ fn body(y: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn body_avx2(y: &mut [f32], a: &[f32], b: &[f32]) {
-    body(y, a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn body_avx512(y: &mut [f32], a: &[f32], b: &[f32]) {
-    body(y, a, b)
-}
-
-/// `body` compiled for `level`'s vector width.
-fn gate_at(level: Level, y: &mut [f32], a: &[f32], b: &[f32]) {
-    match level {
-        // SAFETY: `level` never exceeds what `Isa::detect` found on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { body_avx512(y, a, b) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { body_avx2(y, a, b) },
-        _ => body(y, a, b),
-    }
+at_level! {
+    /// `body` compiled for `level`'s vector width.
+    fn gate_at(y: &mut [f32], a: &[f32], b: &[f32]) => body
 }
 
 struct GeluGate {

@@ -7,7 +7,7 @@
 //! of a 256-term f32 sum per lane, ~1e-7 relative, then f64), two passes as torch does
 //! (mean, then the biased variance about it); SiLU is `y·σ(y)` on the vector [`math::exp2`].
 
-use super::{math, Level};
+use super::math;
 
 /// f32 lanes of the partial sums.
 const LANES: usize = 16;
@@ -79,30 +79,10 @@ fn body(dst: &mut [f32], src: &[f32], p: &Params) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn body_avx2(dst: &mut [f32], src: &[f32], p: &Params) {
-    body(dst, src, p)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn body_avx512(dst: &mut [f32], src: &[f32], p: &Params) {
-    body(dst, src, p)
-}
-
-/// Normalises one group `src` (its channels' planes, contiguous) into `dst` as `p` says;
-/// `body` at `level`'s width.
-pub(super) fn group(level: Level, dst: &mut [f32], src: &[f32], p: &Params) {
-    match level {
-        // SAFETY: `level` never exceeds what `Isa::detect` found on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { body_avx512(dst, src, p) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { body_avx2(dst, src, p) },
-        _ => body(dst, src, p),
-    }
+at_level! {
+    /// Normalises one group `src` (its channels' planes, contiguous) into `dst` as `p` says;
+    /// `body` at `level`'s width.
+    pub(super) fn group(dst: &mut [f32], src: &[f32], p: &Params) => body
 }
 
 #[cfg(test)]

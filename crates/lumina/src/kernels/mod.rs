@@ -9,12 +9,44 @@
 //!   multiplications than im2col.
 //! - [`modulate`]: RMSNorm fused with adaLN scaling and with the tanh-gated residual.
 //! - [`gate`]: Gemma's `gelu_tanh(a) ⊙ b` feed-forward gate in one vectorised pass.
+//! - [`softcap`]: Gemma-2's attention-logit soft cap `cap·tanh(s/cap)` in one vectorised pass.
 //! - [`ternary`]: 2-bit ternary weights (TerDiT): reference, exact and int8-VNNI matmuls.
 //! - [`probe`]: this machine's arithmetic peak (f32 FMA, bf16 dot, int8 VNNI), the yardstick
 //!   `lumina bench` reports against.
 //!
 //! Instruction sets are detected at run time ([`Isa::detect`]): one portable binary uses
 //! AVX-512 where the CPU has it and plain Rust elsewhere.
+
+/// `fn $name(level, args…)`: the portable, branch-free `$body(args…)` compiled once per ISA
+/// level (the same source auto-vectorised at AVX2 + FMA and at AVX-512 width) and run at
+/// `level`, which must not exceed what [`Isa::detect`] found. For the elementwise and per-row
+/// kernels whose plain loop is their own reference.
+macro_rules! at_level {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name(level: $crate::kernels::Level, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            match level {
+                // SAFETY: `level` never exceeds what `Isa::detect` found on this CPU.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Level::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Level::Avx2 => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
+}
 
 /// `$body!(n)` with `n` the literal equal to `$mr` (1 to 12; 1 for anything else): a register
 /// tile kernel's row loop with a constant count keeps every accumulator in a register.

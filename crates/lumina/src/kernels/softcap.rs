@@ -57,29 +57,9 @@ fn body(y: &mut [f32], s: &[f32], p: Params) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn body_avx2(y: &mut [f32], s: &[f32], p: Params) {
-    body(y, s, p)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn body_avx512(y: &mut [f32], s: &[f32], p: Params) {
-    body(y, s, p)
-}
-
-/// `body` compiled for `level`'s vector width.
-fn cap_at(level: Level, y: &mut [f32], s: &[f32], p: Params) {
-    match level {
-        // SAFETY: `level` never exceeds what `Isa::detect` found on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { body_avx512(y, s, p) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { body_avx2(y, s, p) },
-        _ => body(y, s, p),
-    }
+at_level! {
+    /// `body` compiled for `level`'s vector width.
+    fn cap_at(y: &mut [f32], s: &[f32], p: Params) => body
 }
 
 struct SoftCap {
