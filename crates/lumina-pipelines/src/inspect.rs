@@ -1,7 +1,7 @@
 //! What a model folder or file holds: for a diffusers pipeline folder (`model_index.json`), a
-//! single model folder (`config.json`) or one weights file, each component's class, config, parameter count, stored
-//! dtypes, and — for the models this build implements — the tensors it lacks, misshapes or
-//! leaves unused. Nothing is computed and no weight data is read.
+//! single model folder (`config.json`) or one weights file, each component's class, config,
+//! parameter count, stored dtypes, and — for the models this build implements — the tensors
+//! it lacks, misshapes or leaves unused. Nothing is computed and no weight data is read.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,22 @@ pub struct KeyAudit {
     pub unused: Vec<String>,
 }
 
+impl Component {
+    /// A component with nothing looked at yet.
+    fn new(name: String, path: &Path, library: Option<&str>) -> Self {
+        Self {
+            name,
+            path: path.to_path_buf(),
+            library: library.map(str::to_string),
+            class_name: None,
+            config: None,
+            weights: None,
+            keys: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
 impl KeyAudit {
     pub fn is_complete(&self) -> bool {
         self.missing.is_empty() && self.misshapen.is_empty() && self.unused.is_empty()
@@ -134,16 +150,8 @@ fn inspect_file(path: &Path) -> Result<Inspection> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut component = Component {
-        name,
-        path: path.to_path_buf(),
-        library: None,
-        class_name: None,
-        config: None,
-        weights: Some(summarize(&files)),
-        keys: None,
-        notes: Vec::new(),
-    };
+    let mut component = Component::new(name, path, None);
+    component.weights = Some(summarize(&files));
     read_config(&mut component, dir);
     if component.class_name.is_none() && next_dit::original::is_original_layout(&files) {
         component.class_name = KNOWN_CLASSES
@@ -200,16 +208,7 @@ fn inspect_pipeline(dir: &Path, index: &Path) -> Result<Inspection> {
 }
 
 fn inspect_component(name: &str, path: &Path, library: Option<&str>) -> Component {
-    let mut component = Component {
-        name: name.to_string(),
-        path: path.to_path_buf(),
-        library: library.map(str::to_string),
-        class_name: None,
-        config: None,
-        weights: None,
-        keys: None,
-        notes: Vec::new(),
-    };
+    let mut component = Component::new(name.to_string(), path, library);
     if !path.is_dir() {
         component
             .notes
@@ -321,7 +320,7 @@ const VAE_CLASSES: [&str; 1] = ["AutoencoderKL"];
 /// Builds the component's model in audit mode: every tensor it asks for is checked against
 /// the files, and what it never asks for is unused. `config_dir` holds its config file.
 fn audit_keys(component: &mut Component, class: &str, files: WeightFiles, config_dir: &Path) {
-    let (path, config_dir) = (component.path.clone(), config_dir.to_path_buf());
+    let path = component.path.clone();
     let built: Result<Weights> = if KNOWN_CLASSES.iter().any(|(known, _)| *known == class) {
         // through the loader, so upstream layouts get their key map
         Transformer::open_dir(&path, |f| Weights::audit(f, &Device::Cpu))
@@ -333,11 +332,11 @@ fn audit_keys(component: &mut Component, class: &str, files: WeightFiles, config
             .and_then(|cfg| GemmaEncoder::load(&cfg, &weights).map(|_| weights))
     } else if class == WORD_ENCODER_CLASS {
         let weights = Weights::audit(files, &Device::Cpu);
-        read_word_encoder_config(&config_dir)
+        read_word_encoder_config(config_dir)
             .and_then(|cfg| WordEncoder::load(&cfg, &weights).map(|_| weights))
     } else if VAE_CLASSES.contains(&class) {
         let weights = Weights::audit(files, &Device::Cpu);
-        ConfigFile::read_dir(&config_dir)
+        ConfigFile::read_dir(config_dir)
             .map_err(Into::into)
             .and_then(|file| {
                 let cfg: crate::vae::VaeConfig = file.parse()?;

@@ -16,9 +16,10 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::flash::as_bf16_bits;
+use super::flash::{as_bf16_bits, pair_word};
 use super::storage::{contiguous_bf16, linear_dims, store_tile, SharedOut};
 use super::Isa;
 use crate::error::{Error, Result};
@@ -185,9 +186,7 @@ fn output_tile(p: &Operands, out: &SharedOut<bf16>, i0: usize, j0: usize) {
             // other task writes this tile.
             let dst =
                 unsafe { std::slice::from_raw_parts_mut(out.ptr().add((i0 + r) * p.n + j0), cols) };
-            dst.iter_mut()
-                .zip(row)
-                .for_each(|(d, v)| *d = bf16::from_f32(*v));
+            dst.convert_from_f32_slice(&row[..cols]);
         }
     });
 }
@@ -308,7 +307,7 @@ fn pack_panel(
                 for pair in blocked..pairs {
                     strip[pair * NR + c] = if col < cols {
                         let v = &w[(j0 + col) * k + p0 + 2 * pair..];
-                        u32::from(v[0].to_bits()) | (u32::from(v[1].to_bits()) << 16)
+                        pair_word(v[0], v[1])
                     } else {
                         0
                     };
@@ -339,24 +338,32 @@ unsafe fn tile(
     // A full-width tile goes straight to `c`; a ragged one through a register-tile buffer
     // (zeroing and copying that buffer for every tile was 9 % of a bf16 VAE decode, whose
     // products are shallow: K = C = 128-512)
-    #[cfg(target_arch = "x86_64")]
     if nr == NR {
-        // SAFETY: `c` holds mr rows of stride ldc with NR valid columns (caller's contract);
-        // the CPU has AVX-512 BF16.
-        unsafe {
-            avx512::kernel(
-                a.as_ptr().cast(),
-                lda,
-                strip.as_ptr(),
-                depth / 2,
-                (c, ldc, accumulate),
-                mr,
-            )
-        };
+        // SAFETY: `c` holds mr rows of stride ldc with NR valid columns (caller's contract).
+        unsafe { kernel(a, lda, strip, depth, (c, ldc, accumulate), mr) };
         return;
     }
     let mut acc = [0f32; MR * NR];
-    // SAFETY: forwarded from the caller; `acc` is MR × NR.
+    // SAFETY: `acc` is MR × NR, the rest forwarded from the caller.
+    unsafe { kernel(a, lda, strip, depth, (acc.as_mut_ptr(), NR, false), mr) };
+    // SAFETY: forwarded from the caller.
+    unsafe { store_tile(&acc, NR, c, ldc, (mr, nr), accumulate) }
+}
+
+/// `out[r][..NR] (+)= a[r][..depth] · strip` for r < mr, rows of `out` `ldo` apart: the
+/// AVX-512 kernel.
+///
+/// # Safety
+/// As [`tile`]'s, with `out` holding mr rows of NR values.
+unsafe fn kernel(
+    a: &[bf16],
+    lda: usize,
+    strip: &[u16],
+    depth: usize,
+    (out, ldo, accumulate): (*mut f32, usize, bool),
+    mr: usize,
+) {
+    // SAFETY: forwarded from the caller.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         avx512::kernel(
@@ -364,14 +371,19 @@ unsafe fn tile(
             lda,
             strip.as_ptr(),
             depth / 2,
-            (acc.as_mut_ptr(), NR, false),
+            (out, ldo, accumulate),
             mr,
         )
     };
     // Other architectures never get here ([`available`] is false there); the plain tile
     // keeps this function total on them.
     #[cfg(not(target_arch = "x86_64"))]
-    for (r, row) in acc.chunks_exact_mut(NR).take(mr).enumerate() {
+    for r in 0..mr {
+        // SAFETY: row r of `out` holds NR values (caller's contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * ldo), NR) };
+        if !accumulate {
+            row.fill(0.0);
+        }
         for (p, &x) in a[r * lda..r * lda + depth].iter().enumerate() {
             let pair = &strip[(p / 2) * NR * 2..];
             for (j, o) in row.iter_mut().enumerate() {
@@ -379,8 +391,6 @@ unsafe fn tile(
             }
         }
     }
-    // SAFETY: forwarded from the caller.
-    unsafe { store_tile(&acc, NR, c, ldc, (mr, nr), accumulate) }
 }
 
 #[cfg(target_arch = "x86_64")]

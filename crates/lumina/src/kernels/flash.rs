@@ -311,10 +311,9 @@ impl Element for bf16 {
     }
 
     fn pack_queries(q: &[bf16], dh: usize, strip_len: usize, scale: f32, out: &mut [u32]) -> f32 {
-        let rows = q.chunks(dh).map(|row| {
-            row.chunks_exact(2)
-                .map(|pair| u32::from(pair[0].to_bits()) | (u32::from(pair[1].to_bits()) << 16))
-        });
+        let rows = q
+            .chunks(dh)
+            .map(|row| row.chunks_exact(2).map(|pair| pair_word(pair[0], pair[1])));
         pack_strips(rows, strip_len, out);
         scale
     }
@@ -395,7 +394,7 @@ fn pack_bf16_pairs(p: &[f32], cols: usize, out: &mut [u32]) {
                 .for_each(|(d, &x)| *d = bf16_bits(x));
         } else {
             for ((d, &x), &y) in dst.iter_mut().zip(even).zip(odd) {
-                *d = bf16_bits(x) | (bf16_bits(y) << 16);
+                *d = bf16_pair_bits(x, y);
             }
         }
     }
@@ -407,6 +406,19 @@ fn pack_bf16_pairs(p: &[f32], cols: usize, out: &mut [u32]) {
 pub(super) fn bf16_bits(x: f32) -> u32 {
     let b = x.to_bits();
     (b + 0x7fff + ((b >> 16) & 1)) >> 16
+}
+
+/// `x` and `y` rounded to bf16 as one packed word, `x` in the low half: a k-pair as the
+/// `vdpbf16ps` strips hold it.
+#[inline(always)]
+pub(super) fn bf16_pair_bits(x: f32, y: f32) -> u32 {
+    bf16_bits(x) | (bf16_bits(y) << 16)
+}
+
+/// Two bf16 values as one packed word, `lo` in the low half (see [`bf16_pair_bits`]).
+#[inline(always)]
+pub(super) fn pair_word(lo: bf16, hi: bf16) -> u32 {
+    u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16)
 }
 
 /// The u32 words of a packed strip as the bf16 bit pairs `gemm_packed` reads (little-endian:

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::bf16_gemm::{self, STRIP};
 use super::conv::gemm_rows;
-use super::flash::{as_bf16_bits, bf16_bits};
+use super::flash::{as_bf16_bits, bf16_pair_bits};
 use super::storage::SharedOut;
 
 /// The precision of the 16 products (the transforms always run in f32).
@@ -116,10 +116,7 @@ pub(crate) fn conv3x3(
                 c % 2 == 0,
                 "bf16 Winograd products take an even channel count"
             );
-            let ub: Vec<bf16> = u
-                .par_iter()
-                .map(|&x| bf16::from_bits(bf16_bits(x) as u16))
-                .collect();
+            let ub: Vec<bf16> = u.par_iter().map(|&x| bf16::from_f32(x)).collect();
             let words = 16 * (band * tw).div_ceil(STRIP) * (c / 2) * STRIP;
             (Vec::new(), ub, vec![0u32; words])
         }
@@ -319,7 +316,7 @@ fn input_transform_packed(p: &Patches, vp: &mut [u32]) {
                         let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(at), len) };
                         let (a, b) = (&ev[tx..tx + len], &od[tx..tx + len]);
                         for i in 0..len {
-                            dst[i] = bf16_bits(a[i]) | (bf16_bits(b[i]) << 16);
+                            dst[i] = bf16_pair_bits(a[i], b[i]);
                         }
                         tx += len;
                     }
@@ -366,7 +363,7 @@ fn output_transform(
 ) {
     let tw = wd.div_ceil(2);
     out.par_chunks_mut(h * wd).enumerate().for_each_init(
-        || vec![0f32; 12 * tw],
+        || vec![0f32; 10 * tw],
         |scratch, (oi, plane)| {
             let b = bias.map_or(0.0, |b| b[oi]);
             let (cols, z) = scratch.split_at_mut(8 * tw);
@@ -390,8 +387,7 @@ fn output_transform(
                     }
                     let col = |j: usize| &cols[(2 * j + dy) * tw..][..tw];
                     let (k0, k1, k2, k3) = (col(0), col(1), col(2), col(3));
-                    let (even, odd) = z.split_at_mut(2 * tw);
-                    let (even, odd) = (&mut even[..tw], &mut odd[..tw]);
+                    let (even, odd) = z.split_at_mut(tw);
                     for i in 0..tw {
                         even[i] = k0[i] + k1[i] + k2[i] + b;
                         odd[i] = k1[i] - k2[i] - k3[i] + b;
