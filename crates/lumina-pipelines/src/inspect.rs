@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use lumina::config::ConfigFile;
-use lumina::models::{next_dit, Family, Transformer, KNOWN_CLASSES};
+use lumina::models::layout::{Layout, LayoutKind};
+use lumina::models::{Family, Transformer, KNOWN_CLASSES};
 use lumina::weights::{WeightFiles, Weights};
 
 use crate::error::Result;
@@ -50,7 +51,8 @@ pub struct WeightSummary {
     pub tensors: usize,
     pub parameters: u64,
     pub bytes: u64,
-    /// Parameters stored in each dtype (ternary weights under `ternary`, 4 per packed byte).
+    /// Parameters stored in each dtype (ternary weights under `ternary`, 4 per packed byte;
+    /// GGUF block quantisations under their names, `q8_0` …).
     pub dtypes: BTreeMap<String, u64>,
     /// Ternary (2-bit packed) layers, when the file has any.
     pub ternary: Option<TernarySummary>,
@@ -137,9 +139,10 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     .into())
 }
 
-/// One safetensors file (or sharded index): its tensors summarised, its class and config
-/// from a `config.json` beside it, and the key audit where this build implements the class —
-/// or, for an upstream Lumina-Next checkpoint without a config, the one the loader infers.
+/// One weights file (safetensors or GGUF): its tensors summarised, its class and config from
+/// a `config.json` beside it, and the key audit where this build implements the class — or,
+/// for an upstream Lumina checkpoint without a config (ComfyUI's included), the one the loader
+/// infers.
 fn inspect_file(path: &Path) -> Result<Inspection> {
     let files = WeightFiles::open(&[path.to_path_buf()])?;
     let dir = path
@@ -153,16 +156,47 @@ fn inspect_file(path: &Path) -> Result<Inspection> {
     let mut component = Component::new(name, path, None);
     component.weights = Some(summarize(&files));
     read_config(&mut component, dir);
-    if component.class_name.is_none() && next_dit::original::is_original_layout(&files) {
+    if files.keys().any(|k| k.contains(".lora_")) {
+        match lumina::lora::LoraFile::open(path) {
+            Ok(lora) => component.notes.push(format!(
+                "a LoRA in the {:?} layout: {} layers, rank {}; apply it with `generate --lora`",
+                lora.layout(),
+                lora.len(),
+                lora.rank()
+            )),
+            Err(e) => component.notes.push(format!("not a usable LoRA: {e}")),
+        }
+        return Ok(Inspection {
+            path: path.to_path_buf(),
+            pipeline_class: None,
+            components: vec![component],
+        });
+    }
+    let layout = Layout::detect(&files);
+    if let Some(parts) = layout.describe_other_parts() {
+        component.notes.push(format!(
+            "an all-in-one checkpoint: the transformer is under `{}`; it also holds a {parts}, \
+             which lumina does not read from it",
+            layout.prefix
+        ));
+    }
+    if component.class_name.is_none() && layout.is_upstream() {
+        let (family, name) = match layout.kind {
+            LayoutKind::NextDitOriginal => (Family::NextDit, "Lumina-Next"),
+            _ => (Family::Lumina2, "Lumina-Image-2.0"),
+        };
         component.class_name = KNOWN_CLASSES
             .iter()
-            .find(|(_, family)| *family == Family::NextDit)
+            .find(|(_, f)| *f == family)
             .map(|(class, _)| (*class).to_string());
-        component.notes.push(
-            "upstream Lumina-Next layout without config.json: the config is inferred from the \
-             tensor shapes"
-                .into(),
-        );
+        let prefix = match layout.prefix.as_str() {
+            "" => String::new(),
+            p => format!(" under `{p}`"),
+        };
+        component.notes.push(format!(
+            "upstream {name} layout{prefix} without config.json: the config is inferred from \
+             the tensor shapes"
+        ));
     }
     match component.class_name.clone() {
         Some(class) => audit_keys(&mut component, &class, files, dir),
@@ -287,7 +321,7 @@ fn summarize(files: &WeightFiles) -> WeightSummary {
             continue;
         };
         let n: u64 = info.shape.iter().map(|&d| d as u64).product();
-        let bytes = n * info.dtype.size_in_bytes() as u64;
+        let bytes = info.bytes();
         summary.tensors += 1;
         summary.bytes += bytes;
         let (params, dtype) = if key.ends_with(lumina::nn::PACKED_KEY) {
@@ -297,7 +331,7 @@ fn summarize(files: &WeightFiles) -> WeightSummary {
             ternary.bf16_bytes += 8 * n;
             (4 * n, "ternary".to_string())
         } else {
-            (n, format!("{:?}", info.dtype).to_lowercase())
+            (n, info.format().to_lowercase())
         };
         summary.parameters += params;
         *summary.dtypes.entry(dtype).or_default() += params;

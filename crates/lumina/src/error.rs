@@ -25,6 +25,9 @@ pub enum Error {
     #[error("{path}: not a valid safetensors file ({reason})")]
     Safetensors { path: PathBuf, reason: String },
 
+    #[error("{path}: not a valid GGUF file ({reason})")]
+    Gguf { path: PathBuf, reason: String },
+
     // === Configuration ===
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },

@@ -12,12 +12,14 @@
 //! key/value heads (in attention) · `Dh` head width · `L` caption tokens · `Dcap` caption width.
 //!
 //! # Layout
-//! - [`weights`]: safetensors model folders (mmap, sharded) and seeded random weights, with a
-//!   key audit.
+//! - [`weights`]: safetensors model folders (mmap, sharded), GGUF files, checkpoint layouts
+//!   as key maps, and seeded random weights, with a key audit.
 //! - [`nn`]: the layers, each mirroring a diffusers module and its checkpoint keys.
 //! - [`kernels`]: hand-written CPU kernels (tiled attention, peak probes) beside references.
 //! - [`rope`]: the RoPE tables of both families.
-//! - [`models`]: [`models::NextDit`] and [`models::Lumina2Dit`], one forward each.
+//! - [`models`]: [`models::NextDit`] and [`models::Lumina2Dit`], one forward each, and which
+//!   checkpoint layout a file is in ([`models::layout`]).
+//! - [`lora`]: LoRA files (upstream, diffusers/peft, kohya) matched to a model's layers.
 //! - [`sample`]: time grids, ODE solvers, guidance — pure functions over a
 //!   [`sample::VelocityField`].
 //! - [`denoiser`]: a transformer plus its conditioning as a velocity field (CFG batching,
@@ -61,6 +63,7 @@ pub mod denoiser;
 pub mod error;
 pub mod fixtures;
 pub mod kernels;
+pub mod lora;
 pub mod models;
 pub mod nn;
 pub mod resize;

@@ -208,7 +208,7 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
     // as every released Lumina-Next checkpoint ties them: one `attention.wq` (and `q_norm`)
     // serves both attn1 and attn2, and the model computes that query once. diffusers computes
     // it twice whatever the weights; `bench/torch_reference.py` ties them too.
-    let weights = bench_weights(0, dtype_arg).with_key_map(original::original_key);
+    let weights = bench_weights(0, dtype_arg).with_key_map(original::key_map());
     let model = NextDit::load(&cfg, &weights)?;
     let weight_bytes = weight_bytes(&weights, dtype);
     let rss_loaded = proc_status_bytes("VmRSS");

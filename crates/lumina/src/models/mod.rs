@@ -1,12 +1,14 @@
 //! The Lumina transformers and how to load them from a diffusers model folder.
 
 mod input;
+pub mod layout;
 pub mod lumina2;
 pub mod next_dit;
 mod patch;
 pub mod step_cache;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -18,7 +20,8 @@ pub use step_cache::{CacheCall, CacheRule, CacheStats, StepCache};
 
 use crate::config::ConfigFile;
 use crate::error::{Error, Result};
-use crate::weights::{WeightFiles, Weights};
+use crate::weights::{KeyMap, WeightFiles, Weights};
+use layout::{Layout, LayoutKind};
 
 /// diffusers class names this build can load, and the family each belongs to.
 pub const KNOWN_CLASSES: [(&str, Family); 2] = [
@@ -73,6 +76,15 @@ impl TransformerConfig {
         }
     }
 
+    /// How the family's upstream checkpoints name this model's parameters: the names upstream
+    /// and kohya LoRA files use, whatever layout the model itself was loaded from.
+    pub fn upstream_key_map(&self) -> Arc<dyn KeyMap> {
+        match self {
+            Self::NextDit(_) => next_dit::original::key_map(),
+            Self::Lumina2(c) => lumina2::original::key_map(c),
+        }
+    }
+
     pub fn class_name(&self) -> &'static str {
         match self {
             Self::NextDit(_) => KNOWN_CLASSES[0].0,
@@ -97,23 +109,23 @@ impl Transformer {
     }
 
     /// Loads a transformer folder, computing in `dtype`: a diffusers folder (`config.json` +
-    /// safetensors), or upstream Lumina-Next weights (`consolidated*.safetensors`), read through
-    /// [`next_dit::original::original_key`], with the config from `config.json` or, when there is
-    /// none, inferred from the tensor shapes.
+    /// safetensors), or upstream weights (see [`Transformer::load_path`]).
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         Self::load_path(dir, dtype, device)
     }
 
-    /// Loads a transformer from a folder (see [`Transformer::load_dir`]) or from one
-    /// safetensors file, whose config is the `config.json` beside it or, for an upstream
-    /// Lumina-Next checkpoint, inferred from the shapes.
+    /// Loads a transformer from a folder or from one weights file, in any layout
+    /// [`layout::Layout`] recognises: diffusers, upstream Lumina-Next or Lumina-Image-2.0
+    /// names (safetensors or GGUF), ComfyUI's prefixed and all-in-one files. The config is the
+    /// `config.json` in the folder or beside the file, else, for upstream names, inferred from
+    /// the tensor shapes.
     pub fn load_path(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let (cfg, weights) = Self::open(path, |files| Weights::from_files(files, dtype, device))?;
         Self::load(&cfg, &weights)
     }
 
-    /// The config of a transformer folder and its weights, built by `make` from its files with
-    /// the key map the layout needs.
+    /// The config of a transformer folder or file and its weights, built by `make` from its
+    /// files with the key map the layout needs.
     pub fn open_dir(
         dir: &Path,
         make: impl FnOnce(WeightFiles) -> Weights,
@@ -121,7 +133,7 @@ impl Transformer {
         Self::open(dir, make)
     }
 
-    /// [`Transformer::open_dir`] for a folder or a single safetensors file.
+    /// [`Transformer::open_dir`] for a folder or a single weights file.
     fn open(
         path: &Path,
         make: impl FnOnce(WeightFiles) -> Weights,
@@ -134,23 +146,32 @@ impl Transformer {
         } else {
             (path.to_path_buf(), WeightFiles::open_dir(path)?)
         };
-        let original = next_dit::original::is_original_layout(&files);
+        let layout = Layout::detect(&files);
+        if let Some(parts) = layout.describe_other_parts() {
+            tracing::info!(path = %path.display(), "an all-in-one checkpoint: reading its transformer (under `{}`), not its {parts}", layout.prefix);
+        }
         let cfg = match TransformerConfig::read_dir(&config_dir) {
             Ok(cfg) => cfg,
-            Err(Error::MissingConfig { .. }) if original => {
-                let cfg = next_dit::original::infer_config(&files)?;
-                tracing::warn!(path = %path.display(), ?cfg, "no config.json: Next-DiT config inferred from the upstream checkpoint");
-                TransformerConfig::NextDit(cfg)
+            Err(Error::MissingConfig { .. }) if layout.is_upstream() => {
+                let cfg = layout.infer_config(&files)?;
+                tracing::warn!(path = %path.display(), ?cfg, "no config.json: config inferred from the upstream checkpoint's shapes");
+                cfg
             }
             Err(e) => return Err(e),
         };
+        let key_map = layout.key_map(&cfg, &files)?;
         let weights = make(files);
-        let weights = match (&cfg, original) {
-            (TransformerConfig::NextDit(_), true) => {
-                weights.with_key_map(next_dit::original::original_key)
-            }
-            _ => weights,
+        let weights = match key_map {
+            Some(map) => weights.with_key_map(map),
+            None => weights,
         };
+        if layout.kind == LayoutKind::Lumina2Original {
+            // upstream defines a final RMSNorm that its forward never calls (peers.md §4)
+            weights.skip("norm_final");
+        }
+        for (_, prefix, _) in &layout.other_parts {
+            weights.skip_stored_prefix(prefix);
+        }
         Ok((cfg, weights))
     }
 

@@ -3,16 +3,24 @@
 //! every format.
 //!
 //! - dense: `weight` in f32 / bf16 / f16;
+//! - block-quantised (GGUF Q8_0 … Q6_K): kept quantised, multiplied through its dequantised
+//!   matrix one layer at a time or in the quantised domain ([`set_quantized_path`]);
 //! - ternary (TerDiT inference): `weight_packed` u8 `(out, ⌈in/4⌉)` 2-bit codes and
 //!   `weight_scale` f32 `(1,)` or `(out,)` (layout: [`crate::kernels::ternary`]);
 //! - ternary quantisation-aware training: a latent full-precision `weight`, ternarised on
 //!   every forward by absmean with a straight-through gradient, times a learnable
 //!   `weight_scale` α (TerDiT `fairscale/.../layers.py`).
+//!
+//! Dense and quantised layers loaded with an adapter registry hold their weight in a
+//! [`LoraSlot`] and take LoRA updates ([`super::lora`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Tensor};
 
+use super::lora::{self, AdaptableLayer, BaseWeight, LoraSlot};
 use crate::error::{Error, Result};
 use crate::kernels::ternary::{self, TernaryMatrix};
 use crate::kernels::{bf16_gemm, strassen};
@@ -26,6 +34,9 @@ pub const SCALE_KEY: &str = "weight_scale";
 #[derive(Clone, Debug)]
 enum Weight {
     Dense(Tensor),
+    Quantized(Arc<QTensor>),
+    /// Dense or quantised, open to LoRA updates.
+    Adaptable(Arc<LoraSlot>),
     Ternary(Arc<TernaryMatrix>),
     /// QAT: the latent matrix and α `(1,)`, both trainable.
     Qat {
@@ -53,9 +64,15 @@ impl Linear {
         init: Init,
     ) -> Result<Self> {
         let weight = if w.stores(PACKED_KEY) {
+            register_ternary(w);
             Weight::Ternary(Arc::new(load_packed(w, in_dim, out_dim)?))
+        } else if let Some(adapters) = w.adapters().filter(|_| !w.trainable() && !w.is_audit()) {
+            Weight::Adaptable(lora::new_slot(w, adapters, in_dim, out_dim, init)?)
         } else {
-            Weight::Dense(w.get("weight", &[out_dim, in_dim], init)?)
+            match lora::read_weight(w, in_dim, out_dim, init)? {
+                BaseWeight::Dense(t) => Weight::Dense(t),
+                BaseWeight::Quantized(q) => Weight::Quantized(q),
+            }
         };
         Self::with_bias(w, weight, in_dim, out_dim, bias)
     }
@@ -77,6 +94,7 @@ impl Linear {
         if !w.ternary() || w.stores(PACKED_KEY) || w.is_audit() {
             return Self::load(w, in_dim, out_dim, bias, init);
         }
+        register_ternary(w);
         if let Some(random) = w.random_ternary("weight", out_dim, in_dim) {
             let weight = Weight::Ternary(Arc::new(random?));
             return Self::with_bias(w, weight, in_dim, out_dim, bias);
@@ -144,9 +162,23 @@ impl Linear {
 
     /// Whether two layers hold the same weights (detects projections a checkpoint stores twice).
     pub fn same_weights(&self, other: &Linear) -> Result<bool> {
+        let base = |w: &Weight| match w {
+            Weight::Dense(t) => Some(BaseWeight::Dense(t.clone())),
+            Weight::Quantized(q) => Some(BaseWeight::Quantized(q.clone())),
+            Weight::Adaptable(slot) => Some(slot.weight()),
+            Weight::Ternary(_) | Weight::Qat { .. } => None,
+        };
+        if let (Some(a), Some(b)) = (base(&self.weight), base(&other.weight)) {
+            return match (a, b) {
+                (BaseWeight::Dense(a), BaseWeight::Dense(b)) => super::same_values(&a, &b),
+                (BaseWeight::Quantized(a), BaseWeight::Quantized(b)) => Ok(a.dtype() == b.dtype()
+                    && a.shape() == b.shape()
+                    && a.data()? == b.data()?),
+                _ => Ok(false),
+            };
+        }
         match (&self.weight, &other.weight) {
             (Weight::Ternary(a), Weight::Ternary(b)) => Ok(a == b),
-            (Weight::Dense(a), Weight::Dense(b)) => super::same_values(a, b),
             (Weight::Qat { latent: a, .. }, Weight::Qat { latent: b, .. }) => {
                 super::same_values(a, b)
             }
@@ -173,6 +205,8 @@ impl Linear {
             // Parameters may be stored narrower than the activations (a bf16 checkpoint
             // computed in f32): widen one matrix at a time instead of holding a wide copy.
             Weight::Dense(w) => dense_matmul(&x, &w.to_dtype(x.dtype())?)?,
+            Weight::Quantized(q) => quantized_matmul(&x, q)?,
+            Weight::Adaptable(slot) => slot.forward(&x, base_product)?,
             Weight::Qat { latent, alpha } => {
                 dense_matmul(&x, &qat_weight(latent, alpha)?.to_dtype(x.dtype())?)?
             }
@@ -198,6 +232,64 @@ fn reshape_out(y: Tensor, lead: &[usize], out_dim: usize) -> Result<Tensor> {
     let mut out_dims = lead.to_vec();
     out_dims.push(out_dim);
     Ok(y.reshape(out_dims)?)
+}
+
+/// Registers the layer under `w` as ternary with its adapter registry, if any: a LoRA aimed
+/// at it is then an error that says why.
+fn register_ternary(w: &Weights) {
+    if let Some(adapters) = w.adapters() {
+        adapters.register(AdaptableLayer::Ternary(
+            w.model_key("").trim_end_matches('.').to_string(),
+        ));
+    }
+}
+
+/// `x (M, in) · wᵀ` for a dense or quantised `w (out, in)`, in `x`'s dtype.
+fn base_product(w: &BaseWeight, x: &Tensor) -> Result<Tensor> {
+    match w {
+        BaseWeight::Dense(w) => dense_matmul(x, &w.to_dtype(x.dtype())?),
+        BaseWeight::Quantized(q) => quantized_matmul(x, q),
+    }
+}
+
+static QUANTIZED_DOMAIN: AtomicBool = AtomicBool::new(false);
+
+/// How block-quantised layers multiply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuantizedPath {
+    /// Each layer's matrix dequantised to the compute dtype as it runs, then the dense
+    /// product: the weights' exact values (what diffusers and gguf-py compute), and the fast
+    /// dense kernels at the token counts of a DiT.
+    #[default]
+    Dequantize,
+    /// candle's quantised-domain product: activations rounded to 8-bit blocks too (within the
+    /// tolerance `tests/formats.rs` states), no dense copy of any matrix.
+    Quantized,
+}
+
+/// Chooses the quantised layers' product for this process (a CLI flag, like the ternary
+/// activation mode).
+pub fn set_quantized_path(path: QuantizedPath) {
+    QUANTIZED_DOMAIN.store(path == QuantizedPath::Quantized, Ordering::Relaxed);
+}
+
+/// See [`set_quantized_path`].
+pub fn quantized_path() -> QuantizedPath {
+    if QUANTIZED_DOMAIN.load(Ordering::Relaxed) {
+        QuantizedPath::Quantized
+    } else {
+        QuantizedPath::Dequantize
+    }
+}
+
+/// `x (M, in) · wᵀ` for a block-quantised `w (out, in)`.
+fn quantized_matmul(x: &Tensor, w: &QTensor) -> Result<Tensor> {
+    if quantized_path() == QuantizedPath::Quantized && x.device().is_cpu() && !x.track_op() {
+        let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(w)?;
+        return Ok(y.to_dtype(x.dtype())?);
+    }
+    let dense = w.dequantize(x.device())?.to_dtype(x.dtype())?;
+    dense_matmul(x, &dense)
 }
 
 /// `x (M, in) · wᵀ` for `w (out, in)` in `x`'s dtype.

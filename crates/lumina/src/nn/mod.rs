@@ -7,6 +7,7 @@ mod embedding;
 mod feed_forward;
 mod fused;
 mod linear;
+pub mod lora;
 mod modulation;
 mod norm;
 pub mod ops;
@@ -15,7 +16,9 @@ pub use attention::{attention, key_bias};
 pub use context_drop::{ContextDrop, KvPool};
 pub use embedding::{coordinate_features, timestep_features, TimestepEmbedder, TIMESTEP_FEATURES};
 pub use feed_forward::{swiglu_hidden, FeedForward};
-pub use linear::{qat_weight, Linear, PACKED_KEY, SCALE_KEY};
+pub use linear::{
+    qat_weight, quantized_path, set_quantized_path, Linear, QuantizedPath, PACKED_KEY, SCALE_KEY,
+};
 pub use modulation::{gated_residual, scale, Modulation, NormOut, RmsNormZero};
 pub use norm::{LayerNorm, RmsNorm};
 

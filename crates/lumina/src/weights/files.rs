@@ -1,9 +1,11 @@
-//! Memory-mapped safetensors files of one model folder: single file, several files, or a
-//! sharded checkpoint with a `*.safetensors.index.json`.
+//! Memory-mapped weight files of one model: safetensors (single file, several files, or a
+//! sharded checkpoint with a `*.safetensors.index.json`) or GGUF (ComfyUI-GGUF's transformer
+//! files: block-quantised matrices under upstream names; `gguf.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::SafeTensors;
@@ -14,24 +16,46 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
     pub file: PathBuf,
+    /// The stored dtype, or for a block-quantised GGUF tensor the one it dequantises to (f32).
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// The GGUF block quantisation, if any.
+    pub quant: Option<GgmlDType>,
 }
 
-/// One memory-mapped safetensors file.
-struct MappedFile {
-    path: PathBuf,
-    mmap: Mmap,
-    /// Byte offset of the data section (after the 8-byte length and the JSON header).
-    data_start: usize,
+impl TensorInfo {
+    /// Bytes on disk (and in memory while kept as stored).
+    pub fn bytes(&self) -> u64 {
+        let n: u64 = self.shape.iter().map(|&d| d as u64).product();
+        match self.quant {
+            Some(q) => n / q.block_size() as u64 * q.type_size() as u64,
+            None => n * self.dtype.size_in_bytes() as u64,
+        }
+    }
+
+    /// The stored format, for reports: `F32`, `BF16`, `Q8_0` …
+    pub fn format(&self) -> String {
+        match self.quant {
+            Some(q) => format!("{q:?}"),
+            None => format!("{:?}", self.dtype).to_uppercase(),
+        }
+    }
+}
+
+/// One memory-mapped weight file.
+pub(super) struct MappedFile {
+    pub(super) path: PathBuf,
+    pub(super) mmap: Mmap,
+    /// Byte offset of the data section (after the header).
+    pub(super) data_start: usize,
 }
 
 /// Where a tensor's bytes are: file index and byte range within the data section.
 #[derive(Clone, Copy, Debug)]
-struct Location {
-    file: usize,
-    start: usize,
-    end: usize,
+pub(super) struct Location {
+    pub(super) file: usize,
+    pub(super) start: usize,
+    pub(super) end: usize,
 }
 
 /// The safetensors files of a model, memory-mapped, with an index from key to file.
@@ -145,6 +169,23 @@ impl WeightFiles {
         let mut index = BTreeMap::new();
         let mut merged = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
+            if super::gguf::is_gguf(path) {
+                let (file, tensors, metadata) = super::gguf::open(path, i)?;
+                merged.extend(metadata);
+                for (key, location, info) in tensors {
+                    if let Some((_, first)) = index.insert(key.clone(), (location, info)) {
+                        return Err(Error::Gguf {
+                            path: path.clone(),
+                            reason: format!(
+                                "tensor `{key}` is also in {}; pass one variant of the weights",
+                                first.file.display()
+                            ),
+                        });
+                    }
+                }
+                files.push(file);
+                continue;
+            }
             let mmap = open_mmap(path)?;
             let (header_len, metadata) =
                 SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
@@ -164,6 +205,7 @@ impl WeightFiles {
                     file: path.clone(),
                     dtype,
                     shape: st_info.shape.clone(),
+                    quant: None,
                 };
                 let (start, end) = st_info.data_offsets;
                 let location = Location {
@@ -222,10 +264,11 @@ impl WeightFiles {
     /// The bytes are copied out of the mapping, after which their pages are released: a
     /// loaded model is resident once, not once in memory and again as mapped file pages.
     pub fn load(&self, key: &str, device: &Device) -> Result<Tensor> {
-        let (loc, info) = self.index.get(key).ok_or_else(|| Error::MissingTensor {
-            key: key.to_string(),
-            files: self.describe(),
-        })?;
+        if self.info(key).is_some_and(|i| i.quant.is_some()) {
+            let q = self.load_quantized(key, None)?;
+            return Ok(q.dequantize(device)?);
+        }
+        let (loc, info) = self.entry(key)?;
         let file = &self.files[loc.file];
         let (start, len) = (file.data_start + loc.start, loc.end - loc.start);
         let bytes = &file.mmap[start..start + len];
@@ -246,7 +289,28 @@ impl WeightFiles {
     }
 }
 
-fn open_mmap(path: &Path) -> Result<Mmap> {
+impl WeightFiles {
+    fn entry(&self, key: &str) -> Result<&(Location, TensorInfo)> {
+        self.index.get(key).ok_or_else(|| Error::MissingTensor {
+            key: key.to_string(),
+            files: self.describe(),
+        })
+    }
+
+    /// A block-quantised GGUF tensor as stored (on the CPU), or `rows` of it: ggml blocks run
+    /// along the last axis, so a row range of a matrix is a contiguous byte range.
+    pub fn load_quantized(
+        &self,
+        key: &str,
+        rows: Option<std::ops::Range<usize>>,
+    ) -> Result<QTensor> {
+        let (loc, info) = self.entry(key)?;
+        let file = &self.files[loc.file];
+        super::gguf::qtensor(file, loc, info, key, rows)
+    }
+}
+
+pub(super) fn open_mmap(path: &Path) -> Result<Mmap> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,

@@ -5,6 +5,8 @@
 //! is recorded, which gives `lumina inspect` its missing/unused key audit for free.
 
 mod files;
+mod gguf;
+pub mod key_map;
 pub mod ternary;
 mod var_builder;
 
@@ -12,14 +14,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 pub use files::{TensorInfo, WeightFiles};
+pub use key_map::{FusedRows, KeyMap, Renamed, Stored};
 
 use crate::error::{Error, Result};
+use crate::nn::lora::Adapters;
 
 /// How upstream initialises a parameter when training from scratch
 /// (Lumina-T2X `lumina_next_t2i/models/model.py` `initialize_weights`, reference §2.9).
@@ -89,19 +94,24 @@ struct Store {
     ternary_layers: Mutex<Vec<String>>,
 }
 
-/// Maps the key a model asks for to the key a checkpoint stores it under.
-pub type KeyMap = fn(&str) -> String;
-
 /// A prefix view of a parameter store.
 #[derive(Clone)]
 pub struct Weights {
     store: Arc<Store>,
     prefix: String,
     /// Applied to every full key before lookup: one model, several checkpoint layouts.
-    key_map: Option<KeyMap>,
+    key_map: Option<Arc<dyn KeyMap>>,
     /// Whether the layers TerDiT ternarises should be ternary even where the weights are
     /// dense (see `Linear::load_ternarizable`).
     ternary: bool,
+    /// Where linear layers register to take LoRA updates after loading, if they should.
+    adapters: Option<Arc<Adapters>>,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Weights({:?})", self.prefix)
+    }
 }
 
 impl Weights {
@@ -161,6 +171,7 @@ impl Weights {
             prefix: String::new(),
             key_map: None,
             ternary: false,
+            adapters: None,
         }
     }
 
@@ -234,11 +245,30 @@ impl Weights {
     }
 
     /// Reads every key through `map` (a checkpoint layout other than the model's own).
-    pub fn with_key_map(self, map: KeyMap) -> Self {
+    pub fn with_key_map(self, map: Arc<dyn KeyMap>) -> Self {
         Self {
             key_map: Some(map),
             ..self
         }
+    }
+
+    /// Linear layers built from these weights register with `adapters` and can take LoRA
+    /// updates after loading (see [`crate::nn::lora`]).
+    pub fn with_adapters(self, adapters: Arc<Adapters>) -> Self {
+        Self {
+            adapters: Some(adapters),
+            ..self
+        }
+    }
+
+    /// See [`Weights::with_adapters`].
+    pub fn adapters(&self) -> Option<&Arc<Adapters>> {
+        self.adapters.as_ref()
+    }
+
+    /// The layout the keys are read through, if not the model's own.
+    pub fn key_map(&self) -> Option<&Arc<dyn KeyMap>> {
+        self.key_map.as_ref()
     }
 
     /// Push a key segment: `w.pp("layers").pp(0).get("gate", ..)` reads `layers.0.gate`.
@@ -252,8 +282,9 @@ impl Weights {
         Self {
             store: self.store.clone(),
             prefix,
-            key_map: self.key_map,
+            key_map: self.key_map.clone(),
             ternary: self.ternary,
+            adapters: self.adapters.clone(),
         }
     }
 
@@ -266,22 +297,33 @@ impl Weights {
         &self.store.device
     }
 
-    /// The stored key of `name` under this prefix.
-    fn key(&self, name: &str) -> String {
-        let key = if self.prefix.is_empty() {
+    /// The model's own key of `name` under this prefix.
+    pub fn model_key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
             name.to_string()
         } else {
             format!("{}.{name}", self.prefix)
-        };
-        match self.key_map {
-            Some(map) => map(&key),
-            None => key,
         }
     }
 
-    /// The full stored key of `name` under this prefix (for messages).
+    /// Where `name` under this prefix is stored.
+    pub fn locate(&self, name: &str) -> Stored {
+        let key = self.model_key(name);
+        match &self.key_map {
+            Some(map) => map.locate(&key),
+            None => Stored::whole(key),
+        }
+    }
+
+    /// The stored key of `name` under this prefix.
+    fn key(&self, name: &str) -> String {
+        self.locate(name).key
+    }
+
+    /// Where `name` under this prefix is stored, for messages: the key, and the rows when it
+    /// is part of a fused tensor.
     pub fn full_key(&self, name: &str) -> String {
-        self.key(name)
+        self.locate(name).to_string()
     }
 
     /// Whether checkpoint files or in-memory tensors really hold `name` (false for generated
@@ -311,7 +353,8 @@ impl Weights {
 
     /// Like [`Weights::get_stored`], whatever the shape.
     pub fn get_stored_any_shape(&self, name: &str, dtype: DType) -> Result<Tensor> {
-        let key = self.key(name);
+        let stored = self.locate(name);
+        let key = stored.key.clone();
         let t = match &self.store.source {
             Source::Files(files) => {
                 let info = files.info(&key).ok_or_else(|| Error::MissingTensor {
@@ -345,7 +388,7 @@ impl Weights {
                 dtype: format!("{:?} (expected {dtype:?})", t.dtype()),
             });
         }
-        Ok(t)
+        take_rows(t, &stored, &self.origin(name))
     }
 
     /// The file that stores `name`, for messages.
@@ -370,28 +413,37 @@ impl Weights {
 
     /// The parameter `name` under this prefix, checked against `shape`, in the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        let key = self.key(name);
-        lock(&self.store.requested).insert(key.clone(), shape.to_vec());
+        let stored = self.locate(name);
+        // the shape of the stored tensor: the whole fused tensor for a row range of it
+        let mut stored_shape = shape.to_vec();
+        if let (Some(rows), Some(first)) = (&stored.rows, stored_shape.first_mut()) {
+            *first = rows.total;
+        }
+        let key = stored.key.clone();
+        lock(&self.store.requested).insert(key.clone(), stored_shape.clone());
         let store = &*self.store;
         match &store.source {
             Source::Random(seed) => {
-                random_tensor(&mut key_rng(*seed, &key), shape, init, &key, store)
+                let label = stored.to_string();
+                random_tensor(&mut key_rng(*seed, &label), shape, init, &label, store)
             }
             Source::Zeros => zeros_view(shape, store),
             Source::Tensors(map) => match map.get(&key) {
                 None => Err(Error::MissingTensor {
-                    key,
+                    key: stored.to_string(),
                     files: "the in-memory weights".into(),
                 }),
-                Some(t) if t.dims() != shape => Err(Error::TensorShape {
-                    key,
+                Some(t) if t.dims() != stored_shape => Err(Error::TensorShape {
+                    key: stored.to_string(),
                     file: "(in memory)".into(),
-                    expected: shape.to_vec(),
+                    expected: stored_shape,
                     got: t.dims().to_vec(),
                 }),
-                Some(t) => Ok(t
-                    .to_dtype(storage_dtype(t.dtype(), store.dtype))?
-                    .to_device(&store.device)?),
+                Some(t) => {
+                    let t = take_rows(t.clone(), &stored, Path::new("(in memory)"))?;
+                    Ok(t.to_dtype(storage_dtype(t.dtype(), store.dtype))?
+                        .to_device(&store.device)?)
+                }
             },
             Source::Init { rng, vars } => {
                 let t = init_tensor(&mut lock(rng), shape, init, store)?;
@@ -403,31 +455,32 @@ impl Weights {
             Source::Files(files) => {
                 let problem = match files.info(&key) {
                     None => Some(None),
-                    Some(info) if info.shape != shape => Some(Some(info.shape.clone())),
+                    Some(info) if info.shape != stored_shape => Some(Some(info.shape.clone())),
                     Some(_) => None,
                 };
                 match (problem, store.mode) {
                     (None, Mode::Strict) => {
-                        let t = files.load(&key, &store.device)?;
+                        let file = files.info(&key).map(|i| i.file.clone()).unwrap_or_default();
+                        let t = take_rows(files.load(&key, &store.device)?, &stored, &file)?;
                         Ok(t.to_dtype(storage_dtype(t.dtype(), store.dtype))?)
                     }
                     (None, Mode::Audit) => zeros_view(shape, store),
                     (Some(got), Mode::Audit) => {
                         lock(&store.problems).push(WeightProblem {
-                            key,
-                            expected: shape.to_vec(),
+                            key: stored.to_string(),
+                            expected: stored_shape,
                             got,
                         });
                         zeros_view(shape, store)
                     }
                     (Some(None), Mode::Strict) => Err(Error::MissingTensor {
-                        key,
+                        key: stored.to_string(),
                         files: files.describe(),
                     }),
                     (Some(Some(got)), Mode::Strict) => Err(Error::TensorShape {
                         file: files.info(&key).map(|i| i.file.clone()).unwrap_or_default(),
-                        key,
-                        expected: shape.to_vec(),
+                        key: stored.to_string(),
+                        expected: stored_shape,
                         got,
                     }),
                 }
@@ -435,16 +488,66 @@ impl Weights {
         }
     }
 
+    /// The GGUF block quantisation `name` is stored in, if it is (checkpoint files only).
+    pub fn stored_quant(&self, name: &str) -> Option<GgmlDType> {
+        match &self.store.source {
+            Source::Files(files) => files.info(&self.key(name))?.quant,
+            _ => None,
+        }
+    }
+
+    /// The block-quantised matrix `name` (see [`Weights::stored_quant`]) as stored, checked
+    /// against `shape`, or in audit mode `None` (nothing is read).
+    pub fn get_quantized(&self, name: &str, shape: &[usize]) -> Result<Option<QTensor>> {
+        if self.is_audit() {
+            self.get(name, shape, Init::Zeros)?;
+            return Ok(None);
+        }
+        let stored = self.locate(name);
+        let Source::Files(files) = &self.store.source else {
+            return Err(Error::MissingTensor {
+                key: stored.to_string(),
+                files: "generated weights (no files)".into(),
+            });
+        };
+        let info = files
+            .info(&stored.key)
+            .ok_or_else(|| Error::MissingTensor {
+                key: stored.to_string(),
+                files: files.describe(),
+            })?;
+        let mut stored_shape = shape.to_vec();
+        if let (Some(rows), Some(first)) = (&stored.rows, stored_shape.first_mut()) {
+            *first = rows.total;
+        }
+        if info.shape != stored_shape {
+            return Err(Error::TensorShape {
+                key: stored.to_string(),
+                file: info.file.clone(),
+                expected: stored_shape,
+                got: info.shape.clone(),
+            });
+        }
+        lock(&self.store.requested).insert(stored.key.clone(), stored_shape);
+        let rows = stored.rows.map(|r| r.range);
+        Ok(Some(files.load_quantized(&stored.key, rows)?))
+    }
+
     /// The stored tensor `name` under this prefix, whatever its shape (checkpoint files only).
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
-        let key = self.key(name);
+        let stored = self.locate(name);
+        let key = stored.key.clone();
         let Source::Files(files) = &self.store.source else {
             return Err(Error::MissingTensor {
                 key,
                 files: "generated weights (no files)".into(),
             });
         };
-        let t = files.load(&key, &self.store.device)?;
+        let t = take_rows(
+            files.load(&key, &self.store.device)?,
+            &stored,
+            &self.origin(name),
+        )?;
         if let Some(info) = files.info(&key) {
             lock(&self.store.requested).insert(key, info.shape.clone());
         }
@@ -455,13 +558,24 @@ impl Weights {
     /// loading it: weights a model deliberately leaves out, such as the text encoder's layers
     /// past the one whose output Lumina reads.
     pub fn skip(&self, name: &str) {
+        let key = self.key(name);
+        let nested = format!("{key}.");
+        self.mark_stored(|k| k == key || k.starts_with(&nested));
+    }
+
+    /// Marks every stored key that starts with `prefix` (not read through the key map) as
+    /// accounted for: the other models of an all-in-one checkpoint.
+    pub fn skip_stored_prefix(&self, prefix: &str) {
+        self.mark_stored(|k| k.starts_with(prefix));
+    }
+
+    /// Records the stored keys `pick` selects as requested, with their stored shapes.
+    fn mark_stored(&self, pick: impl Fn(&str) -> bool) {
         let Source::Files(files) = &self.store.source else {
             return;
         };
-        let key = self.key(name);
-        let nested = format!("{key}.");
         let mut requested = lock(&self.store.requested);
-        for k in files.keys().filter(|k| *k == key || k.starts_with(&nested)) {
+        for k in files.keys().filter(|k| pick(k)) {
             if let Some(info) = files.info(k) {
                 requested.insert(k.to_string(), info.shape.clone());
             }
@@ -535,6 +649,29 @@ pub fn storage_dtype(stored: DType, compute: DType) -> DType {
     } else {
         stored
     }
+}
+
+/// The rows of a fused tensor that `stored` names (the whole tensor when it names no rows),
+/// after checking the fused tensor's first axis.
+fn take_rows(t: Tensor, stored: &Stored, file: &Path) -> Result<Tensor> {
+    let Some(rows) = &stored.rows else {
+        return Ok(t);
+    };
+    let dims = t.dims().to_vec();
+    if dims.first() != Some(&rows.total) {
+        let mut expected = dims.clone();
+        match expected.first_mut() {
+            Some(first) => *first = rows.total,
+            None => expected.push(rows.total),
+        }
+        return Err(Error::TensorShape {
+            key: stored.to_string(),
+            file: file.to_path_buf(),
+            expected,
+            got: dims,
+        });
+    }
+    Ok(t.narrow(0, rows.range.start, rows.range.len())?)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -9,6 +9,7 @@
 
 mod block;
 mod config;
+pub mod original;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

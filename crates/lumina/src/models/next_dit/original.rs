@@ -7,10 +7,14 @@
 //! names: Lumina-T2X `lumina_next_t2i/models/model.py` (1c60696). The one query projection
 //! `attention.wq` serves both `attn1.to_q` and `attn2.to_q`.
 
+use std::sync::Arc;
+
 use super::NextDitConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::models::layout::Shapes;
 use crate::nn::swiglu_hidden;
-use crate::weights::WeightFiles;
+use crate::weights::key_map::rename;
+use crate::weights::{KeyMap, Renamed, WeightFiles};
 
 /// diffusers prefix → upstream prefix, outside the blocks.
 const GLOBAL: [(&str, &str); 6] = [
@@ -51,18 +55,6 @@ const BLOCK: [(&str, &str); 19] = [
     ("norm1_context.", "attention_y_norm."),
 ];
 
-fn rename(key: &str, table: &[(&str, &str)]) -> Option<String> {
-    table.iter().find_map(|(from, to)| {
-        if key == *from {
-            Some((*to).to_string())
-        } else if from.ends_with('.') {
-            key.strip_prefix(from).map(|rest| format!("{to}{rest}"))
-        } else {
-            None
-        }
-    })
-}
-
 /// The upstream key under which a diffusers-named Next-DiT parameter is stored.
 pub fn original_key(key: &str) -> String {
     if let Some(renamed) = rename(key, &GLOBAL) {
@@ -78,56 +70,46 @@ pub fn original_key(key: &str) -> String {
     key.to_string()
 }
 
-/// Whether `files` hold a Next-DiT in the upstream layout.
-pub fn is_original_layout(files: &WeightFiles) -> bool {
-    files.info("x_embedder.weight").is_some()
-        && files.info("layers.0.attention.wq.weight").is_some()
+/// The upstream layout as a key map.
+pub fn key_map() -> Arc<dyn KeyMap> {
+    Arc::new(Renamed(original_key))
+}
+
+/// Whether `files` hold a Next-DiT in the upstream layout, its keys under `prefix`.
+pub fn is_original_layout(files: &WeightFiles, prefix: &str) -> bool {
+    files.info(&format!("{prefix}x_embedder.weight")).is_some()
+        && files
+            .info(&format!("{prefix}layers.0.attention.wq.weight"))
+            .is_some()
 }
 
 /// Reads the configuration off an upstream checkpoint's tensor shapes. Upstream Next-DiT
 /// models all take 4-channel (SDXL VAE) latents, which fixes the patch size.
-pub fn infer_config(files: &WeightFiles) -> Result<NextDitConfig> {
-    let shape = |key: &str| -> Result<Vec<usize>> {
-        files
-            .info(key)
-            .map(|i| i.shape.clone())
-            .ok_or_else(|| Error::MissingTensor {
-                key: key.to_string(),
-                files: files.describe(),
-            })
-    };
-    let cannot = |what: &str| {
-        Error::Config {
-        path: files.paths().next().map(Into::into).unwrap_or_default(),
-        reason: format!("cannot infer {what} from the tensor shapes; put a diffusers config.json next to the weights"),
-    }
-    };
-    let x = shape("x_embedder.weight")?; // (D, p²·C)
-    let (dim, patch_in) = (x[0], x.get(1).copied().unwrap_or(0));
+pub fn infer_config(shapes: &Shapes) -> Result<NextDitConfig> {
+    let dim_of = |key: &str, axis: usize| shapes.dim(key, axis);
+    let cannot = |what: &str| shapes.cannot(what);
+    let (dim, patch_in) = (
+        dim_of("x_embedder.weight", 0)?,
+        dim_of("x_embedder.weight", 1)?,
+    ); // (D, p²·C)
     let in_channels = 4;
     let patch_size = (1..=16)
         .find(|p| p * p * in_channels == patch_in)
         .ok_or_else(|| cannot("the patch size"))?;
-    let num_layers = (0..)
-        .take_while(|i| {
-            files
-                .info(&format!("layers.{i}.attention.wq.weight"))
-                .is_some()
-        })
-        .count();
-    let heads = shape("layers.0.attention.gate")?[0];
+    let num_layers = shapes.count("layers", "attention.wq.weight");
+    let heads = dim_of("layers.0.attention.gate", 0)?;
     if heads == 0 || dim % heads != 0 {
         return Err(cannot("the head count"));
     }
-    let kv_heads = shape("layers.0.attention.wk.weight")?[0] / (dim / heads);
-    let cross_attention_dim = shape("layers.0.attention.wk_y.weight")?[1];
-    let final_out = shape("final_layer.linear.weight")?[0];
+    let kv_heads = dim_of("layers.0.attention.wk.weight", 0)? / (dim / heads);
+    let cross_attention_dim = dim_of("layers.0.attention.wk_y.weight", 1)?;
+    let final_out = dim_of("final_layer.linear.weight", 0)?;
     let learn_sigma = match final_out / (patch_size * patch_size) {
         c if c == 2 * in_channels => true,
         c if c == in_channels => false,
         _ => return Err(cannot("learn_sigma")),
     };
-    let hidden = shape("layers.0.feed_forward.w1.weight")?[0];
+    let hidden = dim_of("layers.0.feed_forward.w1.weight", 0)?;
     let multiple_of = [256, 128, 64, 32, 16, 8, 1]
         .into_iter()
         .find(|&m| swiglu_hidden(8 * dim / 3, m, None) == hidden)
@@ -143,7 +125,7 @@ pub fn infer_config(files: &WeightFiles) -> Result<NextDitConfig> {
         multiple_of,
         ffn_dim_multiplier: None,
         learn_sigma,
-        qk_norm: files.info("layers.0.attention.q_norm.weight").is_some(),
+        qk_norm: shapes.has("layers.0.attention.q_norm.weight"),
         cross_attention_dim,
         ..NextDitConfig::default()
     })

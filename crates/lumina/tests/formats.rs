@@ -1,0 +1,186 @@
+//! Every layout Lumina-Image-2.0 users download, against diffusers: each case under
+//! `<fixtures>/lumina2_formats/*` (the fixture root is `$LUMINA_FIXTURES`, else
+//! `../shared/fixtures`) names in `call.json` the checkpoints that must give `output`, the LoRA
+//! combinations that must give theirs, and the GGUF files that must give theirs — all on the
+//! inputs of `io.safetensors`. Finding no case is a failure; a failure names the case, the
+//! layout and the error.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use lumina::lora::{self, LoraFile};
+use lumina::nn::lora::{Adapters, LoraMode};
+use lumina::nn::{set_quantized_path, QuantizedPath};
+use lumina::{DitInput, Transformer, Weights};
+
+use common::{cases, load_tensors, max_abs_diff, read_json, tensor};
+
+/// The quantised-domain product rounds every activation row to 8-bit blocks (Q8_0 for the
+/// legacy types, Q8_K for the K-quants) before the integer dot products: its output may differ
+/// from the exactly dequantised forward by this fraction of the output's largest magnitude
+/// (measured on the tiny case: 1.1e-2 for Q4_0, 1.3e-2 for Q8_0; more layers add to it).
+const QUANTIZED_DOMAIN_TOLERANCE: f32 = 3e-2;
+
+struct Case<'a> {
+    dir: &'a Path,
+    call: serde_json::Value,
+    io: std::collections::HashMap<String, Tensor>,
+    tolerance: f32,
+}
+
+impl Case<'_> {
+    fn input(&self) -> Result<DitInput<'_>> {
+        let t = |k: &str| tensor(&self.io, k, self.dir);
+        Ok(DitInput::new(
+            t("hidden_states")?,
+            t("timestep")?,
+            t("encoder_hidden_states")?,
+            t("encoder_mask")?,
+        ))
+    }
+
+    /// Max |got − `key`|, or an error saying by how much it misses `tolerance`.
+    fn check(&self, got: &Tensor, key: &str, tolerance: f32, what: &str) -> Result<f32> {
+        let want = tensor(&self.io, key, self.dir)?;
+        let err = max_abs_diff(got, want)?;
+        println!(
+            "{}: {what}: max abs error {err:.2e} against `{key}`",
+            self.dir.display()
+        );
+        if err > tolerance {
+            bail!("{what}: max abs error {err:.3e} against `{key}` > {tolerance:.0e}");
+        }
+        Ok(err)
+    }
+}
+
+/// Loads `path` (any layout) with an adapter registry, in f32 on the CPU.
+fn load(path: &Path) -> Result<(Transformer, Arc<Adapters>)> {
+    let adapters = Adapters::new();
+    let registry = adapters.clone();
+    let (cfg, weights) = Transformer::open_dir(path, move |files| {
+        Weights::from_files(files, DType::F32, &Device::Cpu).with_adapters(registry)
+    })
+    .with_context(|| format!("opening {}", path.display()))?;
+    let model =
+        Transformer::load(&cfg, &weights).with_context(|| format!("loading {}", path.display()))?;
+    Ok((model, adapters))
+}
+
+fn checkpoints(case: &Case) -> Result<usize> {
+    let map = case.call["checkpoints"]
+        .as_object()
+        .context("call.json: no `checkpoints` object")?;
+    let mut n = 0;
+    for (key, layouts) in map {
+        for layout in layouts.as_array().context("checkpoints: not a list")? {
+            let name = layout.as_str().context("checkpoints: not a file name")?;
+            let (model, _) = load(&case.dir.join(name))?;
+            let got = model.forward(&case.input()?)?;
+            case.check(&got, key, case.tolerance, &format!("layout {name}"))
+                .with_context(|| format!("layout {name}"))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Every LoRA combination, merged into the diffusers folder's weights and kept apart on the
+/// upstream single file; then removed again, which must restore the base output bit for bit.
+fn loras(case: &Case) -> Result<usize> {
+    let Some(map) = case.call["loras"].as_object() else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for (layout, mode) in [
+        ("transformer", LoraMode::Merged),
+        ("original.safetensors", LoraMode::Unmerged),
+    ] {
+        let (model, adapters) = load(&case.dir.join(layout))?;
+        let upstream = model.config().upstream_key_map();
+        let base = model.forward(&case.input()?)?;
+        for (key, files) in map {
+            let mut loras = Vec::new();
+            for pair in files.as_array().context("loras: not a list")? {
+                let file = pair[0].as_str().context("loras: no file name")?;
+                let scale = pair[1].as_f64().context("loras: no scale")?;
+                loras.push((Arc::new(LoraFile::open(&case.dir.join(file))?), scale));
+            }
+            let what = format!("{key} on {layout}, {mode:?}");
+            lora::apply(&adapters, &*upstream, &loras, mode).with_context(|| what.clone())?;
+            let got = model.forward(&case.input()?)?;
+            case.check(&got, key, case.tolerance, &what)
+                .with_context(|| what.clone())?;
+            lora::apply(&adapters, &*upstream, &[], mode)?;
+            let restored = model.forward(&case.input()?)?;
+            if max_abs_diff(&restored, &base)? != 0.0 {
+                bail!("{what}: removing the LoRA did not restore the base output bit for bit");
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn ggufs(case: &Case) -> Result<usize> {
+    let Some(map) = case.call["gguf"].as_object() else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for (key, file) in map {
+        let name = file.as_str().context("gguf: not a file name")?;
+        let (model, _) = load(&case.dir.join(name))?;
+        let exact = model.forward(&case.input()?)?;
+        case.check(&exact, key, case.tolerance, &format!("{name}, dequantised"))?;
+        set_quantized_path(QuantizedPath::Quantized);
+        let quantized = model.forward(&case.input()?);
+        set_quantized_path(QuantizedPath::Dequantize);
+        let scale = exact.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let what = format!("{name}, quantised domain (output scale {scale:.2})");
+        case.check(&quantized?, key, QUANTIZED_DOMAIN_TOLERANCE * scale, &what)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[test]
+fn every_layout_matches_diffusers() -> Result<()> {
+    let found = cases("lumina2_formats")?;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for dir in &found {
+        let run = || -> Result<usize> {
+            let call = read_json(&dir.join("call.json"))?;
+            let tolerance = call["tolerance_max_abs"]
+                .as_f64()
+                .context("call.json: no tolerance_max_abs")? as f32;
+            let case = Case {
+                dir,
+                io: load_tensors(&dir.join("io.safetensors"))?,
+                call,
+                tolerance,
+            };
+            Ok(checkpoints(&case)? + loras(&case)? + ggufs(&case)?)
+        };
+        match run() {
+            Ok(n) => checked += n,
+            Err(e) => failures.push(format!("{}: {e:#}", dir.display())),
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} format cases failed:\n{}",
+            failures.len(),
+            found.len(),
+            failures.join("\n")
+        );
+    }
+    if checked == 0 {
+        bail!("the format cases name no checkpoint, LoRA or GGUF file to check");
+    }
+    Ok(())
+}
