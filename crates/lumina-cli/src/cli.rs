@@ -25,8 +25,61 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = F32MatmulArg::Strassen, global = true)]
     pub f32_matmul: F32MatmulArg,
 
+    /// How GGUF block-quantised layers multiply: `dequantize` (each layer's matrix expanded
+    /// as it runs, then the dense kernels: the weights' exact values) or `quantized` (candle's
+    /// quantised-domain product, activations rounded to 8-bit blocks too).
+    #[arg(long, value_enum, default_value_t = QuantizedPathArg::Dequantize, global = true)]
+    pub quantized_matmul: QuantizedPathArg,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantizedPathArg {
+    Dequantize,
+    Quantized,
+}
+
+impl From<QuantizedPathArg> for lumina::nn::QuantizedPath {
+    fn from(a: QuantizedPathArg) -> Self {
+        match a {
+            QuantizedPathArg::Dequantize => Self::Dequantize,
+            QuantizedPathArg::Quantized => Self::Quantized,
+        }
+    }
+}
+
+/// How LoRA updates are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoraModeArg {
+    Merged,
+    Unmerged,
+}
+
+impl From<LoraModeArg> for lumina::nn::lora::LoraMode {
+    fn from(a: LoraModeArg) -> Self {
+        match a {
+            LoraModeArg::Merged => Self::Merged,
+            LoraModeArg::Unmerged => Self::Unmerged,
+        }
+    }
+}
+
+/// LoRA files and how they apply, shared by the commands that load a model.
+#[derive(Debug, Args)]
+pub struct LoraArgs {
+    /// Apply a LoRA: `FILE` or `FILE:SCALE` (scale 1 by default; a negative one subtracts).
+    /// Repeatable. Upstream (`diffusion_model.…`), diffusers/peft (`transformer.…`) and kohya
+    /// (`lora_unet_…`, with alpha) layouts, for Lumina-Image-2.0 and Lumina-Next.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<String>,
+
+    /// `merged`: added into the weights once at load (no cost per step); `unmerged`: kept
+    /// apart and added to each layer's output (two thin products per layer; the weights are
+    /// never touched, so a server can switch LoRAs between requests without reloading).
+    #[arg(long, value_enum, default_value_t = LoraModeArg::Merged)]
+    pub lora_mode: LoraModeArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,9 +95,10 @@ pub enum Command {
     Eval(Box<EvalArgs>),
     /// Measure this CPU's peak, then Next-DiT blocks and denoising steps at the 2B config.
     Bench(BenchArgs),
-    /// Ternarise a Next-DiT or Lumina-Image-2.0 transformer after training (absmean, TerDiT's
-    /// layers): writes a 2-bit packed checkpoint, for experiments — QAT (`lumina train
-    /// --preset shapes-ternary`) keeps quality, post-training ternarisation mostly does not.
+    /// Quantise a Next-DiT or Lumina-Image-2.0 transformer: to GGUF (`--to gguf-q8_0` …), or
+    /// ternarise it after training (absmean, TerDiT's layers; a 2-bit packed checkpoint, for
+    /// experiments — QAT (`lumina train --preset shapes-ternary`) keeps quality, post-training
+    /// ternarisation mostly does not).
     Quantize(QuantizeArgs),
     /// Fit the step cache's rescaling polynomial to a model: sample a prompt list computing
     /// every step, record how much the first block's input and the block stack's output move
@@ -104,12 +158,20 @@ pub struct CacheFitArgs {
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
     /// A diffusers pipeline folder (its `transformer/` is quantised, the rest copied) or one
-    /// transformer folder (with config.json), in diffusers key layout.
+    /// transformer folder (with config.json); for `--to gguf-*` also any single transformer
+    /// file `--transformer` takes.
     pub input: PathBuf,
 
-    /// The folder to write (must not exist).
+    /// What to write (must not exist): a folder for `ternary`, a `.gguf` file for `gguf-*`.
     #[arg(short, long)]
     pub output: PathBuf,
+
+    /// `ternary` (TerDiT's layers 2-bit, a diffusers folder), or a GGUF file in ComfyUI-GGUF's
+    /// layout (upstream names; every matrix whose rows are whole blocks quantised, K-quants
+    /// falling back to Q8_0 for rows of 32-blocks, the rest F32): `gguf-q8_0`, `gguf-q4_0`,
+    /// `gguf-q4_1`, `gguf-q5_0`, `gguf-q5_1`, `gguf-q4_k`, `gguf-q5_k`, `gguf-q6_k`.
+    #[arg(long, default_value = "ternary")]
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -271,10 +333,15 @@ pub struct GenerateArgs {
     #[arg(short, long)]
     pub model: Option<String>,
 
-    /// Use this transformer instead of the pipeline's own: a diffusers folder, or one
-    /// safetensors file (e.g. upstream Lumina-Next `consolidated_ema.00-of-01.safetensors`).
+    /// Use this transformer instead of the pipeline's own: a diffusers folder, or one file —
+    /// upstream Lumina-Next `consolidated_ema.00-of-01.safetensors`, the upstream or ComfyUI
+    /// Lumina-Image-2.0 single file (an all-in-one file gives its transformer), or a
+    /// ComfyUI-GGUF `.gguf` (Q8_0 … Q6_K, kept quantised).
     #[arg(long)]
     pub transformer: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub lora: LoraArgs,
 
     /// What to draw.
     #[arg(short, long)]

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     lumina::kernels::ternary::set_activations(cli.ternary_activations.into());
     lumina::kernels::strassen::set_f32_matmul(cli.f32_matmul.into());
+    lumina::nn::set_quantized_path(cli.quantized_matmul.into());
     // a LUMINA_ISA that names no level is refused before anything runs on a guessed path
     if let Err(e) = lumina::kernels::Isa::cap_from_env() {
         eprintln!("error: {e}");

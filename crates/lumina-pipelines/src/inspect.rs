@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use lumina::config::ConfigFile;
 use lumina::models::layout::{Layout, LayoutKind};
-use lumina::models::{Family, Transformer, KNOWN_CLASSES};
+use lumina::models::{Family, Transformer, EMBEDDED_CONFIG, KNOWN_CLASSES};
 use lumina::weights::{WeightFiles, Weights};
 
 use crate::error::Result;
@@ -179,6 +179,23 @@ fn inspect_file(path: &Path) -> Result<Inspection> {
              which lumina does not read from it",
             layout.prefix
         ));
+    }
+    if let (None, Some(text)) = (&component.class_name, files.metadata().get(EMBEDDED_CONFIG)) {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(raw)) => {
+                component.class_name = raw
+                    .get("_class_name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                component.config = Some(raw);
+                component.notes.push(format!(
+                    "config from the file's `{EMBEDDED_CONFIG}` metadata"
+                ));
+            }
+            _ => component
+                .notes
+                .push(format!("metadata `{EMBEDDED_CONFIG}` is not a JSON object")),
+        }
     }
     if component.class_name.is_none() && layout.is_upstream() {
         let (family, name) = match layout.kind {

@@ -6,11 +6,14 @@
 //! pipeline_lumina2.py` (58eb52c). What differs on purpose is listed on [`Request`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{DType, Device, Tensor};
 use lumina::config::ConfigFile;
+use lumina::lora::LoraFile;
 use lumina::models::step_cache::{LUMINA2_COEFFICIENTS, LUMINA_NEXT_COEFFICIENTS};
 use lumina::models::{CacheRule, CacheStats, StepCache, Transformer, TransformerConfig};
+use lumina::nn::lora::{Adapters, LoraMode};
 use lumina::nn::ContextDrop;
 use lumina::sample::{
     noise, sample_with, shift_time, Guidance, ProjectedFlow, Renorm, RopeSchedule, Schedule,
@@ -238,6 +241,10 @@ pub struct Pipeline {
     pub dir: PathBuf,
     conditioner: Conditioner,
     transformer: Transformer,
+    /// The transformer's adaptable layers (`None` for a model built in memory).
+    adapters: Option<Arc<Adapters>>,
+    /// The LoRA files applied now, with their scales and mode.
+    loras: Mutex<Vec<(Arc<LoraFile>, f64)>>,
     decoder: Decoder,
     grid: Grid,
     device: Device,
@@ -334,7 +341,13 @@ impl Pipeline {
         };
         let transformer_path =
             transformer.map_or_else(|| dir.join("transformer"), Path::to_path_buf);
-        let transformer = Transformer::load_path(&transformer_path, dtype, device)?;
+        // every dense or quantised layer registers, so LoRA can be set after loading
+        let adapters = Adapters::new();
+        let registry = adapters.clone();
+        let (cfg, weights) = Transformer::open_dir(&transformer_path, |files| {
+            Weights::from_files(files, dtype, device).with_adapters(registry)
+        })?;
+        let transformer = Transformer::load(&cfg, &weights)?;
         let expected = match family {
             Family::LuminaNext | Family::Pixel => "LuminaNextDiT2DModel",
             Family::Lumina2 => "Lumina2Transformer2DModel",
@@ -358,6 +371,8 @@ impl Pipeline {
             dir: dir.to_path_buf(),
             conditioner,
             transformer,
+            adapters: Some(adapters),
+            loras: Mutex::default(),
             decoder,
             grid,
             device: device.clone(),
@@ -377,6 +392,8 @@ impl Pipeline {
             dir: PathBuf::new(),
             conditioner: Conditioner::Words { tokenizer, encoder },
             transformer,
+            adapters: None,
+            loras: Mutex::default(),
             decoder: Decoder::Pixels,
             grid: Grid::Defaults(defaults),
             device: device.clone(),
@@ -424,6 +441,33 @@ impl Pipeline {
             TransformerConfig::NextDit(c) => c.patch_size,
             TransformerConfig::Lumina2(c) => c.patch_size,
         }
+    }
+
+    /// Replaces the transformer's LoRA updates by `loras` (file, scale; empty: none) in `mode`:
+    /// merged into the weights, or kept apart so that the next call switches them at no cost.
+    /// Removing them restores the weights bit for bit. Errors name the file and the key;
+    /// nothing changes on an error.
+    pub fn set_loras(&self, loras: Vec<(Arc<LoraFile>, f64)>, mode: LoraMode) -> Result<()> {
+        let Some(adapters) = &self.adapters else {
+            return Err(lumina::Error::input(
+                "LoRA",
+                "a pipeline loaded from files",
+                "a model built in memory",
+            )
+            .into());
+        };
+        let upstream = self.transformer.config().upstream_key_map();
+        lumina::lora::apply(adapters, &*upstream, &loras, mode)?;
+        *self.loras.lock().unwrap_or_else(PoisonError::into_inner) = loras;
+        Ok(())
+    }
+
+    /// The LoRA files applied now, with their scales.
+    pub fn loras(&self) -> Vec<(Arc<LoraFile>, f64)> {
+        self.loras
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn transformer(&self) -> &Transformer {

@@ -147,6 +147,114 @@ fn ggufs(case: &Case) -> Result<usize> {
     Ok(n)
 }
 
+/// Max |got − want| as a fraction of max |want|.
+fn relative_error(got: &Tensor, want: &Tensor) -> Result<f32> {
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    Ok(max_abs_diff(got, want)? / scale.max(f32::MIN_POSITIVE))
+}
+
+/// How far a forward through weights written as `name` may be from the unquantised one, as a
+/// fraction of the output's largest magnitude: the quantisation error of the weights, about
+/// twice what the tiny case measures (Q8_0 7.9e-3, Q6_K 1.7e-2, Q5_K 2.4e-2, Q4_K 4.0e-2,
+/// Q5_1 6.5e-2, Q5_0 7.9e-2, Q4_0 1.3e-1, Q4_1 1.7e-1; its rows of 64 leave the K-quants
+/// partly Q8_0).
+fn written_tolerance(name: &str) -> f32 {
+    match name {
+        "q8_0" => 2e-2,
+        "q6_k" => 4e-2,
+        "q5_k" => 5e-2,
+        "q4_k" => 1e-1,
+        "q5_0" | "q5_1" => 1.5e-1,
+        _ => 3e-1,
+    }
+}
+
+/// `lumina quantize --to gguf-*` for every type it writes: the case's diffusers folder
+/// exported under upstream names, written, read back (config from the file's metadata), and
+/// run; each within its type's quantisation error of `output`.
+fn written_ggufs(case: &Case) -> Result<usize> {
+    use lumina::models::export::upstream_tensors;
+    use lumina::models::EMBEDDED_CONFIG;
+    use lumina::weights::gguf;
+    let (cfg, tensors) = upstream_tensors(&case.dir.join("transformer"))?;
+    let config = serde_json::to_string(&cfg.to_json()?)?;
+    let dir = tempfile::tempdir()?;
+    let want = tensor(&case.io, "output", case.dir)?;
+    for (name, target) in gguf::WRITABLE {
+        let path = dir.path().join(format!("{name}.gguf"));
+        gguf::write(
+            &path,
+            &tensors,
+            target,
+            &[(EMBEDDED_CONFIG, config.clone())],
+        )?;
+        let (model, _) = load(&path)?;
+        if model.config() != cfg {
+            bail!("written {name}: the config read back differs");
+        }
+        let err = relative_error(&model.forward(&case.input()?)?, want)?;
+        println!(
+            "{}: written {name}: relative error {err:.1e}",
+            case.dir.display()
+        );
+        // where gguf-py wrote the same type, the same quantisation: its output to 1e-4
+        let reference = format!("output_gguf_{}", gguf::type_name(target));
+        if case.io.contains_key(&reference) {
+            case.check(
+                &model.forward(&case.input()?)?,
+                &reference,
+                case.tolerance,
+                &format!("written {name}"),
+            )?;
+        }
+        if err > written_tolerance(name) {
+            bail!(
+                "written {name}: relative error {err:.2e} > {:.0e}",
+                written_tolerance(name)
+            );
+        }
+    }
+    Ok(gguf::WRITABLE.len())
+}
+
+/// LoRA on a block-quantised model is kept apart from its weights (even when merging is
+/// asked for); it changes the output and its removal restores the base bit for bit.
+fn lora_on_gguf(case: &Case) -> Result<usize> {
+    let (Some(ggufs), Some(loras)) = (
+        case.call["gguf"].as_object(),
+        case.call["loras"].as_object(),
+    ) else {
+        return Ok(0);
+    };
+    let (Some(gguf), Some(files)) = (ggufs.values().next(), loras.values().next()) else {
+        return Ok(0);
+    };
+    let (model, adapters) = load(
+        &case
+            .dir
+            .join(gguf.as_str().context("gguf: not a file name")?),
+    )?;
+    let upstream = model.config().upstream_key_map();
+    let base = model.forward(&case.input()?)?;
+    let mut applied = Vec::new();
+    for pair in files.as_array().context("loras: not a list")? {
+        let file = pair[0].as_str().context("loras: no file name")?;
+        let scale = pair[1].as_f64().context("loras: no scale")?;
+        applied.push((Arc::new(LoraFile::open(&case.dir.join(file))?), scale));
+    }
+    lora::apply(&adapters, &*upstream, &applied, LoraMode::Merged)?;
+    let adapted = model.forward(&case.input()?)?;
+    lora::apply(&adapters, &*upstream, &[], LoraMode::Merged)?;
+    let restored = model.forward(&case.input()?)?;
+    if max_abs_diff(&adapted, &base)? == 0.0 {
+        bail!("{gguf}: the LoRA changed nothing");
+    }
+    if max_abs_diff(&restored, &base)? != 0.0 {
+        bail!("{gguf}: removing the LoRA did not restore the base output bit for bit");
+    }
+    Ok(1)
+}
+
 #[test]
 fn every_layout_matches_diffusers() -> Result<()> {
     let found = cases("lumina2_formats")?;
@@ -164,7 +272,11 @@ fn every_layout_matches_diffusers() -> Result<()> {
                 call,
                 tolerance,
             };
-            Ok(checkpoints(&case)? + loras(&case)? + ggufs(&case)?)
+            Ok(checkpoints(&case)?
+                + loras(&case)?
+                + ggufs(&case)?
+                + written_ggufs(&case)?
+                + lora_on_gguf(&case)?)
         };
         match run() {
             Ok(n) => checked += n,

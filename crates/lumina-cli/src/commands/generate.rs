@@ -24,6 +24,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let pipeline =
         Pipeline::load_with_transformer(&dir, args.transformer.as_deref(), dtype, &Device::Cpu)
             .with_context(|| format!("loading {}", dir.display()))?;
+    super::lora::apply(&args.lora, &pipeline)?;
     tracing::info!(seconds = loaded.elapsed().as_secs_f64(), "pipeline loaded");
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut request = request(args, &pipeline, seed)?;
@@ -189,6 +190,9 @@ fn parameters(
         format!("Dtype: {}", format!("{dtype:?}").to_lowercase()),
         format!("RNG: lumina StdRng(seed)"),
     ];
+    if let Some(loras) = super::lora::describe(pipeline) {
+        fields.push(format!("LoRA: {loras}"));
+    }
     if let Some(c) = pipeline.context_drop(r) {
         fields.push(format!("Context drop: {c}"));
     }

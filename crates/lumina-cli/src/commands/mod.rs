@@ -7,6 +7,7 @@ pub mod eval;
 pub mod extrapolate;
 pub mod generate;
 pub mod inspect;
+pub mod lora;
 pub mod quantize;
 pub mod sampling;
 pub mod train;

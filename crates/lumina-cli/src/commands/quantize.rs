@@ -1,5 +1,10 @@
-//! `lumina quantize`: post-training ternarisation of a transformer checkpoint.
+//! `lumina quantize`: a transformer checkpoint to GGUF block quantisation, or ternarised after
+//! training.
 //!
+//! GGUF: the parameters under the family's upstream names (`models::export`), as ComfyUI-GGUF
+//! stores them, with the config in the file's metadata so that no config.json is needed.
+//!
+//! Ternary:
 //! Which layers become ternary is decided by the model code itself: the transformer is built
 //! in audit mode (no weight read) with ternary layers requested, and every layer that asks
 //! for it (`Linear::load_ternarizable`: attention, SwiGLU and adaLN linears of each block) is
@@ -10,9 +15,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use lumina::models::export::upstream_tensors;
+use lumina::models::EMBEDDED_CONFIG;
 use lumina::weights::ternary::{pack_layers, save};
-use lumina::weights::{WeightFiles, Weights};
-use lumina::Transformer;
+use lumina::weights::{gguf, WeightFiles, Weights};
+use lumina::{Transformer, TransformerConfig};
 
 use crate::cli::QuantizeArgs;
 use crate::format;
@@ -20,6 +27,16 @@ use crate::format;
 const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
+    if let Some(kind) = args.to.strip_prefix("gguf-") {
+        return to_gguf(args, kind);
+    }
+    if args.to != "ternary" {
+        bail!(
+            "--to {}: expected `ternary` or `gguf-` followed by one of {}",
+            args.to,
+            gguf_kinds()
+        );
+    }
     if args.output.exists() {
         bail!(
             "{} already exists: choose a new --output folder",
@@ -84,6 +101,66 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         "{}: {} ternary layers; weights {} → {}",
         args.output.display(),
         layers.len(),
+        format::bytes(dense_bytes),
+        format::bytes(written)
+    );
+    Ok(())
+}
+
+fn gguf_kinds() -> String {
+    gguf::WRITABLE
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `--to gguf-KIND`: one `.gguf` file of the input's transformer.
+fn to_gguf(args: &QuantizeArgs, kind: &str) -> Result<()> {
+    let Some(&(_, target)) = gguf::WRITABLE.iter().find(|(name, _)| *name == kind) else {
+        bail!(
+            "--to gguf-{kind}: unknown type; expected gguf- followed by one of {}",
+            gguf_kinds()
+        );
+    };
+    if args.output.exists() {
+        bail!(
+            "{} already exists: choose a new --output file",
+            args.output.display()
+        );
+    }
+    let source = if args.input.join("model_index.json").is_file() {
+        args.input.join("transformer")
+    } else {
+        args.input.clone()
+    };
+    let (cfg, tensors) =
+        upstream_tensors(&source).with_context(|| format!("reading {}", source.display()))?;
+    let config = serde_json::to_string(&cfg.to_json()?)?;
+    let architecture = match cfg {
+        TransformerConfig::NextDit(_) => "lumina_next",
+        TransformerConfig::Lumina2(_) => "lumina2",
+    };
+    let metadata = [
+        ("general.architecture", architecture.to_string()),
+        (
+            "general.quantized_by",
+            format!("lumina {}", env!("CARGO_PKG_VERSION")),
+        ),
+        (EMBEDDED_CONFIG, config),
+    ];
+    let dense_bytes: u64 = tensors
+        .iter()
+        .map(|(_, t)| t.elem_count() as u64 * t.dtype().size_in_bytes() as u64)
+        .sum();
+    let name = gguf::type_name(target);
+    eprintln!("writing {} tensors as {name}…", tensors.len());
+    gguf::write(&args.output, &tensors, target, &metadata)?;
+    let written = std::fs::metadata(&args.output)?.len();
+    println!(
+        "{}: {} tensors, {name}; weights {} → {}",
+        args.output.display(),
+        tensors.len(),
         format::bytes(dense_bytes),
         format::bytes(written)
     );

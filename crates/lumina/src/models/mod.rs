@@ -1,5 +1,6 @@
 //! The Lumina transformers and how to load them from a diffusers model folder.
 
+pub mod export;
 mod input;
 pub mod layout;
 pub mod lumina2;
@@ -76,6 +77,19 @@ impl TransformerConfig {
         }
     }
 
+    /// The config as diffusers writes it (`config.json`, with `_class_name`).
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        let mut value = match self {
+            Self::NextDit(c) => serde_json::to_value(c),
+            Self::Lumina2(c) => serde_json::to_value(c),
+        }
+        .map_err(|e| Error::input("config", "a serialisable config", e.to_string()))?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("_class_name".into(), self.class_name().into());
+        }
+        Ok(value)
+    }
+
     /// How the family's upstream checkpoints name this model's parameters: the names upstream
     /// and kohya LoRA files use, whatever layout the model itself was loaded from.
     pub fn upstream_key_map(&self) -> Arc<dyn KeyMap> {
@@ -92,6 +106,9 @@ impl TransformerConfig {
         }
     }
 }
+
+/// The metadata key under which files `lumina quantize` writes carry the model's config.json.
+pub const EMBEDDED_CONFIG: &str = "lumina.config";
 
 /// A loaded Lumina transformer of either family.
 pub enum Transformer {
@@ -150,11 +167,21 @@ impl Transformer {
         if let Some(parts) = layout.describe_other_parts() {
             tracing::info!(path = %path.display(), "an all-in-one checkpoint: reading its transformer (under `{}`), not its {parts}", layout.prefix);
         }
+        let embedded = files.metadata().get(EMBEDDED_CONFIG).cloned();
         let cfg = match TransformerConfig::read_dir(&config_dir) {
             Ok(cfg) => cfg,
+            Err(Error::MissingConfig { .. }) if embedded.is_some() => {
+                let text = embedded.unwrap_or_default();
+                let bad = |reason: String| Error::Config {
+                    path: path.to_path_buf(),
+                    reason: format!("metadata `{EMBEDDED_CONFIG}`: {reason}"),
+                };
+                let json = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+                TransformerConfig::from_file(&ConfigFile::from_value(path, json)?)?
+            }
             Err(Error::MissingConfig { .. }) if layout.is_upstream() => {
                 let cfg = layout.infer_config(&files)?;
-                tracing::warn!(path = %path.display(), ?cfg, "no config.json: config inferred from the upstream checkpoint's shapes");
+                tracing::info!(path = %path.display(), ?cfg, "no config.json: config inferred from the upstream checkpoint's shapes");
                 cfg
             }
             Err(e) => return Err(e),

@@ -36,7 +36,7 @@ impl TensorInfo {
     /// The stored format, for reports: `F32`, `BF16`, `Q8_0` …
     pub fn format(&self) -> String {
         match self.quant {
-            Some(q) => format!("{q:?}"),
+            Some(q) => super::gguf::type_name(q),
             None => format!("{:?}", self.dtype).to_uppercase(),
         }
     }

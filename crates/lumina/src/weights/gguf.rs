@@ -156,3 +156,84 @@ pub(super) fn qtensor(
     }
     ggml_file::qtensor_from_ggml(dtype, bytes, shape, &Device::Cpu).map_err(|e| bad(e.to_string()))
 }
+
+/// The name ggml gives a type: `Q8_0`, `Q4_K` …
+pub fn type_name(t: GgmlDType) -> String {
+    let debug = format!("{t:?}");
+    match debug.strip_suffix('K') {
+        Some(stem) => format!("{stem}_K"),
+        None => debug,
+    }
+}
+
+/// How a tensor is stored when writing `target`: block-quantised when it is a matrix whose
+/// rows are whole blocks, Q8_0 for a K-quant whose rows are not whole 256-blocks but 32-blocks
+/// (llama.cpp's fallback), F32 otherwise (vectors, odd widths) — as ComfyUI-GGUF files do.
+pub fn storage_for(shape: &[usize], target: GgmlDType) -> GgmlDType {
+    let [_, width] = shape else {
+        return GgmlDType::F32;
+    };
+    if width % target.block_size() == 0 {
+        target
+    } else if width % GgmlDType::Q8_0.block_size() == 0 {
+        GgmlDType::Q8_0
+    } else {
+        GgmlDType::F32
+    }
+}
+
+/// Writes `tensors` (name, f32-convertible tensor) to a GGUF file at `path`, each stored as
+/// [`storage_for`] says, with string `metadata`. Written to a temporary file beside `path` and
+/// renamed, so a failure leaves nothing half-written.
+pub fn write(
+    path: &Path,
+    tensors: &[(String, candle_core::Tensor)],
+    target: GgmlDType,
+    metadata: &[(&str, String)],
+) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bad = |reason: String| Error::Gguf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut quantized = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let dtype = storage_for(t.dims(), target);
+        let q = QTensor::quantize(&t.to_dtype(DType::F32)?, dtype)
+            .map_err(|e| bad(format!("quantising `{name}` to {dtype:?}: {e}")))?;
+        quantized.push((name.as_str(), q));
+    }
+    let values: Vec<(&str, Value)> = metadata
+        .iter()
+        .map(|(k, v)| (*k, Value::String(v.clone())))
+        .collect();
+    let value_refs: Vec<(&str, &Value)> = values.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, q)| (*k, q)).collect();
+    let tmp = path.with_extension("gguf.partial");
+    let written = (|| {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        gguf_file::write(&mut file, &value_refs, &tensor_refs).map_err(|e| bad(e.to_string()))?;
+        std::io::Write::flush(&mut file).map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The GGUF block quantisations `lumina quantize` writes, by name (`q8_0`, `q4_k` …).
+pub const WRITABLE: [(&str, GgmlDType); 8] = [
+    ("q8_0", GgmlDType::Q8_0),
+    ("q4_0", GgmlDType::Q4_0),
+    ("q4_1", GgmlDType::Q4_1),
+    ("q5_0", GgmlDType::Q5_0),
+    ("q5_1", GgmlDType::Q5_1),
+    ("q4_k", GgmlDType::Q4K),
+    ("q5_k", GgmlDType::Q5K),
+    ("q6_k", GgmlDType::Q6K),
+];

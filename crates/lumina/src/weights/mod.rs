@@ -5,7 +5,7 @@
 //! is recorded, which gives `lumina inspect` its missing/unused key audit for free.
 
 mod files;
-mod gguf;
+pub mod gguf;
 pub mod key_map;
 pub mod ternary;
 mod var_builder;
