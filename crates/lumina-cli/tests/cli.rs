@@ -646,3 +646,278 @@ fn pipeline_bench_refuses_unknown_pipelines_sizes_and_dtypes() {
         assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
     }
 }
+
+fn formats() -> PathBuf {
+    fixtures().join("lumina2_formats/tiny")
+}
+
+fn lumina2_pipeline() -> PathBuf {
+    fixtures().join("pipeline_lumina2/one_prompt/pipeline")
+}
+
+fn utf8(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The Lumina-Image-2.0 transformer in its diffusers, upstream, ComfyUI and a written GGUF
+/// layout replaces a pipeline's own; the three full-precision layouts give the same image.
+#[test]
+fn every_transformer_layout_generates_and_gguf_is_written_and_inspected() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gguf = tmp.path().join("t.gguf");
+    let out = lumina(&[
+        "quantize",
+        utf8(&formats().join("transformer")),
+        "--to",
+        "gguf-q4_k",
+        "-o",
+        utf8(&gguf),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    inspect_shows(
+        &gguf,
+        &[
+            "Lumina2Transformer2DModel",
+            "q4_k",
+            "q8_0",
+            "keys     complete",
+            "`lumina.config` metadata",
+        ],
+    );
+    let again = lumina(&[
+        "quantize",
+        utf8(&formats().join("transformer")),
+        "--to",
+        "gguf-q4_k",
+        "-o",
+        utf8(&gguf),
+    ]);
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let bad = lumina(&[
+        "quantize",
+        utf8(&formats().join("transformer")),
+        "--to",
+        "gguf-q3_k",
+        "-o",
+        utf8(&tmp.path().join("x.gguf")),
+    ]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("q8_0, q4_0"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let mut images = Vec::new();
+    for layout in [
+        "transformer",
+        "original.safetensors",
+        "comfy.safetensors",
+        "model-Q8_0.gguf",
+    ] {
+        let png = tmp.path().join(format!("{layout}.png"));
+        let o = generate(
+            &lumina2_pipeline(),
+            &png,
+            // the size given: an inferred config has the released model's training size
+            &[
+                "--seed",
+                "5",
+                "-W",
+                "64",
+                "-H",
+                "64",
+                "--transformer",
+                utf8(&formats().join(layout)),
+            ],
+        );
+        assert!(o.status.success(), "{layout}: {}", stderr(&o));
+        images.push(read_png(&png).2);
+    }
+    assert!(
+        images[0] == images[1],
+        "the upstream file gives another image"
+    );
+    assert!(
+        images[0] == images[2],
+        "the ComfyUI file gives another image"
+    );
+    let o = generate(
+        &lumina2_pipeline(),
+        &tmp.path().join("g.png"),
+        &["--transformer", utf8(&gguf)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // a weights file where the pipeline folder belongs is named for what it is
+    let o = generate(
+        &formats().join("comfy.safetensors"),
+        &tmp.path().join("x.png"),
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--transformer FILE"), "{}", stderr(&o));
+}
+
+/// A ComfyUI all-in-one file: inspect names its other parts and audits the transformer;
+/// `--transformer` reads the transformer out of it; `--model` says what it is.
+#[test]
+fn an_all_in_one_checkpoint_is_recognised() {
+    use candle_core::{Device, Tensor};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut tensors =
+        candle_core::safetensors::load(formats().join("comfy.safetensors"), &Device::Cpu)
+            .expect("load");
+    let small = Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).expect("zeros");
+    for key in [
+        "text_encoders.gemma2_2b.transformer.model.embed_tokens.weight",
+        "text_encoders.gemma2_2b.transformer.model.norm.weight",
+        "first_stage_model.decoder.conv_in.weight",
+    ] {
+        tensors.insert(key.to_string(), small.clone());
+    }
+    let file = tmp.path().join("all_in_one.safetensors");
+    candle_core::safetensors::save(&tensors, &file).expect("save");
+    inspect_shows(
+        &file,
+        &[
+            "Lumina2Transformer2DModel",
+            "all-in-one",
+            "text encoder (2 tensors under `text_encoders.`)",
+            "VAE (1 tensors under `first_stage_model.`)",
+            "keys     complete",
+        ],
+    );
+    let (a, b) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
+    let o = generate(
+        &lumina2_pipeline(),
+        &a,
+        &[
+            "--seed",
+            "2",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--transformer",
+            utf8(&file),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = generate(
+        &lumina2_pipeline(),
+        &b,
+        &[
+            "--seed",
+            "2",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--transformer",
+            utf8(&formats().join("comfy.safetensors")),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        read_png(&a).2 == read_png(&b).2,
+        "the all-in-one file gives another image"
+    );
+    let o = generate(&file, &tmp.path().join("x.png"), &[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("all-in-one") && stderr(&o).contains("text encoder"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `--lora FILE:SCALE` (repeatable) changes the image, merged and unmerged agree, the PNG
+/// records the LoRAs, and bad LoRA arguments fail naming the file or key.
+#[test]
+fn loras_apply_from_the_command_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let transformer = formats().join("original.safetensors");
+    let kohya = format!("{}:-0.7", utf8(&formats().join("lora_kohya.safetensors")));
+    let original = format!("{}:0.5", utf8(&formats().join("lora_original.safetensors")));
+    let run = |name: &str, extra: &[&str]| {
+        let png = tmp.path().join(format!("{name}.png"));
+        let mut args = vec![
+            "--seed",
+            "4",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--transformer",
+            utf8(&transformer),
+        ];
+        args.extend_from_slice(extra);
+        let o = generate(&lumina2_pipeline(), &png, &args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        read_png(&png)
+    };
+    let base = run("base", &[]);
+    let merged = run("merged", &["--lora", &kohya, "--lora", &original]);
+    let apart = run(
+        "apart",
+        &[
+            "--lora",
+            &kohya,
+            "--lora",
+            &original,
+            "--lora-mode",
+            "unmerged",
+        ],
+    );
+    assert!(base.2 != merged.2, "the LoRAs changed nothing");
+    let worst = merged
+        .2
+        .iter()
+        .zip(&apart.2)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(
+        worst <= Some(2),
+        "merged and unmerged differ by {worst:?} levels"
+    );
+    assert!(
+        merged
+            .3
+            .contains("LoRA: lora_kohya.safetensors:-0.7, lora_original.safetensors:0.5"),
+        "{}",
+        merged.3
+    );
+
+    let weights = formats().join("transformer/diffusion_pytorch_model.safetensors");
+    for (arg, want) in [
+        (
+            utf8(&tmp.path().join("none.safetensors")).to_string(),
+            "none.safetensors".to_string(),
+        ),
+        (
+            format!("{}:0.5", utf8(&weights)),
+            "is not a LoRA tensor".to_string(),
+        ),
+    ] {
+        let o = generate(
+            &lumina2_pipeline(),
+            &tmp.path().join("x.png"),
+            &[
+                "-W",
+                "64",
+                "-H",
+                "64",
+                "--transformer",
+                utf8(&transformer),
+                "--lora",
+                &arg,
+            ],
+        );
+        assert!(!o.status.success(), "{arg} was accepted");
+        assert!(stderr(&o).contains(&want), "{arg}: {}", stderr(&o));
+    }
+}

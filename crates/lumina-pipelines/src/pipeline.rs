@@ -252,6 +252,9 @@ pub struct Pipeline {
 
 /// The family named by a folder's `model_index.json`.
 pub fn pipeline_family(dir: &Path) -> Result<Family> {
+    if dir.is_file() {
+        return Err(single_file_model(dir));
+    }
     let index = dir.join("model_index.json");
     if !index.is_file() {
         return Err(lumina::Error::Config {
@@ -276,6 +279,33 @@ pub fn pipeline_family(dir: &Path) -> Result<Family> {
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+}
+
+/// The error for a weights file given where a pipeline folder belongs: what the file is, and
+/// how to use it.
+fn single_file_model(path: &Path) -> Error {
+    let what = match lumina::weights::WeightFiles::open(&[path.to_path_buf()]) {
+        Err(e) => return e.into(),
+        Ok(files) => {
+            let layout = lumina::models::layout::Layout::detect(&files);
+            match layout.describe_other_parts() {
+                Some(parts) => format!(
+                    "an all-in-one checkpoint (a transformer under `{}`, and a {parts}); lumina \
+                     reads its transformer only",
+                    layout.prefix
+                ),
+                None => "a single weights file".to_string(),
+            }
+        }
+    };
+    lumina::Error::Config {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{what}, not a pipeline folder: pass it as `--transformer FILE` with `--model` a \
+             pipeline folder that gives the text encoder, tokenizer, VAE and scheduler"
+        ),
+    }
+    .into()
 }
 
 /// The multiple widths and heights must be of, read off a pipeline folder without loading it.

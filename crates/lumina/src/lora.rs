@@ -344,7 +344,12 @@ pub fn apply(
                 let slot = match &target.layer {
                     AdaptableLayer::Slot(slot) => slot,
                     AdaptableLayer::Ternary(layer) => {
-                        return Err(crate::nn::lora::ternary_layer_error(&entry.key, layer))
+                        return Err(bad(format!(
+                            "`{}` targets `{layer}`, a ternary layer: a low-rank update would make \
+                             it dense again; merge the LoRA into the full-precision checkpoint and \
+                             ternarise that (lumina quantize)",
+                            entry.key
+                        )))
                     }
                 };
                 let in_dim = entry.down.dim(1)?;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use candle_core::{DType, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::weights::{Init, Weights};
 
 /// How LoRA updates are applied.
@@ -229,16 +229,4 @@ pub(crate) fn new_slot(
     });
     adapters.register(AdaptableLayer::Slot(slot.clone()));
     Ok(slot)
-}
-
-/// The error for a LoRA update aimed at a ternary layer.
-pub(crate) fn ternary_layer_error(lora_key: &str, layer: &str) -> Error {
-    Error::input(
-        "LoRA target",
-        format!("a dense or quantised layer for `{lora_key}`"),
-        format!(
-            "`{layer}`, a ternary layer: a low-rank update would make it dense again; merge the \
-             LoRA into the full-precision checkpoint and ternarise that (lumina quantize)"
-        ),
-    )
 }
