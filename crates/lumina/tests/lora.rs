@@ -214,7 +214,9 @@ fn bad_loras_are_errors_that_name_the_key() -> Result<()> {
     let with = |extra: Vec<(String, Tensor)>| -> Result<HashMap<String, Tensor>> {
         Ok(good()?.into_iter().chain(extra).collect())
     };
-    let cases: Vec<(&str, HashMap<String, Tensor>, bool, &[&str])> = vec![
+    // (what, the file's tensors, load the model ternary, fragments the message must hold)
+    type BadCase = (&'static str, HashMap<String, Tensor>, bool, &'static [&'static str]);
+    let cases: Vec<BadCase> = vec![
         (
             "a key that matches no layer",
             with(pair("transformer.layers.0.attn.to_x", (4, 64), (64, 4))?)?,
