@@ -213,10 +213,15 @@ pub struct BenchArgs {
     pub tokens: Vec<usize>,
 
     /// Weight formats, each measured in a process of its own (clean resident-memory figures).
-    /// `ternary`: TerDiT's layers 2-bit ternary, the rest and the activations bf16. Default:
-    /// f32, bf16 and ternary; with `--pipeline`, f32 and bf16.
+    /// `ternary`: TerDiT's layers 2-bit ternary, the rest and the activations bf16; `q8_0`,
+    /// `q4_k`: GGUF block-quantised linears, bf16 activations. Default: f32, bf16 and
+    /// ternary; with `--pipeline`, f32 and bf16.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub dtype: Option<Vec<BenchDtype>>,
+
+    /// The transformers to build (2B configs, random weights).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchModel::NextDit2b])]
+    pub transformer: Vec<BenchModel>,
 
     /// Benchmark the whole text-to-image pipeline instead — text encoding, one step at batch
     /// 2, VAE decode, the total for 30 steps, peak resident memory — at the real configs of
@@ -282,6 +287,23 @@ pub enum BenchDtype {
     Bf16,
     F16,
     Ternary,
+    /// GGUF Q8_0 linears (bf16 activations), as a ComfyUI-GGUF file keeps them.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// GGUF Q4_K linears (bf16 activations).
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+/// The 2B transformers `lumina bench` builds (random weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchModel {
+    /// Lumina-Next's Next-DiT 2B (24 blocks, 2304 wide, 8 kv heads).
+    #[value(name = "next-dit-2b")]
+    NextDit2b,
+    /// Lumina-Image-2.0's Unified Next-DiT (26 blocks and 2 + 2 refiner blocks, 2304 wide).
+    #[value(name = "lumina-image-2")]
+    LuminaImage2,
 }
 
 /// Compute dtype of the models.

@@ -215,7 +215,12 @@ fn bad_loras_are_errors_that_name_the_key() -> Result<()> {
         Ok(good()?.into_iter().chain(extra).collect())
     };
     // (what, the file's tensors, load the model ternary, fragments the message must hold)
-    type BadCase = (&'static str, HashMap<String, Tensor>, bool, &'static [&'static str]);
+    type BadCase = (
+        &'static str,
+        HashMap<String, Tensor>,
+        bool,
+        &'static [&'static str],
+    );
     let cases: Vec<BadCase> = vec![
         (
             "a key that matches no layer",

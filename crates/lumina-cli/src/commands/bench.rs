@@ -1,11 +1,12 @@
 //! `lumina bench`: this CPU's arithmetic peak, then Next-DiT blocks and full denoising steps at
-//! the Lumina-Next 2B config (random weights), for each dtype and token count, in one run.
+//! the Lumina-Next 2B config — and, asked for, Lumina-Image-2.0's — (random weights), for each
+//! weight format (f32, bf16, ternary, GGUF Q8_0 and Q4_K) and token count, in one run.
 //!
 //! A *step* is one transformer forward at batch 1 (one solver evaluation without CFG; with
 //! CFG a sampler step costs two). A *block* is the median block of that same forward, timed
 //! as it runs. A *linear* is the block's largest matmul (SwiGLU's D → ffn projection) alone;
 //! *attention* is one block's self-attention product (`softmax(q kᵀ) v`, all heads) alone.
-//! Each dtype runs in a child process, so its resident memory is its own.
+//! Each (transformer, format) runs in a child process, so its resident memory is its own.
 
 use std::process::Command;
 use std::time::Instant;
@@ -23,7 +24,10 @@ use lumina::weights::Init;
 use lumina::{DitInput, NextDit, NextDitConfig, Weights};
 use serde_json::{json, Value};
 
-use crate::cli::{BenchArgs, BenchDtype};
+use candle_core::quantized::GgmlDType;
+use lumina::{Lumina2Config, Lumina2Dit};
+
+use crate::cli::{BenchArgs, BenchDtype, BenchModel};
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.pipeline.is_some() {
@@ -42,10 +46,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--repeat 0: expected at least one timed forward");
     }
     if args.child {
-        let [dtype] = dtypes[..] else {
-            bail!("a bench child runs exactly one dtype");
+        let ([dtype], [model]) = (&dtypes[..], &args.transformer[..]) else {
+            bail!("a bench child runs exactly one dtype of one transformer");
         };
-        println!("{}", measure_dtype(args, dtype)?);
+        let report = match model {
+            BenchModel::NextDit2b => measure_dtype(args, *dtype)?,
+            BenchModel::LuminaImage2 => measure_lumina2(args, *dtype)?,
+        };
+        println!("{report}");
         return Ok(());
     }
     let threads = candle_core::utils::get_num_threads();
@@ -61,10 +69,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     });
     let mut results = Vec::new();
     let mut memory = Vec::new();
-    for &dtype in &dtypes {
-        let child = run_child(args, dtype)?;
-        results.extend(child["results"].as_array().cloned().unwrap_or_default());
-        memory.push(child["memory"].clone());
+    for &model in &args.transformer {
+        for &dtype in &dtypes {
+            let child = run_child(args, dtype, model)?;
+            results.extend(child["results"].as_array().cloned().unwrap_or_default());
+            memory.push(child["memory"].clone());
+        }
     }
     let report = json!({
         "isa": Isa::detect().describe(),
@@ -93,6 +103,24 @@ pub(super) fn dtype_name(d: BenchDtype) -> &'static str {
         BenchDtype::Bf16 => "bf16",
         BenchDtype::F16 => "f16",
         BenchDtype::Ternary => "ternary",
+        BenchDtype::Q8_0 => "q8_0",
+        BenchDtype::Q4K => "q4_k",
+    }
+}
+
+fn model_name(m: BenchModel) -> &'static str {
+    match m {
+        BenchModel::NextDit2b => "next-dit-2b",
+        BenchModel::LuminaImage2 => "lumina-image-2",
+    }
+}
+
+/// The GGUF type a bench format keeps its linears in.
+fn quant_target(d: BenchDtype) -> Option<GgmlDType> {
+    match d {
+        BenchDtype::Q8_0 => Some(GgmlDType::Q8_0),
+        BenchDtype::Q4K => Some(GgmlDType::Q4K),
+        _ => None,
     }
 }
 
@@ -100,7 +128,7 @@ pub(super) fn dtype_name(d: BenchDtype) -> &'static str {
 pub(super) fn compute_dtype(d: BenchDtype) -> DType {
     match d {
         BenchDtype::F32 => DType::F32,
-        BenchDtype::Bf16 | BenchDtype::Ternary => DType::BF16,
+        BenchDtype::Bf16 | BenchDtype::Ternary | BenchDtype::Q8_0 | BenchDtype::Q4K => DType::BF16,
         BenchDtype::F16 => DType::F16,
     }
 }
@@ -108,16 +136,17 @@ pub(super) fn compute_dtype(d: BenchDtype) -> DType {
 /// Weights for a bench model of `dtype`, seeded.
 fn bench_weights(seed: u64, dtype: BenchDtype) -> Weights {
     let w = Weights::random(seed, compute_dtype(dtype), &Device::Cpu);
-    if dtype == BenchDtype::Ternary {
-        w.with_ternary()
-    } else {
-        w
+    match (dtype, quant_target(dtype)) {
+        (BenchDtype::Ternary, _) => w.with_ternary(),
+        (_, Some(q)) => w.with_quantization(q),
+        _ => w,
     }
 }
 
 /// Bytes the model's weights take: stored dtype for dense tensors, 2 bits per ternary weight
-/// plus its scale.
-fn weight_bytes(weights: &Weights, dtype: DType) -> u64 {
+/// plus its scale, GGUF blocks for quantised linears.
+fn weight_bytes(weights: &Weights, dtype_arg: BenchDtype) -> u64 {
+    let dtype = compute_dtype(dtype_arg);
     let ternary: std::collections::HashSet<String> = weights
         .ternary_layers()
         .into_iter()
@@ -130,6 +159,13 @@ fn weight_bytes(weights: &Weights, dtype: DType) -> u64 {
             let n: u64 = shape.iter().map(|&d| d as u64).product();
             match shape.as_slice() {
                 [out, inp] if ternary.contains(key) => (out * inp.div_ceil(4)) as u64 + 4,
+                [_, _] if key.ends_with(".weight") && quant_target(dtype_arg).is_some() => {
+                    let target = quant_target(dtype_arg).unwrap_or(GgmlDType::F32);
+                    match lumina::weights::gguf::storage_for(shape, target) {
+                        GgmlDType::F32 => n * dtype.size_in_bytes() as u64,
+                        q => n / q.block_size() as u64 * q.type_size() as u64,
+                    }
+                }
                 _ => n * dtype.size_in_bytes() as u64,
             }
         })
@@ -145,7 +181,7 @@ fn f32_matmul_name() -> &'static str {
 }
 
 /// Re-runs this binary for one dtype and parses the JSON it prints.
-fn run_child(args: &BenchArgs, dtype: BenchDtype) -> Result<Value> {
+fn run_child(args: &BenchArgs, dtype: BenchDtype, model: BenchModel) -> Result<Value> {
     let exe = std::env::current_exe().context("locating the lumina binary")?;
     let mut cmd = Command::new(exe);
     let activations = match lumina::kernels::ternary::activations() {
@@ -157,8 +193,15 @@ fn run_child(args: &BenchArgs, dtype: BenchDtype) -> Result<Value> {
         .arg(activations)
         .arg("--f32-matmul")
         .arg(f32_matmul_name())
+        .arg("--quantized-matmul")
+        .arg(match lumina::nn::quantized_path() {
+            lumina::nn::QuantizedPath::Dequantize => "dequantize",
+            lumina::nn::QuantizedPath::Quantized => "quantized",
+        })
         .arg("bench")
         .arg("--child")
+        .arg("--transformer")
+        .arg(model_name(model))
         .arg("--dtype")
         .arg(dtype_name(dtype))
         .arg("--tokens")
@@ -183,7 +226,12 @@ fn run_child(args: &BenchArgs, dtype: BenchDtype) -> Result<Value> {
         .output()
         .context("running the bench child")?;
     if !out.status.success() {
-        bail!("the {} bench failed ({})", dtype_name(dtype), out.status);
+        bail!(
+            "the {} {} bench failed ({})",
+            model_name(model),
+            dtype_name(dtype),
+            out.status
+        );
     }
     serde_json::from_slice(&out.stdout).context("reading the bench child's JSON")
 }
@@ -210,7 +258,7 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
     // it twice whatever the weights; `bench/torch_reference.py` ties them too.
     let weights = bench_weights(0, dtype_arg).with_key_map(original::key_map());
     let model = NextDit::load(&cfg, &weights)?;
-    let weight_bytes = weight_bytes(&weights, dtype);
+    let weight_bytes = weight_bytes(&weights, dtype_arg);
     let rss_loaded = proc_status_bytes("VmRSS");
     // the largest matmul of a block: the SwiGLU's input projection, D → ffn
     let ffn_in = Linear::load_ternarizable(
@@ -278,6 +326,118 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
             "peak_rss_bytes": proc_status_bytes("VmHWM"),
         },
     }))
+}
+
+/// [`measure_dtype`] for Lumina-Image-2.0's transformer: its largest linear (the SwiGLU's
+/// D → ffn projection), its steps with and without Context Drop, and memory.
+fn measure_lumina2(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
+    let dtype = compute_dtype(dtype_arg);
+    let name = dtype_name(dtype_arg);
+    let mut cfg = Lumina2Config::lumina_image_2();
+    if let Some(layers) = args.layers {
+        cfg.num_layers = layers;
+    }
+    cfg.validate()?;
+    let config_name = match args.layers {
+        None => "lumina-image-2".to_string(),
+        Some(l) => format!("lumina-image-2/{l}-layers"),
+    };
+    let dev = Device::Cpu;
+    let rss_before = proc_status_bytes("VmRSS");
+    eprintln!("{name}: building {config_name} with random weights…");
+    let weights = bench_weights(0, dtype_arg);
+    let model = Lumina2Dit::load(&cfg, &weights)?;
+    let weight_bytes = weight_bytes(&weights, dtype_arg);
+    let rss_loaded = proc_status_bytes("VmRSS");
+    let ffn_in = Linear::load_ternarizable(
+        &bench_weights(1, dtype_arg).pp("w1"),
+        cfg.hidden_size,
+        cfg.ffn_hidden(),
+        false,
+        Init::XavierUniform,
+    )?;
+    let mut results = Vec::new();
+    for &n in &args.tokens {
+        let side = square_side(n).unwrap_or(1) * cfg.patch_size;
+        let latents = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, side, side), &dev)?;
+        let t = Tensor::new(&[0.5f32], &dev)?;
+        let caption = Tensor::randn(0f32, 1.0, (1, args.caption_tokens, cfg.cap_feat_dim), &dev)?;
+        let mask = Tensor::ones((1, args.caption_tokens), DType::U8, &dev)?;
+        let plain = DitInput::new(&latents, &t, &caption, &mask);
+        let step = |inp: &DitInput| -> Result<f64> {
+            let mut best = f64::INFINITY;
+            for _ in 0..args.repeat.max(1) {
+                let start = Instant::now();
+                model.forward(inp)?;
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let (linear_secs, linear_flops) = time_linear(&ffn_in, n, dtype, args.repeat)?;
+        let mut rows = vec![
+            ("linear".to_string(), linear_secs, linear_flops),
+            (
+                "step".to_string(),
+                step(&plain)?,
+                lumina2_flops(&cfg, n, args.caption_tokens),
+            ),
+        ];
+        let f = args.context_drop;
+        if f > 1 {
+            let secs = step(&plain.with_kv_pool(Some(f)))?;
+            rows.push((format!("step, context drop {f}"), secs, f64::NAN));
+        }
+        for (what, secs, f) in rows {
+            eprintln!(
+                "{name} {n:>5} tokens {what:<5} {:>10.1} ms {:>7.1} GFLOP/s",
+                secs * 1e3,
+                f / secs / 1e9
+            );
+            results.push(json!({
+                "name": what,
+                "config": config_name,
+                "tokens": n,
+                "dtype": name,
+                "ms": secs * 1e3,
+                "gflops": if f.is_finite() { Some(f / secs / 1e9) } else { None },
+            }));
+        }
+    }
+    Ok(json!({
+        "results": results,
+        "memory": {
+            "dtype": name,
+            "config": config_name,
+            "weight_bytes": weight_bytes,
+            "rss_model_bytes": rss_loaded.saturating_sub(rss_before),
+            "peak_rss_bytes": proc_status_bytes("VmHWM"),
+        },
+    }))
+}
+
+/// FLOPs of one Lumina-Image-2.0 forward at batch 1: the caption refiner over the caption,
+/// the noise refiner over the image, every main block over the joint sequence (2·multiply-adds
+/// of every matmul; norms, activations and RoPE not counted).
+fn lumina2_flops(cfg: &Lumina2Config, tokens: usize, caption: usize) -> f64 {
+    let d = cfg.hidden_size as f64;
+    let dkv = (cfg.num_kv_heads * cfg.head_dim()) as f64;
+    let ffn = cfg.ffn_hidden() as f64;
+    let dc = cfg.cond_dim() as f64;
+    let block = |n: f64, modulated: bool| {
+        2.0 * n * (d * d + 2.0 * d * dkv) // q, k, v
+            + 4.0 * n * n * d // q kᵀ and p v
+            + 2.0 * n * d * d // output projection
+            + 2.0 * n * 3.0 * d * ffn // SwiGLU
+            + if modulated { 2.0 * dc * 4.0 * d } else { 0.0 }
+    };
+    let (n, l) = (tokens as f64, caption as f64);
+    let refiners = cfg.num_refiner_layers as f64;
+    let p2 = (cfg.patch_size * cfg.patch_size) as f64;
+    cfg.num_layers as f64 * block(n + l, true)
+        + refiners * (block(n, true) + block(l, false))
+        + 2.0 * l * cfg.cap_feat_dim as f64 * d // caption projection
+        + 2.0 * n * p2 * cfg.in_channels as f64 * d // patch embedder
+        + 2.0 * n * d * p2 * cfg.out_channels() as f64 // final layer
 }
 
 /// The fastest of `repeat` forwards and the fastest median block among them.
@@ -411,7 +571,22 @@ fn print_table(report: &Value) {
         // ternary layers run on int8 arithmetic (the rest of a ternary step on bf16); a CPU
         // without the bf16 or int8 dot product computes them in f32, so that peak is the
         // yardstick there, and the column says so
-        let yardstick = if dtype == "ternary" { "int8" } else { dtype };
+        // block-quantised linears are expanded to bf16 and multiplied there
+        let yardstick = match dtype {
+            "ternary" => "int8",
+            "q8_0" | "q4_k" => "bf16",
+            d => d,
+        };
+        if r["gflops"].is_null() {
+            println!(
+                "| {} | {} | {} | {dtype} | {:.1} | – | – |",
+                r["name"].as_str().unwrap_or(""),
+                r["config"].as_str().unwrap_or(""),
+                r["tokens"],
+                r["ms"].as_f64().unwrap_or(0.0)
+            );
+            continue;
+        }
         let pct = match (peak[yardstick].as_f64(), peak["f32"].as_f64()) {
             (Some(p), _) => format!("{:.0} %", 100.0 * gflops / p),
             (None, Some(p)) => format!("{:.0} % of f32", 100.0 * gflops / p),
@@ -428,13 +603,14 @@ fn print_table(report: &Value) {
             pct
         );
     }
-    println!("\n| dtype | weights | resident after load | ratio | peak resident |\n|---|---:|---:|---:|---:|");
+    println!("\n| config | dtype | weights | resident after load | ratio | peak resident |\n|---|---|---:|---:|---:|---:|");
     for m in report["memory"].as_array().into_iter().flatten() {
         let gib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
         let w = gib(&m["weight_bytes"]);
         let rss = gib(&m["rss_model_bytes"]);
         println!(
-            "| {} | {w:.2} GiB | {rss:.2} GiB | {:.2}× | {:.2} GiB |",
+            "| {} | {} | {w:.2} GiB | {rss:.2} GiB | {:.2}× | {:.2} GiB |",
+            m["config"].as_str().unwrap_or(""),
             m["dtype"].as_str().unwrap_or(""),
             rss / w.max(1e-9),
             gib(&m["peak_rss_bytes"])

@@ -71,8 +71,14 @@ fn dtypes(args: &BenchArgs) -> Result<Vec<BenchDtype>> {
         .dtype
         .clone()
         .unwrap_or_else(|| vec![BenchDtype::F32, BenchDtype::Bf16]);
-    if dtypes.contains(&BenchDtype::Ternary) {
-        bail!("--pipeline --dtype ternary: the pipeline bench runs dense dtypes (f32, bf16, f16)");
+    if let Some(d) = dtypes
+        .iter()
+        .find(|d| matches!(d, BenchDtype::Ternary | BenchDtype::Q8_0 | BenchDtype::Q4K))
+    {
+        bail!(
+            "--pipeline --dtype {}: the pipeline bench runs dense dtypes (f32, bf16, f16)",
+            super::bench::dtype_name(*d)
+        );
     }
     Ok(dtypes)
 }

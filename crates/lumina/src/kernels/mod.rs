@@ -3,6 +3,7 @@
 //! - [`flash`]: attention that never materialises the N×M score matrix (tiled, online softmax).
 //! - [`bf16_gemm`]: bf16 × bf16 → f32-accumulated linear layers on `vdpbf16ps`.
 //! - [`strassen`]: large f32 linear layers by Strassen–Winograd on the `gemm` crate's kernels.
+//! - [`dequantize`]: GGUF block-quantised matrices expanded in parallel to the compute dtype.
 //! - [`conv`]: the VAE decoder's convolution (banded im2col on `gemm`), GroupNorm (+ SiLU) and
 //!   nearest ×2 upsampling.
 //! - `winograd`: the decoder's wide 3×3 convolutions by Winograd's F(2×2, 3×3), 2.25× fewer
@@ -73,6 +74,7 @@ macro_rules! with_row_count {
 
 pub mod bf16_gemm;
 pub mod conv;
+pub mod dequantize;
 pub(crate) mod f32_packed;
 pub mod flash;
 pub mod gate;

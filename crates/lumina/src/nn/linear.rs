@@ -288,7 +288,7 @@ fn quantized_matmul(x: &Tensor, w: &QTensor) -> Result<Tensor> {
         let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(w)?;
         return Ok(y.to_dtype(x.dtype())?);
     }
-    let dense = w.dequantize(x.device())?.to_dtype(x.dtype())?;
+    let dense = crate::kernels::dequantize::dequantize(w, x.dtype(), x.device())?;
     dense_matmul(x, &dense)
 }
 

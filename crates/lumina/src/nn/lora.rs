@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 
 use crate::error::Result;
@@ -56,7 +57,7 @@ impl LoraDelta {
 #[derive(Clone, Debug)]
 pub(crate) enum BaseWeight {
     Dense(Tensor),
-    Quantized(Arc<candle_core::quantized::QTensor>),
+    Quantized(Arc<QTensor>),
 }
 
 #[derive(Debug)]
@@ -163,11 +164,18 @@ pub(crate) fn read_weight(
             return Ok(BaseWeight::Quantized(Arc::new(q)));
         }
     }
-    Ok(BaseWeight::Dense(w.get(
-        "weight",
-        &[out_dim, in_dim],
-        init,
-    )?))
+    let dense = w.get("weight", &[out_dim, in_dim], init)?;
+    match w.quantization() {
+        Some(target) => {
+            let storage = crate::weights::gguf::storage_for(dense.dims(), target);
+            if storage == GgmlDType::F32 {
+                return Ok(BaseWeight::Dense(dense));
+            }
+            let q = QTensor::quantize(&dense.to_dtype(DType::F32)?, storage)?;
+            Ok(BaseWeight::Quantized(Arc::new(q)))
+        }
+        None => Ok(BaseWeight::Dense(dense)),
+    }
 }
 
 /// What an [`Adapters`] registry knows of one layer.

@@ -106,6 +106,8 @@ pub struct Weights {
     ternary: bool,
     /// Where linear layers register to take LoRA updates after loading, if they should.
     adapters: Option<Arc<Adapters>>,
+    /// Block-quantise dense linear weights as they load (see [`Weights::with_quantization`]).
+    quantize: Option<GgmlDType>,
 }
 
 impl std::fmt::Debug for Weights {
@@ -172,6 +174,7 @@ impl Weights {
             key_map: None,
             ternary: false,
             adapters: None,
+            quantize: None,
         }
     }
 
@@ -261,6 +264,22 @@ impl Weights {
         }
     }
 
+    /// Linear layers stored dense are block-quantised to `target` as they load (GGUF's types;
+    /// a matrix whose rows are not whole blocks as [`gguf::storage_for`] says): any checkpoint
+    /// kept in memory as a GGUF file would keep it.
+    pub fn with_quantization(self, target: GgmlDType) -> Self {
+        Self {
+            quantize: Some(target),
+            ..self
+        }
+    }
+
+    /// See [`Weights::with_quantization`].
+    pub fn quantization(&self) -> Option<GgmlDType> {
+        self.quantize
+            .filter(|_| !self.trainable() && !self.is_audit())
+    }
+
     /// See [`Weights::with_adapters`].
     pub fn adapters(&self) -> Option<&Arc<Adapters>> {
         self.adapters.as_ref()
@@ -285,6 +304,7 @@ impl Weights {
             key_map: self.key_map.clone(),
             ternary: self.ternary,
             adapters: self.adapters.clone(),
+            quantize: self.quantize,
         }
     }
 
