@@ -2,16 +2,21 @@
 //! over row chunks. candle's `QTensor::dequantize` (the reference) walks every block on one
 //! thread into an f32 matrix that `to_dtype` then converts in a second pass: for a 2B model's
 //! layer that is tens of milliseconds per forward. Here each worker expands a chunk of rows
-//! that stays in its cache and writes it converted. The values are the reference's bit for bit
+//! in place, with candle's own per-block routine, into a buffer that stays in its cache, and
+//! writes it converted. The values are the reference's bit for bit
 //! (the same per-block expansion, then the same rounding).
 
-use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
+};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Rows per chunk: about 256 KiB of f32 for the 2B models' 2304-wide rows.
 const CHUNK_ELEMS: usize = 64 * 1024;
@@ -41,16 +46,10 @@ pub fn dequantize(q: &QTensor, dtype: DType, device: &Device) -> Result<Tensor> 
     let data = q.data()?;
     let row_bytes = data.len() / rows.max(1);
     let chunk_rows = (CHUNK_ELEMS / width.max(1)).max(1);
+    let kind = q.dtype();
     let expand = |r0: usize, out: &mut [f32]| -> Result<()> {
         let n = out.len() / width;
-        let bytes = &data[r0 * row_bytes..(r0 + n) * row_bytes];
-        let part = ggml_file::qtensor_from_ggml(q.dtype(), bytes, vec![n, width], &Device::Cpu)?;
-        let values = part
-            .dequantize(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        out.copy_from_slice(&values);
-        Ok(())
+        expand_blocks(kind, &data[r0 * row_bytes..(r0 + n) * row_bytes], out)
     };
     // each chunk expanded to f32 (in cache), then converted into the output
     fn fill<T: Copy + Send>(
@@ -75,9 +74,11 @@ pub fn dequantize(q: &QTensor, dtype: DType, device: &Device) -> Result<Tensor> 
     let shape = (rows, width);
     Ok(match dtype {
         DType::F32 => {
-            let out = fill(rows, width, chunk_rows, 0f32, expand, |o, t| {
-                o.copy_from_slice(t)
-            })?;
+            // expanded straight into the output
+            let mut out = vec![0f32; rows * width];
+            out.par_chunks_mut(chunk_rows * width)
+                .enumerate()
+                .try_for_each(|(i, chunk)| expand(i * chunk_rows, chunk))?;
             Tensor::from_vec(out, shape, device)?
         }
         DType::BF16 => {
@@ -93,6 +94,47 @@ pub fn dequantize(q: &QTensor, dtype: DType, device: &Device) -> Result<Tensor> 
             Tensor::from_vec(out, shape, device)?
         }
     })
+}
+
+/// The blocks in `bytes` (of type `kind`) expanded into `out` by candle's own per-block
+/// routine (`GgmlType::to_float`), read in place.
+fn expand_blocks(kind: GgmlDType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    fn run<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<()> {
+        let blocks = out.len() / T::BLCK_SIZE;
+        let fits = blocks * std::mem::size_of::<T>() == bytes.len()
+            && out.len() % T::BLCK_SIZE == 0
+            && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>());
+        if !fits {
+            return Err(Error::input(
+                "quantised rows",
+                format!("whole, aligned {:?} blocks", T::DTYPE),
+                format!("{} bytes for {} values", bytes.len(), out.len()),
+            ));
+        }
+        // SAFETY: the blocks are `repr(C)` structs of f16 and byte arrays, valid for every bit
+        // pattern; `bytes` holds exactly `blocks` of them and is aligned for `T` (both checked
+        // above), and it outlives the borrowed slice.
+        let typed = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), blocks) };
+        T::to_float(typed, out);
+        Ok(())
+    }
+    match kind {
+        GgmlDType::Q4_0 => run::<BlockQ4_0>(bytes, out),
+        GgmlDType::Q4_1 => run::<BlockQ4_1>(bytes, out),
+        GgmlDType::Q5_0 => run::<BlockQ5_0>(bytes, out),
+        GgmlDType::Q5_1 => run::<BlockQ5_1>(bytes, out),
+        GgmlDType::Q8_0 => run::<BlockQ8_0>(bytes, out),
+        GgmlDType::Q2K => run::<BlockQ2K>(bytes, out),
+        GgmlDType::Q3K => run::<BlockQ3K>(bytes, out),
+        GgmlDType::Q4K => run::<BlockQ4K>(bytes, out),
+        GgmlDType::Q5K => run::<BlockQ5K>(bytes, out),
+        GgmlDType::Q6K => run::<BlockQ6K>(bytes, out),
+        other => Err(Error::input(
+            "quantised type",
+            "a block type",
+            format!("{other:?}"),
+        )),
+    }
 }
 
 /// candle's single-threaded expansion, then the conversion.
