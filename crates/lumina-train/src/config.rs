@@ -222,6 +222,22 @@ pub struct TrainConfig {
     /// working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<std::path::PathBuf>,
+    /// Distillation: mix a trained model's velocity into the target (TerDiT trained on the
+    /// flow-matching target alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+}
+
+/// A teacher whose velocity prediction the student learns, on the same x_t, t and caption.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// An exported pixel-model folder with the same text encoder vocabulary (`models/shapes`).
+    /// A relative path is taken from the working directory.
+    pub teacher: std::path::PathBuf,
+    /// The teacher's share of the target: `w·v_teacher + (1 − w)·(x1 − x0)`; 1 is pure
+    /// distillation, 0 plain flow matching.
+    pub weight: f64,
 }
 
 impl TrainConfig {
@@ -310,6 +326,7 @@ impl TrainConfig {
             seed: 0,
             ternary: false,
             init: None,
+            distill: None,
         }
     }
 
@@ -395,6 +412,11 @@ impl TrainConfig {
         self.text_encoder
             .validate(Path::new("text_encoder"))
             .map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(d) = &self.distill {
+            if !(0.0..=1.0).contains(&d.weight) {
+                return bad("distill.weight", "must be in [0, 1]");
+            }
+        }
         if self.transformer.learn_sigma {
             return bad(
                 "transformer.learn_sigma",

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lumina::models::{DitInput, NextDit, Transformer, TransformerConfig};
 use lumina::sample::{noise, shift_time, time};
 use lumina::weights::Weights;
-use lumina_pipelines::pixel_model::{PixelModel, SamplerDefaults};
+use lumina_pipelines::pixel_model::{read_word_encoder_config, PixelModel, SamplerDefaults};
 use lumina_pipelines::text_encoder::{WordEncoder, WordTokenizer};
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -78,6 +78,53 @@ pub struct Trainer {
     pools: Vec<rayon::ThreadPool>,
     /// The transformer's QAT layers (key prefixes), packed on export.
     ternary_layers: Vec<String>,
+    /// The model distilled from (`TrainConfig::distill`).
+    teacher: Option<Teacher>,
+}
+
+/// A trained model whose velocity joins the target.
+struct Teacher {
+    model: Transformer,
+    encoder: WordEncoder,
+    weight: f64,
+}
+
+impl Teacher {
+    fn load(cfg: &crate::config::DistillConfig, device: &Device) -> Result<Self> {
+        let dir = &cfg.teacher;
+        let fail = |e: &dyn std::fmt::Display| Error::Checkpoint {
+            path: dir.clone(),
+            reason: format!("distillation teacher: {e}"),
+        };
+        let model = Transformer::load_dir(&dir.join("transformer"), DType::F32, device)
+            .map_err(|e| fail(&e))?;
+        let encoder_dir = dir.join("text_encoder");
+        let encoder_cfg = read_word_encoder_config(&encoder_dir).map_err(|e| fail(&e))?;
+        let weights = Weights::from_dir(&encoder_dir, DType::F32, device).map_err(|e| fail(&e))?;
+        let encoder = WordEncoder::load(&encoder_cfg, &weights).map_err(|e| fail(&e))?;
+        Ok(Self {
+            model,
+            encoder,
+            weight: cfg.weight,
+        })
+    }
+
+    /// `w·v_teacher(x_t, t, caption) + (1 − w)·target`.
+    fn mix(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        xt: &Tensor,
+        t: &Tensor,
+        target: Tensor,
+    ) -> Result<Tensor> {
+        let caption = self.encoder.encode(ids, mask)?;
+        let v = self
+            .model
+            .forward(&DitInput::new(xt, t, &caption, mask))?
+            .detach();
+        Ok(((v * self.weight)? + (target * (1.0 - self.weight))?)?)
+    }
 }
 
 fn with_prefix(prefix: &str, vars: Vec<(String, Var)>) -> Vec<(String, Var)> {
@@ -109,6 +156,11 @@ impl Trainer {
         if let Some(dir) = &cfg.init {
             init_from_model(dir, &vars, &device)?;
         }
+        let teacher = cfg
+            .distill
+            .as_ref()
+            .map(|d| Teacher::load(d, &device))
+            .transpose()?;
         // detached copies: an EMA that stayed on the autograd graph would chain every update to the
         // previous one, and sampling from it would drag the whole history along
         let ema = vars
@@ -137,6 +189,7 @@ impl Trainer {
             step: 0,
             pools,
             ternary_layers,
+            teacher,
         })
     }
 
@@ -180,6 +233,10 @@ impl Trainer {
         let t = self.sample_times(b)?; // (B,)
         let xt = time::interpolate(&x0, &x1, &t)?;
         let target = time::velocity_target(&x0, &x1)?;
+        let target = match &self.teacher {
+            Some(teacher) => teacher.mix(&ids, &mask, &xt, &t, target)?,
+            None => target,
+        };
         let whole = Shard {
             ids,
             mask,
@@ -471,12 +528,24 @@ fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Resul
                 .map(|(k, t)| (format!("{prefix}{k}"), t)),
         );
     }
+    // a full-precision model seeds a QAT run: its latents take the dense weights, each α
+    // restarts at mean |W| of them and TerDiT's modulation norm at its initialisation
+    let scale_suffix = format!(".{}", lumina::nn::SCALE_KEY);
+    let qat_only = |name: &str| name.ends_with(&scale_suffix) || name.contains(".norm_modulation.");
+    let mut alphas = Vec::new();
     for (name, var) in vars {
-        let t = stored.remove(name).ok_or_else(|| {
-            fail(format!(
+        let t = match stored.remove(name) {
+            Some(t) => t,
+            None if qat_only(name) => {
+                if let Some(layer) = name.strip_suffix(&scale_suffix) {
+                    alphas.push((format!("{layer}.weight"), var));
+                }
+                continue;
+            }
+            None => return Err(fail(format!(
                 "no `{name}` (a packed ternary model or another architecture cannot seed this run)"
-            ))
-        })?;
+            ))),
+        };
         if t.dims() != var.as_tensor().dims() {
             return Err(fail(format!(
                 "`{name}`: this config expects {:?}, the model has {:?}",
@@ -490,6 +559,15 @@ fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Resul
         return Err(fail(format!(
             "`{extra}` is not a parameter of this config's model"
         )));
+    }
+    for (latent, alpha) in alphas {
+        let w = vars
+            .iter()
+            .find(|(n, _)| *n == latent)
+            .ok_or_else(|| fail(format!("no latent `{latent}` for its α")))?;
+        let gamma = w.1.as_tensor().abs()?.mean_all()?.to_scalar::<f32>()?;
+        let start = if gamma > 0.0 { gamma } else { 1.0 };
+        alpha.set(&Tensor::new(&[start], device)?)?;
     }
     Ok(())
 }

@@ -129,6 +129,58 @@ fn a_run_starts_from_an_exported_model() -> Result<()> {
     Ok(())
 }
 
+/// Distillation: a student that starts as its teacher and learns only the teacher's velocity
+/// (weight 1) has nothing to learn — its first loss is zero — while plain flow matching from
+/// the same start does not; a full-precision model seeds a ternary QAT run, each α starting at
+/// mean |W| of the dense weights it takes.
+#[test]
+fn distillation_targets_the_teachers_velocity() -> Result<()> {
+    use lumina_train::config::DistillConfig;
+    let mut base = Trainer::new(TrainConfig::tiny())?;
+    for _ in 0..3 {
+        base.step()?;
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("teacher");
+    base.export(&dir, DType::F32)?;
+    let student = |weight: f64| -> Result<f32> {
+        let mut cfg = TrainConfig::tiny();
+        cfg.seed = 3;
+        cfg.init = Some(dir.clone());
+        cfg.distill = Some(DistillConfig {
+            teacher: dir.clone(),
+            weight,
+        });
+        Ok(Trainer::new(cfg)?.step()?.loss)
+    };
+    let (distilled, plain) = (student(1.0)?, student(0.0)?);
+    assert!(
+        distilled < 1e-8,
+        "the student equals its teacher, yet its loss is {distilled}"
+    );
+    assert!(plain > 1e-3, "flow-matching loss {plain}");
+
+    let mut qat = TrainConfig::preset("tiny-ternary")?;
+    qat.init = Some(dir.clone());
+    let trainer = Trainer::new(qat)?;
+    let weights = trainer.weights()?;
+    let latent = &weights["transformer.layers.0.attn1.to_q.weight"];
+    let alpha = weights["transformer.layers.0.attn1.to_q.weight_scale"].to_vec1::<f32>()?[0];
+    let gamma = latent.abs()?.mean_all()?.to_scalar::<f32>()?;
+    assert_eq!(alpha, gamma);
+    let mut bad = TrainConfig::tiny();
+    bad.distill = Some(DistillConfig {
+        teacher: dir,
+        weight: 1.5,
+    });
+    let e = Trainer::new(bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("distill.weight"), "{e}");
+    Ok(())
+}
+
 #[test]
 fn an_exported_model_loads_generates_and_is_judged() -> Result<()> {
     let mut trainer = Trainer::new(TrainConfig::tiny())?;
