@@ -102,7 +102,7 @@ fn expand_blocks(kind: GgmlDType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     fn run<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<()> {
         let blocks = out.len() / T::BLCK_SIZE;
         let fits = blocks * std::mem::size_of::<T>() == bytes.len()
-            && out.len() % T::BLCK_SIZE == 0
+            && out.len().is_multiple_of(T::BLCK_SIZE)
             && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>());
         if !fits {
             return Err(Error::input(
