@@ -408,6 +408,12 @@ fn a_prompt_over_the_token_limit_is_truncated_with_a_warning() {
         err.contains("truncated") && err.contains("above a blue square"),
         "{err}"
     );
+    // the image says so too
+    let (_, _, _, text) = read_png(&tmp.path().join("x.png"));
+    assert!(
+        text.contains("Prompt truncated: \"above a blue square\""),
+        "{text}"
+    );
 }
 
 #[test]

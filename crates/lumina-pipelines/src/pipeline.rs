@@ -281,6 +281,16 @@ pub fn pipeline_family(dir: &Path) -> Result<Family> {
         })
 }
 
+/// A prompt for a message: whole up to 80 characters, else its start and its length.
+fn excerpt(prompt: &str) -> String {
+    let n = prompt.chars().count();
+    if n <= 80 {
+        return prompt.to_string();
+    }
+    let start: String = prompt.chars().take(77).collect();
+    format!("{start}… ({n} characters)")
+}
+
 /// The error for a weights file given where a pipeline folder belongs: what the file is, and
 /// how to use it.
 fn single_file_model(path: &Path) -> Error {
@@ -690,7 +700,7 @@ impl Pipeline {
                                 "words of the model's vocabulary: {}",
                                 tokenizer.vocabulary().join(" ")
                             ),
-                            format!("{:?} in {prompt:?}", unknown.join(" ")),
+                            format!("{:?} in {:?}", unknown.join(" "), excerpt(prompt)),
                         ));
                     }
                 }

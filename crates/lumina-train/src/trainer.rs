@@ -542,9 +542,11 @@ fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Resul
                 }
                 continue;
             }
-            None => return Err(fail(format!(
+            None => {
+                return Err(fail(format!(
                 "no `{name}` (a packed ternary model or another architecture cannot seed this run)"
-            ))),
+            )))
+            }
         };
         if t.dims() != var.as_tensor().dims() {
             return Err(fail(format!(

@@ -50,7 +50,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
     for i in 0..args.num_images {
         let path = numbered(&args.output, i, args.num_images);
-        let params = parameters(
+        let mut params = parameters(
             args,
             &request,
             &pipeline,
@@ -59,6 +59,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             dtype,
             plan.as_deref(),
         );
+        // what the text encoder never saw is part of how the image was made
+        if let Some(dropped) = out.truncated.first().filter(|d| !d.is_empty()) {
+            params.push_str(&format!(", Prompt truncated: {dropped:?}"));
+        }
         save_png(&path, &out.images.i(i)?, &params)?;
         println!("{}", path.display());
     }

@@ -208,11 +208,13 @@ impl WordTokenizer {
 
     /// The words of `text` outside the vocabulary (they would all read as `<unk>`).
     pub fn unknown_words(&self, text: &str) -> Vec<String> {
-        text.to_lowercase()
-            .split_whitespace()
-            .filter(|w| !self.words[3..].iter().any(|v| v == w))
-            .map(str::to_string)
-            .collect()
+        let mut unknown: Vec<String> = Vec::new();
+        for w in text.to_lowercase().split_whitespace() {
+            if !self.words[3..].iter().any(|v| v == w) && !unknown.iter().any(|u| u == w) {
+                unknown.push(w.to_string());
+            }
+        }
+        unknown
     }
 
     /// The vocabulary's words, special tokens left out.
@@ -288,6 +290,11 @@ mod tests {
             vec![vec![1, 1, 1, 1], vec![1, 1, 1, 0], vec![1, 1, 1, 1]]
         );
         assert_eq!(dropped, vec!["", "", "circle"]);
+        // each unknown word once, in order
+        assert_eq!(
+            tok.unknown_words("a dog and a DOG and a cat"),
+            ["dog", "and", "cat"]
+        );
         Ok(())
     }
 
