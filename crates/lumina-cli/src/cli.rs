@@ -365,6 +365,11 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub lora: LoraArgs,
 
+    /// Check every weight for NaN and infinite values as it loads (components up to 512 MiB
+    /// always are; this adds the large ones, a few seconds for a 2B model).
+    #[arg(long)]
+    pub check_weights: bool,
+
     /// What to draw.
     #[arg(short, long)]
     pub prompt: String,

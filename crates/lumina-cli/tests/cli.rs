@@ -927,3 +927,39 @@ fn loras_apply_from_the_command_line() {
         assert!(stderr(&o).contains(&want), "{arg}: {}", stderr(&o));
     }
 }
+
+/// A NaN in the weights is an error naming the tensor (small models are checked as they load;
+/// `--check-weights` checks any); weights that overflow the velocity stop the solve at the step
+/// where the state turned non-finite — never an image.
+#[test]
+fn non_finite_weights_and_states_are_errors() {
+    use candle_core::{Device, Tensor};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file_of = |p: &Path| p.join("transformer/diffusion_pytorch_model.safetensors");
+    for (name, value, want) in [
+        ("nan", f32::NAN, "tensor `x_embedder.weight`"),
+        ("huge", 3e38, "the state after solver step 1 of 3"),
+    ] {
+        let pipeline = tmp.path().join(name);
+        copy_dir(&lumina2_pipeline(), &pipeline);
+        let mut weights =
+            candle_core::safetensors::load(file_of(&pipeline), &Device::Cpu).expect("load");
+        let w = &weights["x_embedder.weight"];
+        let broken = Tensor::full(value, w.dims(), &Device::Cpu).expect("full");
+        weights.insert("x_embedder.weight".into(), broken);
+        candle_core::safetensors::save(&weights, file_of(&pipeline)).expect("save");
+        let png = tmp.path().join(format!("{name}.png"));
+        let o = generate(
+            &pipeline,
+            &png,
+            &["-W", "64", "-H", "64", "--check-weights"],
+        );
+        assert!(!o.status.success(), "{name}: an image was made");
+        assert!(!png.exists(), "{name}: a PNG was written");
+        let err = stderr(&o);
+        assert!(
+            err.contains(want) && err.contains("NaN or infinite"),
+            "{name}: {err}"
+        );
+    }
+}

@@ -16,10 +16,10 @@ use lumina::models::{CacheRule, CacheStats, StepCache, Transformer, TransformerC
 use lumina::nn::lora::{Adapters, LoraMode};
 use lumina::nn::ContextDrop;
 use lumina::sample::{
-    noise, sample_with, shift_time, Guidance, ProjectedFlow, Renorm, RopeSchedule, Schedule,
-    Solver, StepDone, Truncation,
+    noise, sample_with, shift_time, FiniteState, Guidance, ProjectedFlow, Renorm, RopeSchedule,
+    Schedule, Solver, StepDone, Truncation,
 };
-use lumina::weights::Weights;
+use lumina::weights::{WeightFiles, Weights};
 use lumina::{Caption, Denoiser, TextTiles};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -250,6 +250,32 @@ pub struct Pipeline {
     device: Device,
 }
 
+/// When loading checks weights for NaN and infinite values (one pass over each tensor).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckWeights {
+    /// Components whose files hold at most [`CHECKED_BYTES`]: a few percent of their load.
+    #[default]
+    Small,
+    /// Every component (`--check-weights`): seconds more for a 2B model.
+    All,
+}
+
+/// The largest component [`CheckWeights::Small`] checks.
+pub const CHECKED_BYTES: u64 = 512 << 20;
+
+impl CheckWeights {
+    /// `files` as weights in `dtype`, checked when this says so.
+    fn weights(self, files: WeightFiles, dtype: DType, device: &Device) -> Weights {
+        let bytes: u64 = files
+            .keys()
+            .filter_map(|k| files.info(k))
+            .map(|i| i.bytes())
+            .sum();
+        let on = self == Self::All || bytes <= CHECKED_BYTES;
+        Weights::from_files(files, dtype, device).with_finite_check(on)
+    }
+}
+
 /// The family named by a folder's `model_index.json`.
 pub fn pipeline_family(dir: &Path) -> Result<Family> {
     if dir.is_file() {
@@ -345,6 +371,18 @@ impl Pipeline {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_checked(dir, transformer, dtype, device, CheckWeights::Small)
+    }
+
+    /// [`Pipeline::load_with_transformer`], checking the text encoder's and the transformer's
+    /// weights for NaN and infinite values as `check` says.
+    pub fn load_checked(
+        dir: &Path,
+        transformer: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+        check: CheckWeights,
+    ) -> Result<Self> {
         let family = pipeline_family(dir)?;
         for component in components(family) {
             if !dir.join(component).is_dir() {
@@ -360,8 +398,8 @@ impl Pipeline {
                 let grid = Grid::Scheduler(SchedulerConfig::read_dir(&dir.join("scheduler"))?);
                 let tokenizer = PromptTokenizer::load(&dir.join("tokenizer"))?;
                 let cfg = EncoderConfig::read(&encoder_dir.join("config.json"))?;
-                let encoder =
-                    GemmaEncoder::load(&cfg, &Weights::from_dir(&encoder_dir, dtype, device)?)?;
+                let weights = check.weights(WeightFiles::open_dir(&encoder_dir)?, dtype, device);
+                let encoder = GemmaEncoder::load(&cfg, &weights)?;
                 (
                     Conditioner::Gemma {
                         tokenizer: Box::new(tokenizer),
@@ -374,8 +412,8 @@ impl Pipeline {
                 let grid = Grid::Defaults(SamplerDefaults::read_dir(&dir.join("scheduler"))?);
                 let tokenizer = WordTokenizer::read(&dir.join("tokenizer/vocab.json"))?;
                 let cfg = read_word_encoder_config(&encoder_dir)?;
-                let encoder =
-                    WordEncoder::load(&cfg, &Weights::from_dir(&encoder_dir, dtype, device)?)?;
+                let weights = check.weights(WeightFiles::open_dir(&encoder_dir)?, dtype, device);
+                let encoder = WordEncoder::load(&cfg, &weights)?;
                 (Conditioner::Words { tokenizer, encoder }, grid)
             }
         };
@@ -385,7 +423,7 @@ impl Pipeline {
         let adapters = Adapters::new();
         let registry = adapters.clone();
         let (cfg, weights) = Transformer::open_dir(&transformer_path, |files| {
-            Weights::from_files(files, dtype, device).with_adapters(registry)
+            check.weights(files, dtype, device).with_adapters(registry)
         })?;
         let transformer = Transformer::load(&cfg, &weights)?;
         let expected = match family {
@@ -807,7 +845,17 @@ impl Pipeline {
         {
             tracing::warn!(prompt, dropped = %dropped, "prompt truncated to the text encoder's limit");
         }
-        let run = |t: &Tokens| -> Result<Caption> { Ok(Caption::new(encode(t)?, t.mask.clone())?) };
+        let run = |t: &Tokens| -> Result<Caption> {
+            let features = encode(t)?;
+            if !lumina::error::all_finite(&features)? {
+                return Err(lumina::Error::NonFinite {
+                    what: "the text encoder's caption features".into(),
+                    hint: ": its weights may be broken (check them with --check-weights)".into(),
+                }
+                .into());
+            }
+            Ok(Caption::new(features, t.mask.clone())?)
+        };
         Ok((
             run(&cond)?,
             uncond.as_ref().map(run).transpose()?,
@@ -1001,9 +1049,16 @@ impl Pipeline {
                 level: p.level,
             }
         });
-        let latents =
-            sample_with(&denoiser, x0, &grid, r.solver, (hook, on_step))?.to_dtype(DType::F32)?;
+        let hooks = (hook, (FiniteState, on_step));
+        let latents = sample_with(&denoiser, x0, &grid, r.solver, hooks)?.to_dtype(DType::F32)?;
         let images = self.decode(&latents)?;
+        if !lumina::error::all_finite(&images)? {
+            return Err(lumina::Error::NonFinite {
+                what: "the decoded images".into(),
+                hint: ": the VAE's weights may be broken (check them with --check-weights)".into(),
+            }
+            .into());
+        }
         Ok(Output {
             latents,
             images,

@@ -72,6 +72,9 @@ pub enum Error {
         got: String,
     },
 
+    #[error("{what} holds NaN or infinite values{hint}")]
+    NonFinite { what: String, hint: String },
+
     // === Call arguments ===
     #[error("{what}: expected {expected}, got {got}")]
     Input {
@@ -82,6 +85,13 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// Whether every element of `t` is finite: `t − t` is zero exactly where `t` is finite and NaN
+/// elsewhere, so its sum is 0 or NaN (a maximum would skip NaN).
+pub fn all_finite(t: &candle_core::Tensor) -> Result<bool> {
+    let t = t.to_dtype(candle_core::DType::F32)?;
+    Ok((&t - &t)?.sum_all()?.to_scalar::<f32>()? == 0.0)
 }
 
 impl Error {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lumina_pipelines::input::load_png;
 use lumina_pipelines::output::{numbered, save_png};
 use lumina_pipelines::pipeline::size_multiple;
-use lumina_pipelines::pipeline::InitImage;
+use lumina_pipelines::pipeline::{CheckWeights, InitImage};
 use lumina_pipelines::{Family, Latents, Pipeline, Request};
 
 use crate::cli::GenerateArgs;
@@ -21,9 +21,18 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     check_args(args, &dir)?;
     let dtype = DType::from(args.dtype);
     let loaded = Instant::now();
-    let pipeline =
-        Pipeline::load_with_transformer(&dir, args.transformer.as_deref(), dtype, &Device::Cpu)
-            .with_context(|| format!("loading {}", dir.display()))?;
+    let check = match args.check_weights {
+        true => CheckWeights::All,
+        false => CheckWeights::Small,
+    };
+    let pipeline = Pipeline::load_checked(
+        &dir,
+        args.transformer.as_deref(),
+        dtype,
+        &Device::Cpu,
+        check,
+    )
+    .with_context(|| format!("loading {}", dir.display()))?;
     super::lora::apply(&args.lora, &pipeline)?;
     tracing::info!(seconds = loaded.elapsed().as_secs_f64(), "pipeline loaded");
     let seed = args.seed.unwrap_or_else(rand::random);

@@ -186,6 +186,29 @@ impl<F: FnMut(StepDone)> StepHook for F {
     }
 }
 
+/// Stops a solve whose state turned NaN or infinite, naming the step: a model that produces
+/// non-finite velocities (broken or overflowing weights) gives an error, never an image.
+pub struct FiniteState;
+
+impl StepHook for FiniteState {
+    fn after_step(&mut self, x: Tensor, done: StepDone) -> Result<Tensor> {
+        if !crate::error::all_finite(&x)? {
+            return Err(crate::Error::NonFinite {
+                what: format!(
+                    "the state after solver step {} of {} (t = {:.3})",
+                    done.step + 1,
+                    done.steps,
+                    done.t
+                ),
+                hint: ": the model's velocity overflowed or its weights are broken (check them \
+                       with --check-weights)"
+                    .into(),
+            });
+        }
+        Ok(x)
+    }
+}
+
 /// A hook that may be absent.
 impl<H: StepHook> StepHook for Option<H> {
     fn velocity(&self, x: &Tensor, v: Tensor, at: TimePoint) -> Result<Tensor> {

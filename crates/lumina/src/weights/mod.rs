@@ -108,6 +108,9 @@ pub struct Weights {
     adapters: Option<Arc<Adapters>>,
     /// Block-quantise dense linear weights as they load (see [`Weights::with_quantization`]).
     quantize: Option<GgmlDType>,
+    /// Refuse stored tensors that hold NaN or infinite values (see
+    /// [`Weights::with_finite_check`]).
+    check_finite: bool,
 }
 
 impl std::fmt::Debug for Weights {
@@ -175,6 +178,7 @@ impl Weights {
             ternary: false,
             adapters: None,
             quantize: None,
+            check_finite: false,
         }
     }
 
@@ -274,6 +278,29 @@ impl Weights {
         }
     }
 
+    /// Every tensor read from files or memory is checked for NaN and infinite values as it
+    /// loads (one pass over it): a broken checkpoint is an error naming the tensor, never an
+    /// image.
+    pub fn with_finite_check(self, on: bool) -> Self {
+        Self {
+            check_finite: on,
+            ..self
+        }
+    }
+
+    /// `t`, the stored `name`, or an error when [`Weights::with_finite_check`] is on and it
+    /// holds NaN or infinite values.
+    fn checked(&self, t: Tensor, stored: &Stored, file: &Path) -> Result<Tensor> {
+        if self.check_finite && !crate::error::all_finite(&t)? {
+            return Err(Error::NonFinite {
+                what: format!("tensor `{stored}` in {}", file.display()),
+                hint: ": the checkpoint is broken (a NaN written by training or a bad conversion)"
+                    .into(),
+            });
+        }
+        Ok(t)
+    }
+
     /// See [`Weights::with_quantization`].
     pub fn quantization(&self) -> Option<GgmlDType> {
         self.quantize
@@ -305,6 +332,7 @@ impl Weights {
             ternary: self.ternary,
             adapters: self.adapters.clone(),
             quantize: self.quantize,
+            check_finite: self.check_finite,
         }
     }
 
@@ -461,6 +489,7 @@ impl Weights {
                 }),
                 Some(t) => {
                     let t = take_rows(t.clone(), &stored, Path::new("(in memory)"))?;
+                    let t = self.checked(t, &stored, Path::new("(in memory)"))?;
                     Ok(t.to_dtype(storage_dtype(t.dtype(), store.dtype))?
                         .to_device(&store.device)?)
                 }
@@ -482,6 +511,7 @@ impl Weights {
                     (None, Mode::Strict) => {
                         let file = files.info(&key).map(|i| i.file.clone()).unwrap_or_default();
                         let t = take_rows(files.load(&key, &store.device)?, &stored, &file)?;
+                        let t = self.checked(t, &stored, &file)?;
                         Ok(t.to_dtype(storage_dtype(t.dtype(), store.dtype))?)
                     }
                     (None, Mode::Audit) => zeros_view(shape, store),
@@ -549,8 +579,11 @@ impl Weights {
             });
         }
         lock(&self.store.requested).insert(stored.key.clone(), stored_shape);
-        let rows = stored.rows.map(|r| r.range);
-        Ok(Some(files.load_quantized(&stored.key, rows)?))
+        let q = files.load_quantized(&stored.key, stored.rows.clone().map(|r| r.range))?;
+        if self.check_finite {
+            self.checked(q.dequantize(&Device::Cpu)?, &stored, &info.file)?;
+        }
+        Ok(Some(q))
     }
 
     /// The stored tensor `name` under this prefix, whatever its shape (checkpoint files only).
