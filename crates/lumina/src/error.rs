@@ -87,11 +87,11 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
-/// Whether every element of `t` is finite: `t − t` is zero exactly where `t` is finite and NaN
+/// Whether every element of `t` is finite: `0·t` is zero exactly where `t` is finite and NaN
 /// elsewhere, so its sum is 0 or NaN (a maximum would skip NaN).
 pub fn all_finite(t: &candle_core::Tensor) -> Result<bool> {
-    let t = t.to_dtype(candle_core::DType::F32)?;
-    Ok((&t - &t)?.sum_all()?.to_scalar::<f32>()? == 0.0)
+    let zeros = t.to_dtype(candle_core::DType::F32)?.affine(0.0, 0.0)?;
+    Ok(zeros.sum_all()?.to_scalar::<f32>()? == 0.0)
 }
 
 impl Error {
@@ -115,5 +115,29 @@ impl Error {
             value: value.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn finiteness_sees_nan_and_both_infinities() -> super::Result<()> {
+        for (bad, want) in [
+            (1.5f32, true),
+            (f32::NAN, false),
+            (f32::INFINITY, false),
+            (f32::NEG_INFINITY, false),
+        ] {
+            let t = Tensor::new(&[0.0f32, -3e38, bad], &Device::Cpu)?;
+            assert_eq!(super::all_finite(&t)?, want, "{bad}");
+            assert_eq!(
+                super::all_finite(&t.to_dtype(DType::BF16)?)?,
+                want,
+                "bf16 {bad}"
+            );
+        }
+        Ok(())
     }
 }
