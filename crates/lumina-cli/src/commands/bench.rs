@@ -152,21 +152,22 @@ fn weight_bytes(weights: &Weights, dtype_arg: BenchDtype) -> u64 {
         .into_iter()
         .map(|l| format!("{l}.weight"))
         .collect();
+    let quant = quant_target(dtype_arg);
     weights
         .requested()
         .iter()
         .map(|(key, shape)| {
             let n: u64 = shape.iter().map(|&d| d as u64).product();
-            match shape.as_slice() {
-                [out, inp] if ternary.contains(key) => (out * inp.div_ceil(4)) as u64 + 4,
-                [_, _] if key.ends_with(".weight") && quant_target(dtype_arg).is_some() => {
-                    let target = quant_target(dtype_arg).unwrap_or(GgmlDType::F32);
+            let dense = n * dtype.size_in_bytes() as u64;
+            match (shape.as_slice(), quant) {
+                ([out, inp], _) if ternary.contains(key) => (out * inp.div_ceil(4)) as u64 + 4,
+                ([_, _], Some(target)) if key.ends_with(".weight") => {
                     match lumina::weights::gguf::storage_for(shape, target) {
-                        GgmlDType::F32 => n * dtype.size_in_bytes() as u64,
+                        GgmlDType::F32 => dense,
                         q => n / q.block_size() as u64 * q.type_size() as u64,
                     }
                 }
-                _ => n * dtype.size_in_bytes() as u64,
+                _ => dense,
             }
         })
         .sum()
@@ -239,48 +240,29 @@ fn run_child(args: &BenchArgs, dtype: BenchDtype, model: BenchModel) -> Result<V
 /// Loads the model in `dtype`, then times one forward per token count.
 fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
     let dtype = compute_dtype(dtype_arg);
-    let name = dtype_name(dtype_arg);
     let mut cfg = NextDitConfig::next_dit_2b();
     if let Some(layers) = args.layers {
         cfg.num_layers = layers;
     }
     cfg.validate()?;
-    let config_name = match args.layers {
-        None => "next-dit-2b".to_string(),
-        Some(l) => format!("next-dit-2b/{l}-layers"),
-    };
-    let dev = Device::Cpu;
-    let rss_before = proc_status_bytes("VmRSS");
-    eprintln!("{name}: building {config_name} with random weights…");
+    let mut run = ChildRun::start(args, dtype_arg, "next-dit-2b");
     // Random weights read through the original checkpoints' key names, so that they are tied
     // as every released Lumina-Next checkpoint ties them: one `attention.wq` (and `q_norm`)
     // serves both attn1 and attn2, and the model computes that query once. diffusers computes
     // it twice whatever the weights; `bench/torch_reference.py` ties them too.
     let weights = bench_weights(0, dtype_arg).with_key_map(original::key_map());
     let model = NextDit::load(&cfg, &weights)?;
-    let weight_bytes = weight_bytes(&weights, dtype_arg);
-    let rss_loaded = proc_status_bytes("VmRSS");
-    // the largest matmul of a block: the SwiGLU's input projection, D → ffn
-    let ffn_in = Linear::load_ternarizable(
-        &bench_weights(1, dtype_arg).pp("w1"),
-        cfg.hidden_size,
-        cfg.ffn_hidden(),
-        false,
-        Init::XavierUniform,
-    )?;
-    let mut results = Vec::new();
+    run.loaded(&weights);
+    let ffn_in = ffn_probe(dtype_arg, cfg.hidden_size, cfg.ffn_hidden())?;
     for &n in &args.tokens {
         let side = square_side(n).unwrap_or(1) * cfg.patch_size;
-        let latents = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, side, side), &dev)?;
-        let t = Tensor::new(&[0.5f32], &dev)?;
-        let caption = Tensor::randn(
-            0f32,
-            1.0,
-            (1, args.caption_tokens, cfg.cross_attention_dim),
-            &dev,
+        let inputs = BenchInputs::new(
+            cfg.in_channels,
+            side,
+            args.caption_tokens,
+            cfg.cross_attention_dim,
         )?;
-        let mask = Tensor::ones((1, args.caption_tokens), DType::U8, &dev)?;
-        let plain = DitInput::new(&latents, &t, &caption, &mask);
+        let plain = inputs.dit_input();
         let (best_step, best_block) = time_step(&model, &plain, args.repeat)?;
         let (block_flops, step_flops) = flops(&cfg, n, args.caption_tokens);
         let (linear_secs, linear_flops) = time_linear(&ffn_in, n, dtype, args.repeat)?;
@@ -300,78 +282,35 @@ fn measure_dtype(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
             let saved = cfg.num_layers as f64 * (attention_flops - flops);
             rows.push((format!("step, context drop {f}"), step, step_flops - saved));
         }
-        for (what, secs, f) in rows {
-            eprintln!(
-                "{name} {n:>5} tokens {what:<5} {:>10.1} ms {:>7.1} GFLOP/s",
-                secs * 1e3,
-                f / secs / 1e9
-            );
-            results.push(json!({
-                "name": what,
-                "config": config_name,
-                "tokens": n,
-                "dtype": name,
-                "ms": secs * 1e3,
-                "gflops": f / secs / 1e9,
-            }));
-        }
+        run.rows(n, rows);
     }
-    Ok(json!({
-        "results": results,
-        "memory": {
-            "dtype": name,
-            "config": config_name,
-            "weight_bytes": weight_bytes,
-            "rss_model_bytes": rss_loaded.saturating_sub(rss_before),
-            "peak_rss_bytes": proc_status_bytes("VmHWM"),
-        },
-    }))
+    Ok(run.report())
 }
 
 /// [`measure_dtype`] for Lumina-Image-2.0's transformer: its largest linear (the SwiGLU's
 /// D → ffn projection), its steps with and without Context Drop, and memory.
 fn measure_lumina2(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
     let dtype = compute_dtype(dtype_arg);
-    let name = dtype_name(dtype_arg);
     let mut cfg = Lumina2Config::lumina_image_2();
     if let Some(layers) = args.layers {
         cfg.num_layers = layers;
     }
     cfg.validate()?;
-    let config_name = match args.layers {
-        None => "lumina-image-2".to_string(),
-        Some(l) => format!("lumina-image-2/{l}-layers"),
-    };
-    let dev = Device::Cpu;
-    let rss_before = proc_status_bytes("VmRSS");
-    eprintln!("{name}: building {config_name} with random weights…");
+    let mut run = ChildRun::start(args, dtype_arg, "lumina-image-2");
     let weights = bench_weights(0, dtype_arg);
     let model = Lumina2Dit::load(&cfg, &weights)?;
-    let weight_bytes = weight_bytes(&weights, dtype_arg);
-    let rss_loaded = proc_status_bytes("VmRSS");
-    let ffn_in = Linear::load_ternarizable(
-        &bench_weights(1, dtype_arg).pp("w1"),
-        cfg.hidden_size,
-        cfg.ffn_hidden(),
-        false,
-        Init::XavierUniform,
-    )?;
-    let mut results = Vec::new();
+    run.loaded(&weights);
+    let ffn_in = ffn_probe(dtype_arg, cfg.hidden_size, cfg.ffn_hidden())?;
     for &n in &args.tokens {
         let side = square_side(n).unwrap_or(1) * cfg.patch_size;
-        let latents = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, side, side), &dev)?;
-        let t = Tensor::new(&[0.5f32], &dev)?;
-        let caption = Tensor::randn(0f32, 1.0, (1, args.caption_tokens, cfg.cap_feat_dim), &dev)?;
-        let mask = Tensor::ones((1, args.caption_tokens), DType::U8, &dev)?;
-        let plain = DitInput::new(&latents, &t, &caption, &mask);
-        let step = |inp: &DitInput| -> Result<f64> {
-            let mut best = f64::INFINITY;
-            for _ in 0..args.repeat.max(1) {
-                let start = Instant::now();
+        let inputs =
+            BenchInputs::new(cfg.in_channels, side, args.caption_tokens, cfg.cap_feat_dim)?;
+        let plain = inputs.dit_input();
+        let step = |inp: &DitInput| {
+            best_of(args.repeat.max(1), || {
                 model.forward(inp)?;
-                best = best.min(start.elapsed().as_secs_f64());
-            }
-            Ok(best)
+                Ok(())
+            })
         };
         let (linear_secs, linear_flops) = time_linear(&ffn_in, n, dtype, args.repeat)?;
         let mut rows = vec![
@@ -387,15 +326,61 @@ fn measure_lumina2(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
             let secs = step(&plain.with_kv_pool(Some(f)))?;
             rows.push((format!("step, context drop {f}"), secs, f64::NAN));
         }
+        run.rows(n, rows);
+    }
+    Ok(run.report())
+}
+
+/// One bench child's format, model and results so far.
+struct ChildRun {
+    name: &'static str,
+    config_name: String,
+    rss_before: u64,
+    rss_loaded: u64,
+    weight_bytes: u64,
+    dtype_arg: BenchDtype,
+    results: Vec<Value>,
+}
+
+impl ChildRun {
+    /// Before the model is built: its name (with `--layers`), the resident memory so far.
+    fn start(args: &BenchArgs, dtype_arg: BenchDtype, model: &str) -> Self {
+        let config_name = match args.layers {
+            None => model.to_string(),
+            Some(l) => format!("{model}/{l}-layers"),
+        };
+        let name = dtype_name(dtype_arg);
+        let rss_before = proc_status_bytes("VmRSS");
+        eprintln!("{name}: building {config_name} with random weights…");
+        Self {
+            name,
+            config_name,
+            rss_before,
+            rss_loaded: rss_before,
+            weight_bytes: 0,
+            dtype_arg,
+            results: Vec::new(),
+        }
+    }
+
+    /// After the model is built from `weights`.
+    fn loaded(&mut self, weights: &Weights) {
+        self.weight_bytes = weight_bytes(weights, self.dtype_arg);
+        self.rss_loaded = proc_status_bytes("VmRSS");
+    }
+
+    /// Prints and records (what, seconds, FLOPs) rows at `n` tokens; NaN FLOPs: not counted.
+    fn rows(&mut self, n: usize, rows: Vec<(String, f64, f64)>) {
+        let name = self.name;
         for (what, secs, f) in rows {
             eprintln!(
                 "{name} {n:>5} tokens {what:<5} {:>10.1} ms {:>7.1} GFLOP/s",
                 secs * 1e3,
                 f / secs / 1e9
             );
-            results.push(json!({
+            self.results.push(json!({
                 "name": what,
-                "config": config_name,
+                "config": self.config_name,
                 "tokens": n,
                 "dtype": name,
                 "ms": secs * 1e3,
@@ -403,16 +388,66 @@ fn measure_lumina2(args: &BenchArgs, dtype_arg: BenchDtype) -> Result<Value> {
             }));
         }
     }
-    Ok(json!({
-        "results": results,
-        "memory": {
-            "dtype": name,
-            "config": config_name,
-            "weight_bytes": weight_bytes,
-            "rss_model_bytes": rss_loaded.saturating_sub(rss_before),
-            "peak_rss_bytes": proc_status_bytes("VmHWM"),
-        },
-    }))
+
+    /// The child's JSON: its rows and its memory.
+    fn report(self) -> Value {
+        json!({
+            "results": self.results,
+            "memory": {
+                "dtype": self.name,
+                "config": self.config_name,
+                "weight_bytes": self.weight_bytes,
+                "rss_model_bytes": self.rss_loaded.saturating_sub(self.rss_before),
+                "peak_rss_bytes": proc_status_bytes("VmHWM"),
+            },
+        })
+    }
+}
+
+/// The largest matmul of a block, alone: the SwiGLU's input projection, D → ffn.
+fn ffn_probe(dtype_arg: BenchDtype, hidden: usize, ffn: usize) -> Result<Linear> {
+    Ok(Linear::load_ternarizable(
+        &bench_weights(1, dtype_arg).pp("w1"),
+        hidden,
+        ffn,
+        false,
+        Init::XavierUniform,
+    )?)
+}
+
+/// Random latents (1, C, side, side), t = 0.5 and a full caption of `tokens` × `width`.
+struct BenchInputs {
+    latents: Tensor,
+    t: Tensor,
+    caption: Tensor,
+    mask: Tensor,
+}
+
+impl BenchInputs {
+    fn new(channels: usize, side: usize, tokens: usize, width: usize) -> Result<Self> {
+        let dev = Device::Cpu;
+        Ok(Self {
+            latents: Tensor::randn(0f32, 1.0, (1, channels, side, side), &dev)?,
+            t: Tensor::new(&[0.5f32], &dev)?,
+            caption: Tensor::randn(0f32, 1.0, (1, tokens, width), &dev)?,
+            mask: Tensor::ones((1, tokens), DType::U8, &dev)?,
+        })
+    }
+
+    fn dit_input(&self) -> DitInput<'_> {
+        DitInput::new(&self.latents, &self.t, &self.caption, &self.mask)
+    }
+}
+
+/// The fastest of `runs` calls of `f`, in seconds.
+fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..runs {
+        let start = Instant::now();
+        f()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }
 
 /// FLOPs of one Lumina-Image-2.0 forward at batch 1: the caption refiner over the caption,
@@ -464,12 +499,10 @@ fn time_step(model: &NextDit, inp: &DitInput, repeat: usize) -> Result<(f64, f64
 fn time_linear(linear: &Linear, tokens: usize, dtype: DType, repeat: usize) -> Result<(f64, f64)> {
     let (in_dim, out_dim) = (linear.in_dim(), linear.out_dim());
     let x = Tensor::randn(0f32, 1.0, (tokens, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
-    let mut best = f64::INFINITY;
-    for _ in 0..repeat.max(3) {
-        let start = Instant::now();
+    let best = best_of(repeat.max(3), || {
         linear.forward(&x)?;
-        best = best.min(start.elapsed().as_secs_f64());
-    }
+        Ok(())
+    })?;
     Ok((best, 2.0 * (tokens * in_dim * out_dim) as f64))
 }
 
@@ -493,7 +526,6 @@ fn time_attention(
         heads(cfg.kv_heads())?,
     );
     let scale = 1.0 / (dh as f64).sqrt();
-    let mut best = f64::INFINITY;
     let side = square_side(tokens).unwrap_or(1);
     let kv_pool = KvPool {
         factor: pool,
@@ -501,13 +533,12 @@ fn time_attention(
         starts: &[],
     };
     let mut keys = tokens;
-    for _ in 0..repeat.max(3) {
-        let start = Instant::now();
+    let best = best_of(repeat.max(3), || {
         let (k, v) = (kv_pool.pool(&k)?, kv_pool.pool(&v)?);
         keys = k.dim(2)?;
         flash_attention(&q, &k, &v, None, scale)?;
-        best = best.min(start.elapsed().as_secs_f64());
-    }
+        Ok(())
+    })?;
     let flops = 4.0 * (tokens * keys * cfg.num_attention_heads * dh) as f64;
     Ok((best, flops))
 }
