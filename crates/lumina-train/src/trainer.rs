@@ -567,8 +567,7 @@ fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Resul
             .iter()
             .find(|(n, _)| *n == latent)
             .ok_or_else(|| fail(format!("no latent `{latent}` for its α")))?;
-        let gamma = w.1.as_tensor().abs()?.mean_all()?.to_scalar::<f32>()?;
-        let start = if gamma > 0.0 { gamma } else { 1.0 };
+        let start = lumina::nn::initial_alpha(w.1.as_tensor())?;
         alpha.set(&Tensor::new(&[start], device)?)?;
     }
     Ok(())

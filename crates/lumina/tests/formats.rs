@@ -43,6 +43,38 @@ impl Case<'_> {
         ))
     }
 
+    /// The (file, scale) pairs of a `call.json` LoRA combination.
+    fn lora_files(&self, files: &serde_json::Value) -> Result<Vec<(Arc<LoraFile>, f64)>> {
+        let mut loras = Vec::new();
+        for pair in files.as_array().context("loras: not a list")? {
+            let file = pair[0].as_str().context("loras: no file name")?;
+            let scale = pair[1].as_f64().context("loras: no scale")?;
+            loras.push((Arc::new(LoraFile::open(&self.dir.join(file))?), scale));
+        }
+        Ok(loras)
+    }
+
+    /// The output with `loras` applied in `mode`; then the LoRAs are removed again, which must
+    /// give back `base` bit for bit.
+    fn with_loras(
+        &self,
+        model: &Transformer,
+        adapters: &Adapters,
+        loras: &[(Arc<LoraFile>, f64)],
+        mode: LoraMode,
+        base: &Tensor,
+        what: &str,
+    ) -> Result<Tensor> {
+        let upstream = model.config().upstream_key_map();
+        lora::apply(adapters, &*upstream, loras, mode).with_context(|| what.to_string())?;
+        let adapted = model.forward(&self.input()?)?;
+        lora::apply(adapters, &*upstream, &[], mode)?;
+        if max_abs_diff(&model.forward(&self.input()?)?, base)? != 0.0 {
+            bail!("{what}: removing the LoRA did not restore the base output bit for bit");
+        }
+        Ok(adapted)
+    }
+
     /// Max |got − `key`|, or an error saying by how much it misses `tolerance`.
     fn check(&self, got: &Tensor, key: &str, tolerance: f32, what: &str) -> Result<f32> {
         let want = tensor(&self.io, key, self.dir)?;
@@ -101,25 +133,13 @@ fn loras(case: &Case) -> Result<usize> {
         ("original.safetensors", LoraMode::Unmerged),
     ] {
         let (model, adapters) = load(&case.dir.join(layout))?;
-        let upstream = model.config().upstream_key_map();
         let base = model.forward(&case.input()?)?;
         for (key, files) in map {
-            let mut loras = Vec::new();
-            for pair in files.as_array().context("loras: not a list")? {
-                let file = pair[0].as_str().context("loras: no file name")?;
-                let scale = pair[1].as_f64().context("loras: no scale")?;
-                loras.push((Arc::new(LoraFile::open(&case.dir.join(file))?), scale));
-            }
+            let loras = case.lora_files(files)?;
             let what = format!("{key} on {layout}, {mode:?}");
-            lora::apply(&adapters, &*upstream, &loras, mode).with_context(|| what.clone())?;
-            let got = model.forward(&case.input()?)?;
+            let got = case.with_loras(&model, &adapters, &loras, mode, &base, &what)?;
             case.check(&got, key, case.tolerance, &what)
                 .with_context(|| what.clone())?;
-            lora::apply(&adapters, &*upstream, &[], mode)?;
-            let restored = model.forward(&case.input()?)?;
-            if max_abs_diff(&restored, &base)? != 0.0 {
-                bail!("{what}: removing the LoRA did not restore the base output bit for bit");
-            }
             n += 1;
         }
     }
@@ -192,7 +212,8 @@ fn written_ggufs(case: &Case) -> Result<usize> {
         if model.config() != cfg {
             bail!("written {name}: the config read back differs");
         }
-        let err = relative_error(&model.forward(&case.input()?)?, want)?;
+        let got = model.forward(&case.input()?)?;
+        let err = relative_error(&got, want)?;
         println!(
             "{}: written {name}: relative error {err:.1e}",
             case.dir.display()
@@ -200,12 +221,7 @@ fn written_ggufs(case: &Case) -> Result<usize> {
         // where gguf-py wrote the same type, the same quantisation: its output to 1e-4
         let reference = format!("output_gguf_{}", gguf::type_name(target));
         if case.io.contains_key(&reference) {
-            case.check(
-                &model.forward(&case.input()?)?,
-                &reference,
-                case.tolerance,
-                &format!("written {name}"),
-            )?;
+            case.check(&got, &reference, case.tolerance, &format!("written {name}"))?;
         }
         if err > written_tolerance(name) {
             bail!(
@@ -229,28 +245,20 @@ fn lora_on_gguf(case: &Case) -> Result<usize> {
     let (Some(gguf), Some(files)) = (ggufs.values().next(), loras.values().next()) else {
         return Ok(0);
     };
-    let (model, adapters) = load(
-        &case
-            .dir
-            .join(gguf.as_str().context("gguf: not a file name")?),
-    )?;
-    let upstream = model.config().upstream_key_map();
+    let gguf_name = gguf.as_str().context("gguf: not a file name")?;
+    let (model, adapters) = load(&case.dir.join(gguf_name))?;
     let base = model.forward(&case.input()?)?;
-    let mut applied = Vec::new();
-    for pair in files.as_array().context("loras: not a list")? {
-        let file = pair[0].as_str().context("loras: no file name")?;
-        let scale = pair[1].as_f64().context("loras: no scale")?;
-        applied.push((Arc::new(LoraFile::open(&case.dir.join(file))?), scale));
-    }
-    lora::apply(&adapters, &*upstream, &applied, LoraMode::Merged)?;
-    let adapted = model.forward(&case.input()?)?;
-    lora::apply(&adapters, &*upstream, &[], LoraMode::Merged)?;
-    let restored = model.forward(&case.input()?)?;
+    let loras = case.lora_files(files)?;
+    let adapted = case.with_loras(
+        &model,
+        &adapters,
+        &loras,
+        LoraMode::Merged,
+        &base,
+        gguf_name,
+    )?;
     if max_abs_diff(&adapted, &base)? == 0.0 {
-        bail!("{gguf}: the LoRA changed nothing");
-    }
-    if max_abs_diff(&restored, &base)? != 0.0 {
-        bail!("{gguf}: removing the LoRA did not restore the base output bit for bit");
+        bail!("{gguf_name}: the LoRA changed nothing");
     }
     Ok(1)
 }

@@ -13,6 +13,22 @@ use crate::error::{Error, Result};
 use crate::weights::key_map::prefixed;
 use crate::weights::{KeyMap, WeightFiles};
 
+/// diffusers prefix → upstream prefix of the embedders and the final layer, named alike by
+/// Lumina-T2X and Lumina-Image-2.0 (`t_embedder`, `cap_embedder`, `final_layer`).
+pub(crate) const UPSTREAM_EMBEDDERS: [(&str, &str); 5] = [
+    (
+        "time_caption_embed.timestep_embedder.linear_1.",
+        "t_embedder.mlp.0.",
+    ),
+    (
+        "time_caption_embed.timestep_embedder.linear_2.",
+        "t_embedder.mlp.2.",
+    ),
+    ("time_caption_embed.caption_embedder.", "cap_embedder."),
+    ("norm_out.linear_1.", "final_layer.adaLN_modulation.1."),
+    ("norm_out.linear_2.", "final_layer.linear."),
+];
+
 /// Key prefixes under which single-file checkpoints keep the transformer.
 const TRANSFORMER_PREFIXES: [&str; 3] = ["", "model.diffusion_model.", "diffusion_model."];
 

@@ -101,14 +101,7 @@ impl Linear {
         }
         let latent = w.get("weight", &[out_dim, in_dim], init)?;
         let weight = if w.trainable() {
-            // α starts at mean |W| (TerDiT's released code draws it at random; the reference
-            // notes recommend γ of the initial weights). A zero-initialised layer gets 1.
-            let gamma = latent
-                .abs()?
-                .mean_all()?
-                .to_dtype(DType::F32)?
-                .to_scalar::<f32>()?;
-            let start = if gamma > 0.0 { gamma } else { 1.0 };
+            let start = initial_alpha(&latent)?;
             let alpha = w.get(SCALE_KEY, &[1], Init::Constant(start as f64))?;
             Weight::Qat { latent, alpha }
         } else {
@@ -331,6 +324,17 @@ fn load_packed(w: &Weights, in_dim: usize, out_dim: usize) -> Result<TernaryMatr
     };
     let rows = packed.flatten_all()?.to_vec1::<u8>()?;
     TernaryMatrix::from_rows(&rows, out_dim, in_dim, scale, &key)
+}
+
+/// Where a QAT layer's α starts for its latent `W`: mean |W| (TerDiT's released code draws it
+/// at random; the reference notes recommend γ of the initial weights); 1 for a zero matrix.
+pub fn initial_alpha(latent: &Tensor) -> Result<f32> {
+    let gamma = latent
+        .abs()?
+        .mean_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(if gamma > 0.0 { gamma } else { 1.0 })
 }
 
 /// QAT's effective weight `α · ternarize(W)`: the forward value is exactly the ternary matrix,

@@ -17,7 +17,8 @@ pub use context_drop::{ContextDrop, KvPool};
 pub use embedding::{coordinate_features, timestep_features, TimestepEmbedder, TIMESTEP_FEATURES};
 pub use feed_forward::{swiglu_hidden, FeedForward};
 pub use linear::{
-    qat_weight, quantized_path, set_quantized_path, Linear, QuantizedPath, PACKED_KEY, SCALE_KEY,
+    initial_alpha, qat_weight, quantized_path, set_quantized_path, Linear, QuantizedPath,
+    PACKED_KEY, SCALE_KEY,
 };
 pub use modulation::{gated_residual, scale, Modulation, NormOut, RmsNormZero};
 pub use norm::{LayerNorm, RmsNorm};

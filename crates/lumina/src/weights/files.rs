@@ -169,65 +169,27 @@ impl WeightFiles {
         let mut index = BTreeMap::new();
         let mut merged = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
-            if super::gguf::is_gguf(path) {
-                let (file, tensors, metadata) = super::gguf::open(path, i)?;
-                merged.extend(metadata);
-                for (key, location, info) in tensors {
-                    if let Some((_, first)) = index.insert(key.clone(), (location, info)) {
-                        return Err(Error::Gguf {
-                            path: path.clone(),
-                            reason: format!(
-                                "tensor `{key}` is also in {}; pass one variant of the weights",
-                                first.file.display()
-                            ),
-                        });
-                    }
-                }
-                files.push(file);
-                continue;
-            }
-            let mmap = open_mmap(path)?;
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                    path: path.clone(),
-                    reason: truncation(path).unwrap_or_else(|| e.to_string()),
-                })?;
-            if let Some(m) = metadata.metadata() {
-                merged.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-            for (key, st_info) in metadata.tensors() {
-                let dtype = DType::try_from(st_info.dtype).map_err(|_| Error::TensorDtype {
-                    key: key.clone(),
-                    file: path.clone(),
-                    dtype: format!("{:?}", st_info.dtype),
-                })?;
-                let info = TensorInfo {
-                    file: path.clone(),
-                    dtype,
-                    shape: st_info.shape.clone(),
-                    quant: None,
-                };
-                let (start, end) = st_info.data_offsets;
-                let location = Location {
-                    file: i,
-                    start,
-                    end,
-                };
+            let gguf = super::gguf::is_gguf(path);
+            let (file, tensors, metadata) = if gguf {
+                super::gguf::open(path, i)?
+            } else {
+                open_safetensors(path, i)?
+            };
+            merged.extend(metadata);
+            for (key, location, info) in tensors {
                 if let Some((_, first)) = index.insert(key.clone(), (location, info)) {
-                    return Err(Error::Safetensors {
-                        path: path.clone(),
-                        reason: format!(
-                            "tensor `{key}` is also in {}; pass one variant of the weights",
-                            first.file.display()
-                        ),
+                    let reason = format!(
+                        "tensor `{key}` is also in {}; pass one variant of the weights",
+                        first.file.display()
+                    );
+                    let path = path.clone();
+                    return Err(match gguf {
+                        true => Error::Gguf { path, reason },
+                        false => Error::Safetensors { path, reason },
                     });
                 }
             }
-            files.push(MappedFile {
-                path: path.clone(),
-                mmap,
-                data_start: 8 + header_len,
-            });
+            files.push(file);
         }
         Ok(Self {
             files,
@@ -308,6 +270,56 @@ impl WeightFiles {
         let file = &self.files[loc.file];
         super::gguf::qtensor(file, loc, info, key, rows)
     }
+}
+
+/// One opened weight file: the mapping, its tensors (key, bytes, description) and metadata.
+pub(super) type Opened = (
+    MappedFile,
+    Vec<(String, Location, TensorInfo)>,
+    BTreeMap<String, String>,
+);
+
+/// Maps a safetensors file (number `index` of a store) and lists its tensors; the header and
+/// every tensor's byte range are validated by `safetensors::read_metadata`.
+fn open_safetensors(path: &Path, index: usize) -> Result<Opened> {
+    let mmap = open_mmap(path)?;
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason: truncation(path).unwrap_or_else(|| e.to_string()),
+        })?;
+    let merged = metadata
+        .metadata()
+        .iter()
+        .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect();
+    let mut tensors = Vec::new();
+    for (key, st_info) in metadata.tensors() {
+        let dtype = DType::try_from(st_info.dtype).map_err(|_| Error::TensorDtype {
+            key: key.clone(),
+            file: path.to_path_buf(),
+            dtype: format!("{:?}", st_info.dtype),
+        })?;
+        let info = TensorInfo {
+            file: path.to_path_buf(),
+            dtype,
+            shape: st_info.shape.clone(),
+            quant: None,
+        };
+        let (start, end) = st_info.data_offsets;
+        let location = Location {
+            file: index,
+            start,
+            end,
+        };
+        tensors.push((key.clone(), location, info));
+    }
+    let file = MappedFile {
+        path: path.to_path_buf(),
+        mmap,
+        data_start: 8 + header_len,
+    };
+    Ok((file, tensors, merged))
 }
 
 pub(super) fn open_mmap(path: &Path) -> Result<Mmap> {

@@ -5,7 +5,6 @@
 //! every count against the file size); the data stays memory-mapped and each tensor is turned
 //! into a candle [`QTensor`] when a layer asks for it. Format: ggml `docs/gguf.md`.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
@@ -14,7 +13,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
 use candle_core::{DType, Device};
 
-use super::files::{open_mmap, Location, MappedFile, TensorInfo};
+use super::files::{open_mmap, Location, MappedFile, Opened, TensorInfo};
 use crate::error::{Error, Result};
 
 /// Whether `path` starts with the GGUF magic.
@@ -25,12 +24,6 @@ pub fn is_gguf(path: &Path) -> bool {
         .is_ok()
         && &magic == b"GGUF"
 }
-
-type Opened = (
-    MappedFile,
-    Vec<(String, Location, TensorInfo)>,
-    BTreeMap<String, String>,
-);
 
 /// Maps a GGUF file (number `index` of a store) and lists its tensors, each checked to lie
 /// inside the file and, when quantised, to hold whole blocks per row.

@@ -31,6 +31,18 @@ impl Stored {
     }
 }
 
+impl Stored {
+    /// The shape the stored tensor must have for a parameter of `shape`: the whole fused
+    /// tensor's first axis when this is a row range of one.
+    pub fn stored_shape(&self, shape: &[usize]) -> Vec<usize> {
+        let mut stored = shape.to_vec();
+        if let (Some(rows), Some(first)) = (&self.rows, stored.first_mut()) {
+            *first = rows.total;
+        }
+        stored
+    }
+}
+
 impl fmt::Display for Stored {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.rows {

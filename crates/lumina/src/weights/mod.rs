@@ -462,11 +462,7 @@ impl Weights {
     /// The parameter `name` under this prefix, checked against `shape`, in the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let stored = self.locate(name);
-        // the shape of the stored tensor: the whole fused tensor for a row range of it
-        let mut stored_shape = shape.to_vec();
-        if let (Some(rows), Some(first)) = (&stored.rows, stored_shape.first_mut()) {
-            *first = rows.total;
-        }
+        let stored_shape = stored.stored_shape(shape);
         let key = stored.key.clone();
         lock(&self.store.requested).insert(key.clone(), stored_shape.clone());
         let store = &*self.store;
@@ -566,10 +562,7 @@ impl Weights {
                 key: stored.to_string(),
                 files: files.describe(),
             })?;
-        let mut stored_shape = shape.to_vec();
-        if let (Some(rows), Some(first)) = (&stored.rows, stored_shape.first_mut()) {
-            *first = rows.total;
-        }
+        let stored_shape = stored.stored_shape(shape);
         if info.shape != stored_shape {
             return Err(Error::TensorShape {
                 key: stored.to_string(),

@@ -10,25 +10,10 @@ use std::sync::Arc;
 
 use super::Lumina2Config;
 use crate::error::Result;
-use crate::models::layout::Shapes;
+use crate::models::layout::{Shapes, UPSTREAM_EMBEDDERS};
 use crate::nn::swiglu_hidden;
 use crate::weights::key_map::rename;
 use crate::weights::{FusedRows, KeyMap, Stored};
-
-/// diffusers prefix → upstream prefix, outside the blocks.
-const GLOBAL: [(&str, &str); 5] = [
-    (
-        "time_caption_embed.timestep_embedder.linear_1.",
-        "t_embedder.mlp.0.",
-    ),
-    (
-        "time_caption_embed.timestep_embedder.linear_2.",
-        "t_embedder.mlp.2.",
-    ),
-    ("time_caption_embed.caption_embedder.", "cap_embedder."),
-    ("norm_out.linear_1.", "final_layer.adaLN_modulation.1."),
-    ("norm_out.linear_2.", "final_layer.linear."),
-];
 
 /// Inside `{layers,noise_refiner,context_refiner}.{i}.`, first match wins; `ffn_norm1/2` keep
 /// their names. The caption refiner's `norm1` is a plain RMSNorm, the others' `norm1.norm`.
@@ -64,7 +49,8 @@ pub fn key_map(cfg: &Lumina2Config) -> Arc<dyn KeyMap> {
 
 impl KeyMap for Original {
     fn locate(&self, key: &str) -> Stored {
-        if let Some(renamed) = rename(key, &GLOBAL) {
+        // outside the blocks (`x_embedder` keeps its name)
+        if let Some(renamed) = rename(key, &UPSTREAM_EMBEDDERS) {
             return Stored::whole(renamed);
         }
         for group in BLOCK_GROUPS {

@@ -11,26 +11,14 @@ use std::sync::Arc;
 
 use super::NextDitConfig;
 use crate::error::Result;
-use crate::models::layout::Shapes;
+use crate::models::layout::{Shapes, UPSTREAM_EMBEDDERS};
 use crate::nn::swiglu_hidden;
 use crate::weights::key_map::rename;
 use crate::weights::{KeyMap, Renamed, WeightFiles};
 
-/// diffusers prefix → upstream prefix, outside the blocks.
-const GLOBAL: [(&str, &str); 6] = [
-    ("patch_embedder.proj.", "x_embedder."),
-    (
-        "time_caption_embed.timestep_embedder.linear_1.",
-        "t_embedder.mlp.0.",
-    ),
-    (
-        "time_caption_embed.timestep_embedder.linear_2.",
-        "t_embedder.mlp.2.",
-    ),
-    ("time_caption_embed.caption_embedder.", "cap_embedder."),
-    ("norm_out.linear_1.", "final_layer.adaLN_modulation.1."),
-    ("norm_out.linear_2.", "final_layer.linear."),
-];
+/// diffusers prefix → upstream prefix, outside the blocks: the patch embedder, then the
+/// embedders and final layer both families name alike.
+const PATCH_EMBEDDER: [(&str, &str); 1] = [("patch_embedder.proj.", "x_embedder.")];
 
 /// Inside `layers.{i}.`; `ffn_norm1/2` keep their names.
 const BLOCK: [(&str, &str); 19] = [
@@ -57,7 +45,8 @@ const BLOCK: [(&str, &str); 19] = [
 
 /// The upstream key under which a diffusers-named Next-DiT parameter is stored.
 pub fn original_key(key: &str) -> String {
-    if let Some(renamed) = rename(key, &GLOBAL) {
+    if let Some(renamed) = rename(key, &PATCH_EMBEDDER).or_else(|| rename(key, &UPSTREAM_EMBEDDERS))
+    {
         return renamed;
     }
     if let Some(rest) = key.strip_prefix("layers.") {
