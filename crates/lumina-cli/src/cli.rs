@@ -104,6 +104,75 @@ pub enum Command {
     /// every step, record how much the first block's input and the block stack's output move
     /// between evaluations, and least-squares fit output change ≈ P(input change).
     CacheFit(CacheFitArgs),
+    /// Serve a model over HTTP: OpenAI's images API, the AUTOMATIC1111 API, jobs with
+    /// progress events, and a web page at `/`.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A pipeline folder, a repo id in the HF cache, or a built-in model (default `shapes`).
+    #[arg(short, long)]
+    pub model: Option<String>,
+
+    /// Replace the folder's transformer by this checkpoint (any layout `generate` takes).
+    #[arg(long)]
+    pub transformer: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub lora: LoraArgs,
+
+    /// Check every weight for NaN/Inf at load (small components always are).
+    #[arg(long)]
+    pub check_weights: bool,
+
+    /// Compute dtype of the text encoder and the transformer.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+
+    /// Address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+
+    /// Jobs that may wait; one more is refused with 429 and `Retry-After`.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+
+    /// Jobs run at once (each already uses every core).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+
+    /// Most images one request may ask for (`n`, `batch_size` × `n_iter`).
+    #[arg(long, default_value_t = 4)]
+    pub max_images: usize,
+
+    /// Longest image side accepted, pixels (memory is checked too).
+    #[arg(long, default_value_t = 2048)]
+    pub max_side: usize,
+
+    /// Most solver steps a request may ask for.
+    #[arg(long, default_value_t = 200)]
+    pub max_steps: usize,
+
+    /// Longest prompt in tokens; longer prompts are refused, not cut.
+    #[arg(long, default_value_t = 256)]
+    pub max_sequence_length: usize,
+
+    /// Largest request body, KiB.
+    #[arg(long, default_value_t = 64)]
+    pub body_limit_kib: usize,
+
+    /// Longest a request may take, seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+
+    /// At SIGINT/SIGTERM, seconds running jobs get to finish before they are cancelled.
+    #[arg(long, default_value_t = 10)]
+    pub grace: u64,
 }
 
 #[derive(Debug, Args)]

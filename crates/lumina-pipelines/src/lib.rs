@@ -9,6 +9,7 @@ pub mod input;
 pub mod inspect;
 pub mod memory;
 pub mod output;
+pub mod parameters;
 pub mod pipeline;
 pub mod pixel_model;
 pub mod scheduler;

@@ -30,9 +30,20 @@ pub fn save_png(path: &Path, image: &Tensor, parameters: &str) -> Result<()> {
         path: path.to_path_buf(),
         reason,
     };
+    let bytes = encode_png(image, parameters)?;
+    std::fs::write(path, bytes).map_err(|e| fail(e.to_string()))
+}
+
+/// `image` (H, W, 3) in [0, 1] as the bytes of an 8-bit RGB PNG with `parameters` as a tEXt
+/// chunk (what `save_png` writes; the server sends it as base64).
+pub fn encode_png(image: &Tensor, parameters: &str) -> Result<Vec<u8>> {
+    let fail = |reason: String| Error::Output {
+        path: PathBuf::from("<PNG in memory>"),
+        reason,
+    };
     let (w, h, data) = to_rgb8(image)?;
-    let file = std::fs::File::create(path).map_err(|e| fail(e.to_string()))?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), w, h);
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(BufWriter::new(&mut bytes), w, h);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     encoder
@@ -42,7 +53,8 @@ pub fn save_png(path: &Path, image: &Tensor, parameters: &str) -> Result<()> {
     writer
         .write_image_data(&data)
         .map_err(|e| fail(e.to_string()))?;
-    writer.finish().map_err(|e| fail(e.to_string()))
+    writer.finish().map_err(|e| fail(e.to_string()))?;
+    Ok(bytes)
 }
 
 /// tEXt is Latin-1: characters outside it become '?' (an iTXt chunk would keep them, but

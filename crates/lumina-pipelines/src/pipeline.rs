@@ -16,8 +16,8 @@ use lumina::models::{CacheRule, CacheStats, StepCache, Transformer, TransformerC
 use lumina::nn::lora::{Adapters, LoraMode};
 use lumina::nn::ContextDrop;
 use lumina::sample::{
-    noise, sample_with, shift_time, FiniteState, Guidance, ProjectedFlow, Renorm, RopeSchedule,
-    Schedule, Solver, StepDone, Truncation,
+    noise, sample_with, shift_time, FiniteState, Guidance, HookRef, ProjectedFlow, Renorm,
+    RopeSchedule, Schedule, Solver, StepDone, StepHook, Truncation,
 };
 use lumina::weights::{WeightFiles, Weights};
 use lumina::{Caption, Denoiser, TextTiles};
@@ -307,6 +307,23 @@ pub fn pipeline_family(dir: &Path) -> Result<Family> {
         })
 }
 
+/// An error naming the words of `prompt` outside a word-level model's vocabulary: such a word
+/// would be drawn as noise.
+fn known_words(tokenizer: &WordTokenizer, prompt: &str) -> Result<()> {
+    let unknown = tokenizer.unknown_words(prompt);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::request(
+        "prompt words",
+        format!(
+            "words of the model's vocabulary: {}",
+            tokenizer.vocabulary().join(" ")
+        ),
+        format!("{:?} in {:?}", unknown.join(" "), excerpt(prompt)),
+    ))
+}
+
 /// A prompt for a message: whole up to 80 characters, else its start and its length.
 fn excerpt(prompt: &str) -> String {
     let n = prompt.chars().count();
@@ -548,6 +565,23 @@ impl Pipeline {
             .clone()
     }
 
+    /// The LoRAs applied now as `file:scale, …` (file names only), or `None`.
+    pub fn describe_loras(&self) -> Option<String> {
+        let parts: Vec<String> = self
+            .loras()
+            .iter()
+            .map(|(f, scale)| {
+                let path = f.path();
+                let name = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                format!("{name}:{scale}")
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
     pub fn transformer(&self) -> &Transformer {
         &self.transformer
     }
@@ -651,7 +685,7 @@ impl Pipeline {
 
     /// Refuses a request whose estimated peak memory exceeds what the machine has available,
     /// before anything is allocated.
-    fn check_memory(&self, r: &Request) -> Result<()> {
+    pub fn check_memory(&self, r: &Request) -> Result<()> {
         let Some(available) = crate::memory::available_bytes() else {
             return Ok(());
         };
@@ -717,6 +751,29 @@ impl Pipeline {
         transformer + state + vae
     }
 
+    /// What of `prompt` its text encoder would not read with `max_sequence_length` tokens
+    /// ("" when all of it): tokenization only, so a server can refuse a prompt before queueing
+    /// it. Words outside a word-level model's vocabulary are an error, as in [`Self::encode`].
+    /// For Lumina-Image-2.0 the count is of the prompt alone; a system prompt comes on top.
+    pub fn prompt_overflow(&self, prompt: &str, max_sequence_length: usize) -> Result<String> {
+        let one = [prompt.to_string()];
+        let dropped = match &self.conditioner {
+            Conditioner::Words { tokenizer, .. } => {
+                known_words(tokenizer, prompt)?;
+                tokenizer.encode(&one, &self.device)?.2
+            }
+            Conditioner::Gemma { tokenizer, .. } => {
+                let padding = Padding::Longest { multiple_of: 8 };
+                let side = tokenizer.default_side();
+                let max = max_sequence_length;
+                tokenizer
+                    .encode(&one, padding, side, max, &self.device)?
+                    .truncated
+            }
+        };
+        Ok(dropped.into_iter().next().unwrap_or_default())
+    }
+
     /// Conditional (and, with guidance, unconditional) caption features, one row per prompt.
     pub fn encode(&self, r: &Request) -> Result<(Caption, Option<Caption>, Vec<String>)> {
         let guided = r.guidance_scale > 1.0;
@@ -730,17 +787,7 @@ impl Pipeline {
                 // a word-level model knows only its vocabulary: an unknown word would be
                 // drawn as noise, so it is an error
                 for prompt in r.prompts.iter().chain(&negatives) {
-                    let unknown = tokenizer.unknown_words(prompt);
-                    if !unknown.is_empty() {
-                        return Err(Error::request(
-                            "prompt words",
-                            format!(
-                                "words of the model's vocabulary: {}",
-                                tokenizer.vocabulary().join(" ")
-                            ),
-                            format!("{:?} in {:?}", unknown.join(" "), excerpt(prompt)),
-                        ));
-                    }
+                    known_words(tokenizer, prompt)?;
                 }
                 let (ids, mask, truncated) = tokenizer.encode(&r.prompts, &self.device)?;
                 let cond = Tokens {
@@ -995,7 +1042,13 @@ impl Pipeline {
 
     /// Runs a whole call; `on_step` sees every finished solver step (of I-Max's native pass
     /// too, which comes first).
-    pub fn generate(&self, r: &Request, mut on_step: impl FnMut(StepDone)) -> Result<Output> {
+    pub fn generate(&self, r: &Request, on_step: impl FnMut(StepDone)) -> Result<Output> {
+        self.generate_with(r, on_step)
+    }
+
+    /// [`Pipeline::generate`] with a hook that sees every finished step and may stop the call
+    /// with an error between two steps (a server's cancelled job: `lumina::Error::Cancelled`).
+    pub fn generate_with(&self, r: &Request, mut on_step: impl StepHook) -> Result<Output> {
         self.validate(r)?;
         let plan = self.extrapolation(r)?;
         let (cond, uncond, truncated) = self.encode(r)?;
@@ -1130,7 +1183,7 @@ impl Pipeline {
         &self,
         r: &Request,
         plan: Option<&Extrapolation>,
-        on_step: &mut impl FnMut(StepDone),
+        on_step: &mut dyn StepHook,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let b = r.batch();
         let to_latents = |images: &Tensor| -> Result<Tensor> {
@@ -1168,9 +1221,8 @@ impl Pipeline {
             },
             ..r.clone()
         };
-        // through `dyn`: a generic callback would instantiate `generate` without end
-        let progress: &mut dyn FnMut(StepDone) = on_step;
-        let first = self.generate(&native, progress)?;
+        // through `dyn`: a generic hook would instantiate `generate` without end
+        let first = self.generate_with(&native, HookRef(on_step))?;
         Ok((Some(to_latents(&first.images)?), None))
     }
 

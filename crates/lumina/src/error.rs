@@ -75,6 +75,10 @@ pub enum Error {
     #[error("{what} holds NaN or infinite values{hint}")]
     NonFinite { what: String, hint: String },
 
+    /// A solve stopped by its caller between two steps (a server's cancelled job).
+    #[error("cancelled after solver step {step} of {steps}")]
+    Cancelled { step: usize, steps: usize },
+
     // === Call arguments ===
     #[error("{what}: expected {expected}, got {got}")]
     Input {

@@ -8,9 +8,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use lumina_pipelines::input::load_png;
 use lumina_pipelines::output::{numbered, save_png};
+use lumina_pipelines::parameters::{parameters, Provenance};
 use lumina_pipelines::pipeline::size_multiple;
 use lumina_pipelines::pipeline::{CheckWeights, InitImage};
-use lumina_pipelines::{Family, Latents, Pipeline, Request};
+use lumina_pipelines::{Latents, Pipeline, Request};
 
 use crate::cli::GenerateArgs;
 use crate::commands::model_dir;
@@ -57,17 +58,22 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
 
+    let mut extra = Vec::new();
+    if let Some(plan) = &plan {
+        extra.push(format!("Extrapolation: {plan}"));
+    }
+    if let (Some(init), Some(path)) = (&request.init_image, &args.init_image) {
+        extra.push(format!("Init image: {}", path.display()));
+        extra.push(format!("Denoising strength: {}", init.strength));
+    }
+    let provenance = Provenance {
+        model: model_name,
+        dtype,
+        extra,
+    };
     for i in 0..args.num_images {
         let path = numbered(&args.output, i, args.num_images);
-        let mut params = parameters(
-            args,
-            &request,
-            &pipeline,
-            model_name,
-            seed + i as u64,
-            dtype,
-            plan.as_deref(),
-        );
+        let mut params = parameters(&pipeline, &request, seed, i, &provenance);
         // what the text encoder never saw is part of how the image was made
         if let Some(dropped) = out.truncated.first().filter(|d| !d.is_empty()) {
             params.push_str(&format!(", Prompt truncated: {dropped:?}"));
@@ -171,73 +177,4 @@ fn progress(quiet: bool, steps: usize) -> ProgressBar {
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
-}
-
-/// The A1111-style `parameters` text other image tools read back.
-fn parameters(
-    args: &GenerateArgs,
-    r: &Request,
-    pipeline: &Pipeline,
-    model: &str,
-    seed: u64,
-    dtype: DType,
-    extrapolation: Option<&str>,
-) -> String {
-    let mut fields = vec![
-        format!("Steps: {}", r.steps),
-        format!("Sampler: {}", r.solver),
-        format!("CFG scale: {}", r.guidance_scale),
-        format!("Seed: {seed}"),
-        format!("Size: {}x{}", r.width, r.height),
-        format!("Model: {model}"),
-        format!(
-            "Schedule: {}",
-            r.schedule.map_or("scheduler".into(), |s| s.to_string())
-        ),
-        format!("CFG truncation: {}", r.cfg_trunc_ratio),
-        format!(
-            "CFG renorm: {}",
-            r.cfg_renorm
-                .map_or("pipeline default".into(), |n| n.to_string())
-        ),
-        format!("Dtype: {}", format!("{dtype:?}").to_lowercase()),
-        format!("RNG: lumina StdRng(seed)"),
-    ];
-    if let Some(loras) = super::lora::describe(pipeline) {
-        fields.push(format!("LoRA: {loras}"));
-    }
-    if let Some(c) = pipeline.context_drop(r) {
-        fields.push(format!("Context drop: {c}"));
-    }
-    if let Some(t) = pipeline.cache_threshold(r) {
-        fields.push(format!("Step cache: {t}"));
-    }
-    match pipeline.family {
-        Family::LuminaNext => {
-            fields.push("Pipeline: Lumina-Next".into());
-            fields.push(format!(
-                "Proportional attention: {}",
-                if r.proportional_attn { "on" } else { "off" }
-            ));
-            fields.push(format!("Scaling watershed: {}", r.scaling_watershed));
-        }
-        Family::Lumina2 => {
-            fields.push("Pipeline: Lumina-Image-2.0".into());
-        }
-        Family::Pixel => fields.push("Pipeline: Lumina pixel-space".into()),
-    }
-    if let Some(plan) = extrapolation {
-        fields.push(format!("Extrapolation: {plan}"));
-    }
-    if let (Some(init), Some(path)) = (&r.init_image, &args.init_image) {
-        fields.push(format!("Init image: {}", path.display()));
-        fields.push(format!("Denoising strength: {}", init.strength));
-    }
-    fields.push(format!("Version: lumina {}", env!("CARGO_PKG_VERSION")));
-    format!(
-        "{}\nNegative prompt: {}\n{}",
-        args.prompt,
-        args.negative_prompt,
-        fields.join(", ")
-    )
 }

@@ -1,6 +1,6 @@
 //! `--lora FILE[:SCALE]`: reading the LoRA files a command applies.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -45,25 +45,6 @@ pub fn apply(args: &LoraArgs, pipeline: &Pipeline) -> Result<()> {
     }
     pipeline.set_loras(read(args)?, args.lora_mode.into())?;
     Ok(())
-}
-
-/// `name:scale, …` of the applied LoRAs, for the image metadata.
-pub fn describe(pipeline: &Pipeline) -> Option<String> {
-    let loras = pipeline.loras();
-    if loras.is_empty() {
-        return None;
-    }
-    let name = |p: &Path| {
-        p.file_name().map_or_else(
-            || p.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        )
-    };
-    let parts: Vec<String> = loras
-        .iter()
-        .map(|(f, s)| format!("{}:{s}", name(f.path())))
-        .collect();
-    Some(parts.join(", "))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod lora;
 pub mod quantize;
 pub mod sampling;
+pub mod serve;
 pub mod train;
 
 use std::path::{Path, PathBuf};

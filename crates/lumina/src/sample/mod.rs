@@ -23,4 +23,4 @@ pub use schedule::{
     check_grid, grid_from_sigmas, shift_time, sigmoid_time, DynamicShift, Schedule,
     LUMINA_NEXT_SIGMOID,
 };
-pub use solver::{sample, sample_with, FiniteState, Solver, StepDone, StepHook};
+pub use solver::{sample, sample_with, FiniteState, HookRef, Solver, StepDone, StepHook};

@@ -186,6 +186,20 @@ impl<F: FnMut(StepDone)> StepHook for F {
     }
 }
 
+/// A hook behind a `&mut dyn`: a solve that starts another (I-Max's native pass) hands its
+/// hook on through this, so the nested call does not instantiate a new hook type.
+pub struct HookRef<'a>(pub &'a mut dyn StepHook);
+
+impl StepHook for HookRef<'_> {
+    fn velocity(&self, x: &Tensor, v: Tensor, at: TimePoint) -> Result<Tensor> {
+        self.0.velocity(x, v, at)
+    }
+
+    fn after_step(&mut self, x: Tensor, done: StepDone) -> Result<Tensor> {
+        self.0.after_step(x, done)
+    }
+}
+
 /// Stops a solve whose state turned NaN or infinite, naming the step: a model that produces
 /// non-finite velocities (broken or overflowing weights) gives an error, never an image.
 pub struct FiniteState;
