@@ -1,6 +1,6 @@
 //! Fuzz targets for every loader that reads a user's file: safetensors files and sharded
 //! indexes, GGUF, config.json and the other JSON configs of a model folder, LoRA files (read
-//! and mapped onto a model's layers) and PNG/APNG input. Each target takes arbitrary bytes,
+//! and mapped onto a model's layers), PNG/APNG input and `lumina serve`'s request bodies. Each target takes arbitrary bytes,
 //! puts them where its loader looks, and must answer with `Ok` or an error — a panic is the
 //! bug. Two drivers run the same targets over the corpus in `fuzz/corpus/<target>/`:
 //! `tests/bounded.rs` (seeded mutations, a few seconds per target in `cargo test`) and

@@ -51,6 +51,11 @@ pub static TARGETS: &[Target] = &[
         file_name: "input.png",
         run: png_input,
     },
+    Target {
+        name: "server_request",
+        file_name: "body.json",
+        run: server_request,
+    },
 ];
 
 /// Every tensor of the file loaded (GGUF blocks expanded), then the file as a transformer in
@@ -162,6 +167,35 @@ fn png_input(path: &Path) -> Outcome {
     lumina_pipelines::input::load_png(path, &Device::Cpu)
         .map(drop)
         .map_err(text)
+}
+
+thread_local! {
+    static SERVER: RefCell<Option<lumina_serve::App>> = const { RefCell::new(None) };
+}
+
+/// The bytes as the body of `POST /v1/images/generations` and of `POST /sdapi/v1/txt2img`,
+/// parsed and checked against the built-in `shapes` model as the server does before queueing;
+/// accepted when either endpoint accepts it.
+fn server_request(path: &Path) -> Outcome {
+    let bytes = std::fs::read(path).map_err(text)?;
+    SERVER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let app = slot.get_or_insert_with(server_app);
+        let openai = lumina_serve::api::openai_spec(app, &bytes);
+        let a1111 = lumina_serve::api::a1111_spec(app, &bytes);
+        match (openai, a1111) {
+            (Ok(_), _) | (_, Ok(_)) => Ok(()),
+            (Err(a), Err(b)) => Err(format!("{}; {}", a.message, b.message)),
+        }
+    })
+}
+
+fn server_app() -> lumina_serve::App {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes");
+    let pipeline = lumina_pipelines::Pipeline::load(&dir, DType::F32, &Device::Cpu)
+        .expect("fuzz harness: the built-in shapes model does not load");
+    let limits = lumina_serve::Limits::default();
+    lumina_serve::App::new(pipeline, "shapes".into(), DType::F32, 4, limits)
 }
 
 /// What a target answers: `Err` with the loader's message.

@@ -399,7 +399,12 @@ async fn fifty_concurrent_requests_against_a_queue_of_eight() -> Result<()> {
 }
 
 /// ((path, body), expected status, expected field, what the message says).
-type BadInput = ((&'static str, String), u16, Option<&'static str>, &'static str);
+type BadInput = (
+    (&'static str, String),
+    u16,
+    Option<&'static str>,
+    &'static str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_4xx_json_naming_the_field() -> Result<()> {

@@ -17,7 +17,7 @@ use super::jobs::run_sync;
 use super::{body, ApiError};
 use crate::app::App;
 use crate::queue::JobState;
-use crate::spec::{Draft, Size};
+use crate::spec::{Draft, Size, Spec};
 
 #[derive(Deserialize)]
 pub struct Body {
@@ -37,31 +37,7 @@ pub async fn txt2img(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let body: Body = body::parse(body)?;
-    // A1111 makes n_iter batches of batch_size; here they are one call of their product
-    let batch = match (body.batch_size, body.n_iter) {
-        (None, None) => None,
-        (b, i) => {
-            let i = match i {
-                Some(i) if i < 1 => {
-                    return Err(ApiError::bad("n_iter", format!("{i}: must be at least 1")))
-                }
-                i => i.unwrap_or(1),
-            };
-            Some(b.unwrap_or(1).saturating_mul(i))
-        }
-    };
-    let spec = Draft {
-        prompt: ("prompt", body.prompt),
-        negative_prompt: ("negative_prompt", body.negative_prompt),
-        n: ("batch_size", batch),
-        size: Size::Sides(body.width, body.height),
-        seed: ("seed", body.seed),
-        steps: ("steps", body.steps),
-        guidance: ("cfg_scale", body.cfg_scale),
-        solver: ("sampler_name", body.sampler_name),
-    }
-    .check(&app.pipeline, &app.limits)?;
+    let spec = spec(&app, body::parse(body)?)?;
     let request = spec.request(&app.pipeline);
     let (job, images) = run_sync(&app, spec.clone()).await?;
     let b64 = |png: &[u8]| base64::engine::general_purpose::STANDARD.encode(png);
@@ -99,6 +75,34 @@ pub async fn txt2img(
         "parameters": parameters,
         "info": info.to_string(),
     })))
+}
+
+/// The body checked against the model.
+pub fn spec(app: &App, body: Body) -> Result<Spec, ApiError> {
+    // A1111 makes n_iter batches of batch_size; here they are one call of their product
+    let batch = match (body.batch_size, body.n_iter) {
+        (None, None) => None,
+        (b, i) => {
+            let i = match i {
+                Some(i) if i < 1 => {
+                    return Err(ApiError::bad("n_iter", format!("{i}: must be at least 1")))
+                }
+                i => i.unwrap_or(1),
+            };
+            Some(b.unwrap_or(1).saturating_mul(i))
+        }
+    };
+    Draft {
+        prompt: ("prompt", body.prompt),
+        negative_prompt: ("negative_prompt", body.negative_prompt),
+        n: ("batch_size", batch),
+        size: Size::Sides(body.width, body.height),
+        seed: ("seed", body.seed),
+        steps: ("steps", body.steps),
+        guidance: ("cfg_scale", body.cfg_scale),
+        solver: ("sampler_name", body.sampler_name),
+    }
+    .check(&app.pipeline, &app.limits)
 }
 
 /// The running job's progress, A1111's shape: `progress` in [0, 1], `eta_relative` in

@@ -21,6 +21,23 @@ use crate::app::App;
 pub use error::ApiError;
 pub use jobs::{run_sync, CancelOnDrop};
 
+/// What `POST /v1/images/generations` (and `/v1/jobs`) makes of a body: the checked settings
+/// or the 4xx it answers (a fuzz target: crates/lumina-fuzz).
+pub fn openai_spec(app: &App, bytes: &[u8]) -> Result<crate::spec::Spec, ApiError> {
+    openai::spec(
+        app,
+        body::parse(Ok(axum::body::Bytes::copy_from_slice(bytes)))?,
+    )
+}
+
+/// What `POST /sdapi/v1/txt2img` makes of a body, as [`openai_spec`].
+pub fn a1111_spec(app: &App, bytes: &[u8]) -> Result<crate::spec::Spec, ApiError> {
+    a1111::spec(
+        app,
+        body::parse(Ok(axum::body::Bytes::copy_from_slice(bytes)))?,
+    )
+}
+
 /// Every route; bodies over `body_limit` bytes are refused with a 413.
 pub fn router(app: Arc<App>, body_limit: usize, timeout: Duration) -> Router {
     Router::new()
