@@ -166,9 +166,9 @@ fn inspect_without_a_folder_shows_the_built_in_model_complete() {
 /// (portable kernels) may flip an image or two, hence the margin. Raise it with the model.
 const ACCURACY_FLOOR: f64 = 0.85;
 
-/// The ternary model's floor: it measured 0.47 (README: within 0.05 of the full-precision
-/// model of its own recipe, 0.505).
-const TERNARY_ACCURACY_FLOOR: f64 = 0.3;
+/// The ternary model's floor: it measured 0.969 on this test's 64 images and 0.947 over the
+/// README's 1000 (0.032 under the full-precision model); the margin is the full model's.
+const TERNARY_ACCURACY_FLOOR: f64 = 0.85;
 
 /// Floor of the judge at 64 × 64 with the default extrapolation (see the README's study).
 const EXTRAPOLATED_FLOOR: f64 = 0.8;
@@ -340,6 +340,38 @@ fn generate_beyond_the_training_size_says_how() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A size past the machine's memory is refused before anything is allocated (the kernel
+/// killed this request once), with the estimate, the limit and the largest size that fits.
+#[test]
+fn a_size_past_memory_is_refused_with_the_estimate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("never.png");
+    let o = lumina(
+        tmp.path(),
+        &[
+            "generate",
+            "-p",
+            "a red circle",
+            "-W",
+            "100000",
+            "-H",
+            "100000",
+            "-o",
+            out.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("100000x100000")
+            && err.contains("estimated peak")
+            && err.contains("GiB of memory available")
+            && err.contains("largest square"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no image is written");
 }
 
 /// img2img at the image's size, upscaling to a larger one, and the input errors.
