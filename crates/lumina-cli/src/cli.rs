@@ -111,24 +111,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A pipeline folder, a repo id in the HF cache, or a built-in model (default `shapes`).
-    #[arg(short, long)]
-    pub model: Option<String>,
-
-    /// Replace the folder's transformer by this checkpoint (any layout `generate` takes).
-    #[arg(long)]
-    pub transformer: Option<PathBuf>,
-
     #[command(flatten)]
-    pub lora: LoraArgs,
-
-    /// Check every weight for NaN/Inf at load (small components always are).
-    #[arg(long)]
-    pub check_weights: bool,
-
-    /// Compute dtype of the text encoder and the transformer.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    pub load: ModelArgs,
 
     /// Address to listen on (127.0.0.1: this machine only).
     #[arg(long, default_value = "127.0.0.1")]
@@ -416,8 +400,9 @@ impl From<SolverArg> for lumina::sample::Solver {
     }
 }
 
+/// The model a command loads and how: shared by `generate` and `serve`.
 #[derive(Debug, Args)]
-pub struct GenerateArgs {
+pub struct ModelArgs {
     /// A diffusers pipeline folder, or a Hugging Face repo id (org/name[@revision]) already in
     /// the local cache (nothing is downloaded), or a built-in model: `shapes` (the default) or
     /// `shapes-ternary` (trained with ternary QAT, 2-bit weights).
@@ -438,6 +423,17 @@ pub struct GenerateArgs {
     /// always are; this adds the large ones, a few seconds for a 2B model).
     #[arg(long)]
     pub check_weights: bool,
+
+    /// Compute dtype of the text encoder and the transformer (weights stay in their stored
+    /// dtype unless this is narrower).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub load: ModelArgs,
 
     /// What to draw.
     #[arg(short, long)]
@@ -481,11 +477,6 @@ pub struct GenerateArgs {
     /// Output PNG; with several images out-0.png … out-{K-1}.png.
     #[arg(short, long, default_value = "output.png")]
     pub output: PathBuf,
-
-    /// Compute dtype of the text encoder and the transformer (weights stay in their stored
-    /// dtype unless this is narrower).
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,

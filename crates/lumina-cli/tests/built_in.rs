@@ -1,6 +1,10 @@
 //! The built-in models: `generate`, `inspect` and `eval` with no `--model` (the `shapes`
 //! model) and with `--model shapes-ternary`, and their quality by the spec's judge.
 
+mod common;
+
+use common::read_png;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -14,25 +18,6 @@ fn lumina(cache: &Path, args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// (width, height, RGB bytes, `parameters` text).
-fn read_png(path: &Path) -> (u32, u32, Vec<u8>, String) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(path).expect("png exists"),
-    ));
-    let mut reader = decoder.read_info().expect("png header");
-    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
-    let frame = reader.next_frame(&mut buf).expect("png frame");
-    let text = reader
-        .info()
-        .uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-        .map(|t| t.text.clone())
-        .unwrap_or_default();
-    buf.truncate(frame.buffer_size());
-    (frame.width, frame.height, buf, text)
 }
 
 /// `lumina generate --prompt "a red circle above a blue square"` plus `extra` into `out`, which

@@ -1,5 +1,9 @@
 //! The `lumina` binary end to end, on the shared fixtures.
 
+mod common;
+
+use common::read_png;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -206,25 +210,6 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn next_pipeline() -> PathBuf {
     fixtures().join("pipeline_next/two_prompts/pipeline")
-}
-
-/// RGB bytes and the `parameters` text of a PNG.
-fn read_png(path: &Path) -> (u32, u32, Vec<u8>, String) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(path).expect("png exists"),
-    ));
-    let mut reader = decoder.read_info().expect("a png");
-    let text = reader
-        .info()
-        .uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-        .map(|t| t.text.clone())
-        .unwrap_or_default();
-    let (w, h) = (reader.info().width, reader.info().height);
-    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-    reader.next_frame(&mut buf).expect("pixels");
-    (w, h, buf, text)
 }
 
 fn generate(model: &Path, out: &Path, extra: &[&str]) -> Output {

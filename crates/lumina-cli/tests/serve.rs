@@ -1,32 +1,17 @@
 //! `lumina serve` as a user runs it: the built-in model on a free port, an OpenAI call whose
-//! image equals `lumina generate`'s for the same seed pixel for pixel (and says the same in its
-//! `parameters`, but for nothing), then SIGTERM, after which the server says what it stopped.
+//! image equals `lumina generate`'s for the same seed, pixel for pixel and with the same
+//! `parameters` text, then SIGTERM, after which the server says what it stopped.
+
+mod common;
+
+use common::{decode_png, read_png};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
-
-/// (width, height, RGB bytes, `parameters` text) of PNG bytes.
-fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>, String) {
-    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-        .read_info()
-        .expect("png header");
-    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
-    let frame = reader.next_frame(&mut buf).expect("png frame");
-    let text = reader
-        .info()
-        .uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-        .map(|t| t.text.clone())
-        .unwrap_or_default();
-    buf.truncate(frame.buffer_size());
-    (frame.width, frame.height, buf, text)
-}
 
 /// One HTTP/1.1 POST with `Connection: close`: (status, body).
 fn post(address: &str, path: &str, body: &str) -> (u16, String) {
@@ -100,7 +85,7 @@ fn serve_answers_like_generate_and_stops_on_sigterm() {
         .output()
         .expect("generate runs");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let generated = decode_png(&std::fs::read(Path::new(&out)).expect("png"));
+    let generated = read_png(&out);
     assert_eq!((served.0, served.1), (generated.0, generated.1));
     assert!(
         served.2 == generated.2,

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, IndexOp};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -10,31 +10,19 @@ use lumina_pipelines::input::load_png;
 use lumina_pipelines::output::{numbered, save_png};
 use lumina_pipelines::parameters::{parameters, Provenance};
 use lumina_pipelines::pipeline::size_multiple;
-use lumina_pipelines::pipeline::{CheckWeights, InitImage};
+use lumina_pipelines::pipeline::InitImage;
 use lumina_pipelines::{Latents, Pipeline, Request};
 
 use crate::cli::GenerateArgs;
-use crate::commands::model_dir;
+use crate::commands::{load_pipeline, model_dir};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let model = model_dir(args.model.as_deref())?;
-    let (dir, model_name) = (model.dir, model.name.as_str());
-    check_args(args, &dir)?;
-    let dtype = DType::from(args.dtype);
+    let model = model_dir(args.load.model.as_deref())?;
+    let (dir, model_name) = (&model.dir, model.name.as_str());
+    check_args(args, dir)?;
+    let dtype = DType::from(args.load.dtype);
     let loaded = Instant::now();
-    let check = match args.check_weights {
-        true => CheckWeights::All,
-        false => CheckWeights::Small,
-    };
-    let pipeline = Pipeline::load_checked(
-        &dir,
-        args.transformer.as_deref(),
-        dtype,
-        &Device::Cpu,
-        check,
-    )
-    .with_context(|| format!("loading {}", dir.display()))?;
-    super::lora::apply(&args.lora, &pipeline)?;
+    let pipeline = load_pipeline(&args.load, &model)?;
     tracing::info!(seconds = loaded.elapsed().as_secs_f64(), "pipeline loaded");
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut request = request(args, &pipeline, seed)?;

@@ -15,8 +15,10 @@ pub mod train;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use lumina_pipelines::hub::resolve_model;
+use lumina_pipelines::pipeline::CheckWeights;
+use lumina_pipelines::Pipeline;
 
 use crate::default_model::BuiltIn;
 
@@ -46,4 +48,24 @@ pub fn model_dir(model: Option<&str>) -> Result<ModelChoice> {
             name: spec.to_string(),
         }),
     }
+}
+
+/// The pipeline `args` name, from the folder `model` resolved to: in `args.dtype`, its
+/// transformer replaced by `--transformer`, its weights checked as `--check-weights` says, the
+/// `--lora` files applied.
+pub fn load_pipeline(args: &crate::cli::ModelArgs, model: &ModelChoice) -> Result<Pipeline> {
+    let check = match args.check_weights {
+        true => CheckWeights::All,
+        false => CheckWeights::Small,
+    };
+    let pipeline = Pipeline::load_checked(
+        &model.dir,
+        args.transformer.as_deref(),
+        candle_core::DType::from(args.dtype),
+        &candle_core::Device::Cpu,
+        check,
+    )
+    .with_context(|| format!("loading {}", model.dir.display()))?;
+    lora::apply(&args.lora, &pipeline)?;
+    Ok(pipeline)
 }

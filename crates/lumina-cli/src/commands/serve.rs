@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
-use lumina_pipelines::pipeline::CheckWeights;
-use lumina_pipelines::Pipeline;
+use candle_core::DType;
 use lumina_serve::{App, Limits, ServeOptions};
 
 use crate::cli::ServeArgs;
-use crate::commands::model_dir;
+use crate::commands::{load_pipeline, model_dir};
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     if args.queue == 0 {
@@ -20,21 +18,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if args.workers == 0 {
         anyhow::bail!("--workers must be at least 1");
     }
-    let model = model_dir(args.model.as_deref())?;
-    let dtype = DType::from(args.dtype);
-    let check = match args.check_weights {
-        true => CheckWeights::All,
-        false => CheckWeights::Small,
-    };
-    let pipeline = Pipeline::load_checked(
-        &model.dir,
-        args.transformer.as_deref(),
-        dtype,
-        &Device::Cpu,
-        check,
-    )
-    .with_context(|| format!("loading {}", model.dir.display()))?;
-    super::lora::apply(&args.lora, &pipeline)?;
+    let model = model_dir(args.load.model.as_deref())?;
+    let dtype = DType::from(args.load.dtype);
+    let pipeline = load_pipeline(&args.load, &model)?;
     let limits = Limits {
         max_images: args.max_images.max(1),
         max_side: args.max_side,
