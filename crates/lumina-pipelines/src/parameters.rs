@@ -14,6 +14,9 @@ pub struct Provenance<'a> {
     pub dtype: DType,
     /// Fields the caller adds before the version (`Extrapolation: …`, `Init image: …`).
     pub extra: Vec<String>,
+    /// Per prompt, what truncation dropped (`Output::truncated`): what the text encoder never
+    /// saw is part of how the image was made.
+    pub truncated: &'a [String],
 }
 
 /// The text for image `index` of `r` (prompt-major order): its prompt, negative prompt, seed
@@ -78,6 +81,13 @@ pub fn parameters(
     }
     fields.extend(provenance.extra.iter().cloned());
     fields.push(format!("Version: lumina {}", env!("CARGO_PKG_VERSION")));
+    if let Some(dropped) = provenance
+        .truncated
+        .get(prompt_of)
+        .filter(|d| !d.is_empty())
+    {
+        fields.push(format!("Prompt truncated: {dropped:?}"));
+    }
     format!(
         "{prompt}\nNegative prompt: {negative}\n{}",
         fields.join(", ")

@@ -685,7 +685,7 @@ impl Pipeline {
 
     /// Refuses a request whose estimated peak memory exceeds what the machine has available,
     /// before anything is allocated.
-    pub fn check_memory(&self, r: &Request) -> Result<()> {
+    fn check_memory(&self, r: &Request) -> Result<()> {
         let Some(available) = crate::memory::available_bytes() else {
             return Ok(());
         };

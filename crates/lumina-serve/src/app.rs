@@ -1,6 +1,5 @@
 //! What every handler shares: the pipeline (loaded once), the queue, the limits.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::DType;
@@ -14,7 +13,6 @@ pub struct App {
     pub pipeline: Pipeline,
     /// The model's name as given (`shapes`, a folder), shown in `parameters` and sd-models.
     pub model_name: String,
-    pub model_dir: PathBuf,
     pub dtype: DType,
     pub queue: Queue,
     pub limits: Limits,
@@ -33,11 +31,9 @@ impl App {
         queue_capacity: usize,
         limits: Limits,
     ) -> Self {
-        let model_dir = pipeline.dir.clone();
         Self {
             pipeline,
             model_name,
-            model_dir,
             dtype,
             queue: Queue::new(queue_capacity),
             limits,

@@ -67,6 +67,8 @@ pub struct Image {
 /// An accepted request.
 pub struct Job {
     pub id: String,
+    /// Acceptance order (also in the id).
+    seq: u64,
     pub spec: Spec,
     /// Unix seconds when it was accepted.
     pub created: u64,
@@ -140,6 +142,15 @@ struct Waiting {
     closed: bool,
 }
 
+impl Waiting {
+    /// Tells the jobs from index `from` on their new places after one ahead of them left.
+    fn renumber(&self, from: usize) {
+        for (position, job) in self.jobs.iter().enumerate().skip(from) {
+            job.set(JobState::Queued { position });
+        }
+    }
+}
+
 /// Finished jobs kept for `GET /v1/jobs/{id}`; older ones are forgotten first.
 const KEEP_FINISHED: usize = 256;
 
@@ -179,6 +190,7 @@ impl Queue {
         });
         let job = Arc::new(Job {
             id: id.clone(),
+            seq: n,
             spec,
             created: unix_now(),
             cancel: AtomicBool::new(false),
@@ -197,9 +209,7 @@ impl Queue {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(job) = waiting.jobs.pop_front() {
-                for (position, behind) in waiting.jobs.iter().enumerate() {
-                    behind.set(JobState::Queued { position });
-                }
+                waiting.renumber(0);
                 return Some(job);
             }
             if waiting.closed {
@@ -239,9 +249,7 @@ impl Queue {
             job.set(JobState::Cancelled {
                 reason: reason.into(),
             });
-            for (position, behind) in waiting.jobs.iter().enumerate().skip(at) {
-                behind.set(JobState::Queued { position });
-            }
+            waiting.renumber(at);
         }
         true
     }
@@ -263,7 +271,7 @@ impl Queue {
             .values()
             .cloned()
             .collect();
-        jobs.sort_by_key(|j| (j.created, sequence(&j.id)));
+        jobs.sort_by_key(|j| j.seq);
         jobs
     }
 
@@ -282,7 +290,7 @@ impl Queue {
             let mut finished: Vec<(u64, String)> = jobs
                 .values()
                 .filter(|j| j.state.borrow().is_finished())
-                .map(|j| (sequence(&j.id), j.id.clone()))
+                .map(|j| (j.seq, j.id.clone()))
                 .collect();
             finished.sort();
             let excess = jobs.len() + 1 - KEEP_FINISHED;
@@ -292,14 +300,6 @@ impl Queue {
         }
         jobs.insert(job.id.clone(), job);
     }
-}
-
-/// The running number in a job id (`job-12-…` → 12).
-fn sequence(id: &str) -> u64 {
-    id.split('-')
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 pub fn unix_now() -> u64 {

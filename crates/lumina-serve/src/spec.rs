@@ -151,9 +151,6 @@ impl Draft<'_> {
         // what the pipeline itself would refuse, memory included, before queueing
         let request = spec.request(pipeline);
         pipeline
-            .check_memory(&request)
-            .map_err(|e| ApiError::bad(wf, e.to_string()))?;
-        pipeline
             .validate(&request)
             .map_err(|e| ApiError::bad(wf, e.to_string()))?;
         Ok(spec)

@@ -98,13 +98,11 @@ fn images(
         model: &app.model_name,
         dtype: app.dtype,
         extra: Vec::new(),
+        truncated,
     };
     (0..job.spec.n)
         .map(|i| {
-            let mut text = parameters(&app.pipeline, request, job.spec.seed, i, &provenance);
-            if let Some(dropped) = truncated.first().filter(|d| !d.is_empty()) {
-                text.push_str(&format!(", Prompt truncated: {dropped:?}"));
-            }
+            let text = parameters(&app.pipeline, request, job.spec.seed, i, &provenance);
             Ok(Image {
                 png: encode_png(&images.i(i)?, &text)?,
                 parameters: text,

@@ -58,14 +58,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         model: model_name,
         dtype,
         extra,
+        truncated: &out.truncated,
     };
     for i in 0..args.num_images {
         let path = numbered(&args.output, i, args.num_images);
-        let mut params = parameters(&pipeline, &request, seed, i, &provenance);
-        // what the text encoder never saw is part of how the image was made
-        if let Some(dropped) = out.truncated.first().filter(|d| !d.is_empty()) {
-            params.push_str(&format!(", Prompt truncated: {dropped:?}"));
-        }
+        let params = parameters(&pipeline, &request, seed, i, &provenance);
         save_png(&path, &out.images.i(i)?, &params)?;
         println!("{}", path.display());
     }

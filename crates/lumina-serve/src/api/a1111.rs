@@ -164,7 +164,7 @@ pub async fn sd_models(State(app): State<Arc<App>>) -> Json<Value> {
         "model_name": app.model_name,
         "hash": null,
         "sha256": null,
-        "filename": app.model_dir.display().to_string(),
+        "filename": app.pipeline.dir.display().to_string(),
         "config": null,
     }]))
 }
