@@ -215,11 +215,12 @@ pub struct TrainConfig {
     /// weights with a learnable α and a straight-through gradient; the model exports 2-bit.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ternary: bool,
-    /// Start from an exported model folder (`<run>/model`) instead of the upstream
-    /// initialisation: a later stage of a recipe, as Lumina continues a trained model on
-    /// resolution buckets. Its transformer and text encoder must match this config's; the
-    /// optimizer starts fresh and the EMA from these weights. A relative path is taken from the
-    /// working directory.
+    /// Start from an exported model folder (`<run>/model`) or a run's checkpoint folder
+    /// (`<run>/checkpoint`, whose EMA is taken — for a QAT run the latents and α the packed export
+    /// lacks) instead of the upstream initialisation: a later stage of a recipe, as Lumina
+    /// continues a trained model on resolution buckets. Its transformer and text encoder must
+    /// match this config's; the optimizer starts fresh and the EMA from these weights. A relative
+    /// path is taken from the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<std::path::PathBuf>,
     /// Distillation: mix a trained model's velocity into the target (TerDiT trained on the

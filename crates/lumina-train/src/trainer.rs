@@ -506,12 +506,16 @@ impl Trainer {
     }
 }
 
-/// Sets every parameter from an exported pixel-model folder (see `TrainConfig::init`).
+/// Sets every parameter from an exported pixel-model folder or a run's checkpoint folder (see
+/// `TrainConfig::init`).
 fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Result<()> {
     let fail = |reason: String| Error::Checkpoint {
         path: dir.to_path_buf(),
         reason,
     };
+    if dir.join("ema.safetensors").is_file() {
+        return init_from_checkpoint(dir, vars, device);
+    }
     let mut stored = HashMap::new();
     for (prefix, file) in [
         (
@@ -571,6 +575,40 @@ fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Resul
         alpha.set(&Tensor::new(&[start], device)?)?;
     }
     Ok(())
+}
+
+/// A later stage that starts from an earlier run's checkpoint takes its EMA, the weights that run
+/// exported: for a QAT run these are the latent weights and the learnt α, which the packed 2-bit
+/// export no longer holds. The optimizer starts fresh, as from a model folder.
+fn init_from_checkpoint(dir: &Path, vars: &[(String, Var)], device: &Device) -> Result<()> {
+    let fail = |reason: String| Error::Checkpoint {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let mut stored = candle_core::safetensors::load(dir.join("ema.safetensors"), device)
+        .map_err(|e| fail(format!("ema.safetensors: {e}")))?;
+    for (name, var) in vars {
+        let t = stored.remove(name).ok_or_else(|| {
+            fail(format!(
+                "ema.safetensors has no `{name}` (a run of another architecture, or full precision \
+                 seeding a ternary run: use its exported model folder)"
+            ))
+        })?;
+        if t.dims() != var.as_tensor().dims() {
+            return Err(fail(format!(
+                "`{name}`: this config expects {:?}, the checkpoint has {:?}",
+                var.as_tensor().dims(),
+                t.dims()
+            )));
+        }
+        var.set(&t.to_dtype(DType::F32)?)?;
+    }
+    match stored.keys().next() {
+        Some(extra) => Err(fail(format!(
+            "`{extra}` is not a parameter of this config's model"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// One slice of a step's batch: everything the loss of those samples needs.

@@ -181,6 +181,41 @@ fn distillation_targets_the_teachers_velocity() -> Result<()> {
     Ok(())
 }
 
+/// A later QAT stage starts from an earlier QAT run's checkpoint: its latents and learnt α come
+/// from that run's EMA (the packed export has neither); a dense run's checkpoint has no α and is
+/// refused by name.
+#[test]
+fn a_qat_stage_continues_from_a_checkpoint() -> Result<()> {
+    let mut first = Trainer::new(TrainConfig::preset("tiny-ternary")?)?;
+    for _ in 0..2 {
+        first.step()?;
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("checkpoint");
+    first.save_checkpoint(&dir)?;
+    let mut cfg = TrainConfig::preset("tiny-ternary")?;
+    cfg.seed = 9;
+    cfg.init = Some(dir);
+    let next = Trainer::new(cfg)?;
+    let started = next.weights()?;
+    assert!(started.keys().any(|k| k.ends_with(".weight_scale")));
+    for (name, t) in first.ema() {
+        assert_eq!(max_abs_diff(t, &started[name])?, 0.0, "{name}");
+    }
+
+    let dense = Trainer::new(TrainConfig::tiny())?;
+    let dense_dir = tmp.path().join("dense");
+    dense.save_checkpoint(&dense_dir)?;
+    let mut qat = TrainConfig::preset("tiny-ternary")?;
+    qat.init = Some(dense_dir);
+    let e = Trainer::new(qat)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("weight_scale") && e.contains("ema.safetensors"), "{e}");
+    Ok(())
+}
+
 #[test]
 fn an_exported_model_loads_generates_and_is_judged() -> Result<()> {
     let mut trainer = Trainer::new(TrainConfig::tiny())?;
