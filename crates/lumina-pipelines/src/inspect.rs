@@ -385,6 +385,7 @@ fn audit_keys(component: &mut Component, class: &str, files: WeightFiles, config
         let weights = Weights::audit(files, &Device::Cpu);
         read_word_encoder_config(config_dir)
             .and_then(|cfg| WordEncoder::load(&cfg, &weights).map(|_| weights))
+            .map_err(Into::into)
     } else if VAE_CLASSES.contains(&class) {
         let weights = Weights::audit(files, &Device::Cpu);
         ConfigFile::read_dir(config_dir)

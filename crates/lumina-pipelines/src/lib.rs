@@ -3,7 +3,7 @@
 //! transformer and samplers of the `lumina` crate, and the VAE — identical to diffusers.
 
 pub mod error;
-pub mod extrapolation;
+pub mod family;
 pub mod hub;
 pub mod input;
 pub mod inspect;
@@ -11,13 +11,15 @@ pub mod memory;
 pub mod output;
 pub mod parameters;
 pub mod pipeline;
-pub mod pixel_model;
 pub mod scheduler;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod vae;
 pub mod vae_decoder;
 pub mod vae_encoder;
+
+// moved to the core crate (the trainer reads them too); kept under their old paths here
+pub use lumina::{extrapolation, pixel_model};
 
 pub use error::{Error, Result};
 pub use pipeline::{Family, Latents, Output, Pipeline, Request};

@@ -4,7 +4,7 @@
 
 use candle_core::DType;
 
-use crate::{Family, Pipeline, Request};
+use crate::{Pipeline, Request};
 
 /// What a `parameters` text says beyond the request itself.
 pub struct Provenance<'a> {
@@ -67,18 +67,8 @@ pub fn parameters(
     if let Some(t) = pipeline.cache_threshold(r) {
         fields.push(format!("Step cache: {t}"));
     }
-    match pipeline.family {
-        Family::LuminaNext => {
-            fields.push("Pipeline: Lumina-Next".into());
-            fields.push(format!(
-                "Proportional attention: {}",
-                if r.proportional_attn { "on" } else { "off" }
-            ));
-            fields.push(format!("Scaling watershed: {}", r.scaling_watershed));
-        }
-        Family::Lumina2 => fields.push("Pipeline: Lumina-Image-2.0".into()),
-        Family::Pixel => fields.push("Pipeline: Lumina pixel-space".into()),
-    }
+    fields.push(format!("Pipeline: {}", pipeline.family.name()));
+    fields.extend(pipeline.family_parameters(r));
     fields.extend(provenance.extra.iter().cloned());
     fields.push(format!("Version: lumina {}", env!("CARGO_PKG_VERSION")));
     if let Some(dropped) = provenance

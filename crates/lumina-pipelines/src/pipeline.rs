@@ -1,6 +1,8 @@
 //! Text to image from a model folder: diffusers `LuminaPipeline` (Lumina-Next) and
 //! `Lumina2Pipeline` (Lumina-Image-2.0), step for step, and the project's own pixel-space
-//! `LuminaPixelPipeline` (see [`crate::pixel_model`]).
+//! `LuminaPixelPipeline` (see [`lumina::pixel_model`]). What each family does around the
+//! transformer is its own type ([`crate::family`]); this file is what they share: request
+//! checks, the solve, I-Max's passes, step caching.
 //!
 //! Upstream: diffusers `pipelines/lumina/pipeline_lumina.py`, `pipelines/lumina2/
 //! pipeline_lumina2.py` (58eb52c). What differs on purpose is listed on [`Request`].
@@ -11,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use candle_core::{DType, Device, Tensor};
 use lumina::config::ConfigFile;
 use lumina::lora::LoraFile;
-use lumina::models::step_cache::{LUMINA2_COEFFICIENTS, LUMINA_NEXT_COEFFICIENTS};
 use lumina::models::{CacheRule, CacheStats, StepCache, Transformer, TransformerConfig};
 use lumina::nn::lora::{Adapters, LoraMode};
 use lumina::nn::ContextDrop;
@@ -26,11 +27,10 @@ use rand::SeedableRng;
 
 use crate::error::{Error, Result};
 use crate::extrapolation::{native_canvas, Extrapolation};
-use crate::pixel_model::{read_word_encoder_config, SamplerDefaults, PIXEL_PIPELINE_CLASS};
-use crate::scheduler::{linspace, SchedulerConfig, SigmaRequest};
-use crate::text_encoder::{EncoderConfig, GemmaEncoder, WordEncoder, WordTokenizer};
-use crate::tokenizer::{Padding, PromptTokenizer, Side, Tokens};
-use crate::vae::Vae;
+use crate::family::{FamilyModel, PixelFamily};
+use crate::pixel_model::{SamplerDefaults, PIXEL_PIPELINE_CLASS};
+use crate::text_encoder::{WordEncoder, WordTokenizer};
+use crate::tokenizer::Tokens;
 
 /// diffusers pipeline classes (and their deprecated aliases) this build runs.
 pub const PIPELINE_CLASSES: [(&str, Family); 5] = [
@@ -41,27 +41,8 @@ pub const PIPELINE_CLASSES: [(&str, Family); 5] = [
     (PIXEL_PIPELINE_CLASS, Family::Pixel),
 ];
 
-/// The components a pipeline folder of each family holds.
-fn components(family: Family) -> &'static [&'static str] {
-    match family {
-        Family::LuminaNext | Family::Lumina2 => &[
-            "scheduler",
-            "text_encoder",
-            "tokenizer",
-            "transformer",
-            "vae",
-        ],
-        Family::Pixel => &["scheduler", "text_encoder", "tokenizer", "transformer"],
-    }
-}
-
 /// Lumina-Image-2.0's default system prompt (diffusers `Lumina2Pipeline.system_prompt`).
 pub const LUMINA2_SYSTEM_PROMPT: &str = "You are an assistant designed to generate superior images with the superior degree of image-text alignment based on textual prompts or user prompts.";
-
-/// Both diffusers pipelines hard-code an 8× VAE.
-const VAE_SCALE: usize = 8;
-/// Sizes of the diffusers pipelines must be multiples of this: 8× VAE times patch 2.
-pub const SIZE_MULTIPLE: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -69,16 +50,6 @@ pub enum Family {
     Lumina2,
     /// Next-DiT on RGB pixels with a word-level encoder: the project's own models.
     Pixel,
-}
-
-impl Family {
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::LuminaNext => "Lumina-Next",
-            Family::Lumina2 => "Lumina-Image-2.0",
-            Family::Pixel => "Lumina pixel-space",
-        }
-    }
 }
 
 /// Where the starting noise comes from.
@@ -191,6 +162,18 @@ impl Request {
     fn batch(&self) -> usize {
         self.prompts.len() * self.images_per_prompt
     }
+
+    /// Whether classifier-free guidance runs (diffusers: scale > 1).
+    pub fn guided(&self) -> bool {
+        self.guidance_scale > 1.0
+    }
+
+    /// The negative prompts, "" for each prompt when none are given.
+    pub fn negatives(&self) -> Vec<String> {
+        self.negative_prompts
+            .clone()
+            .unwrap_or_else(|| vec![String::new(); self.prompts.len()])
+    }
 }
 
 /// The result of a call, in output order (prompt-major: all images of prompt 0 first).
@@ -209,44 +192,16 @@ pub struct Output {
     pub cache_pairs: Vec<(f64, f64)>,
 }
 
-/// Prompt → caption features.
-enum Conditioner {
-    Gemma {
-        tokenizer: Box<PromptTokenizer>,
-        encoder: Box<GemmaEncoder>,
-    },
-    Words {
-        tokenizer: WordTokenizer,
-        encoder: WordEncoder,
-    },
-}
-
-/// Final latents → pixels.
-enum Decoder {
-    Vae(Box<Vae>),
-    /// The latents are RGB in [−1, 1].
-    Pixels,
-}
-
-/// How the time grid is made.
-enum Grid {
-    /// From a diffusers `scheduler_config.json`.
-    Scheduler(SchedulerConfig),
-    /// The model's own defaults (pixel family).
-    Defaults(SamplerDefaults),
-}
-
 pub struct Pipeline {
     pub family: Family,
     pub dir: PathBuf,
-    conditioner: Conditioner,
+    /// The family's components and rules around the transformer.
+    model: Box<dyn FamilyModel>,
     transformer: Transformer,
     /// The transformer's adaptable layers (`None` for a model built in memory).
     adapters: Option<Arc<Adapters>>,
     /// The LoRA files applied now, with their scales and mode.
     loras: Mutex<Vec<(Arc<LoraFile>, f64)>>,
-    decoder: Decoder,
-    grid: Grid,
     device: Device,
 }
 
@@ -265,7 +220,7 @@ pub const CHECKED_BYTES: u64 = 512 << 20;
 
 impl CheckWeights {
     /// `files` as weights in `dtype`, checked when this says so.
-    fn weights(self, files: WeightFiles, dtype: DType, device: &Device) -> Weights {
+    pub(crate) fn weights(self, files: WeightFiles, dtype: DType, device: &Device) -> Weights {
         let bytes: u64 = files
             .keys()
             .filter_map(|k| files.info(k))
@@ -307,33 +262,6 @@ pub fn pipeline_family(dir: &Path) -> Result<Family> {
         })
 }
 
-/// An error naming the words of `prompt` outside a word-level model's vocabulary: such a word
-/// would be drawn as noise.
-fn known_words(tokenizer: &WordTokenizer, prompt: &str) -> Result<()> {
-    let unknown = tokenizer.unknown_words(prompt);
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    Err(Error::request(
-        "prompt words",
-        format!(
-            "words of the model's vocabulary: {}",
-            tokenizer.vocabulary().join(" ")
-        ),
-        format!("{:?} in {:?}", unknown.join(" "), excerpt(prompt)),
-    ))
-}
-
-/// A prompt for a message: whole up to 80 characters, else its start and its length.
-fn excerpt(prompt: &str) -> String {
-    let n = prompt.chars().count();
-    if n <= 80 {
-        return prompt.to_string();
-    }
-    let start: String = prompt.chars().take(77).collect();
-    format!("{start}… ({n} characters)")
-}
-
 /// The error for a weights file given where a pipeline folder belongs: what the file is, and
 /// how to use it.
 fn single_file_model(path: &Path) -> Error {
@@ -363,13 +291,11 @@ fn single_file_model(path: &Path) -> Error {
 
 /// The multiple widths and heights must be of, read off a pipeline folder without loading it.
 pub fn size_multiple(dir: &Path) -> Result<usize> {
-    Ok(match pipeline_family(dir)? {
-        Family::LuminaNext | Family::Lumina2 => SIZE_MULTIPLE,
-        Family::Pixel => match TransformerConfig::read_dir(&dir.join("transformer"))? {
-            TransformerConfig::NextDit(c) => c.patch_size,
-            TransformerConfig::Lumina2(c) => c.patch_size,
-        },
-    })
+    let patch = match TransformerConfig::read_dir(&dir.join("transformer"))? {
+        TransformerConfig::NextDit(c) => c.patch_size,
+        TransformerConfig::Lumina2(c) => c.patch_size,
+    };
+    Ok(pipeline_family(dir)?.spec().latent_scale * patch)
 }
 
 impl Pipeline {
@@ -401,7 +327,8 @@ impl Pipeline {
         check: CheckWeights,
     ) -> Result<Self> {
         let family = pipeline_family(dir)?;
-        for component in components(family) {
+        let spec = family.spec();
+        for component in spec.components {
             if !dir.join(component).is_dir() {
                 return Err(Error::MissingComponent {
                     dir: dir.to_path_buf(),
@@ -409,31 +336,7 @@ impl Pipeline {
                 });
             }
         }
-        let encoder_dir = dir.join("text_encoder");
-        let (conditioner, grid) = match family {
-            Family::LuminaNext | Family::Lumina2 => {
-                let grid = Grid::Scheduler(SchedulerConfig::read_dir(&dir.join("scheduler"))?);
-                let tokenizer = PromptTokenizer::load(&dir.join("tokenizer"))?;
-                let cfg = EncoderConfig::read(&encoder_dir.join("config.json"))?;
-                let weights = check.weights(WeightFiles::open_dir(&encoder_dir)?, dtype, device);
-                let encoder = GemmaEncoder::load(&cfg, &weights)?;
-                (
-                    Conditioner::Gemma {
-                        tokenizer: Box::new(tokenizer),
-                        encoder: Box::new(encoder),
-                    },
-                    grid,
-                )
-            }
-            Family::Pixel => {
-                let grid = Grid::Defaults(SamplerDefaults::read_dir(&dir.join("scheduler"))?);
-                let tokenizer = WordTokenizer::read(&dir.join("tokenizer/vocab.json"))?;
-                let cfg = read_word_encoder_config(&encoder_dir)?;
-                let weights = check.weights(WeightFiles::open_dir(&encoder_dir)?, dtype, device);
-                let encoder = WordEncoder::load(&cfg, &weights)?;
-                (Conditioner::Words { tokenizer, encoder }, grid)
-            }
-        };
+        let model = (spec.load)(dir, dtype, device, check)?;
         let transformer_path =
             transformer.map_or_else(|| dir.join("transformer"), Path::to_path_buf);
         // every dense or quantised layer registers, so LoRA can be set after loading
@@ -443,33 +346,21 @@ impl Pipeline {
             check.weights(files, dtype, device).with_adapters(registry)
         })?;
         let transformer = Transformer::load(&cfg, &weights)?;
-        let expected = match family {
-            Family::LuminaNext | Family::Pixel => "LuminaNextDiT2DModel",
-            Family::Lumina2 => "Lumina2Transformer2DModel",
-        };
-        if transformer.config().class_name() != expected {
+        if transformer.config().class_name() != spec.transformer_class {
             return Err(Error::UnknownClass {
                 path: transformer_path,
                 what: "transformer for this pipeline",
                 class: transformer.config().class_name().into(),
-                known: expected.into(),
+                known: spec.transformer_class.into(),
             });
         }
-        let decoder = match family {
-            Family::Pixel => Decoder::Pixels,
-            // in the pipeline's dtype, as diffusers loads it: a bf16 VAE's convolutions
-            // multiply in bf16 (activations stay f32, see `VaeDecoder::load`)
-            _ => Decoder::Vae(Box::new(Vae::load_dir(&dir.join("vae"), dtype, device)?)),
-        };
         Ok(Self {
             family,
             dir: dir.to_path_buf(),
-            conditioner,
+            model,
             transformer,
             adapters: Some(adapters),
             loras: Mutex::default(),
-            decoder,
-            grid,
             device: device.clone(),
         })
     }
@@ -485,12 +376,10 @@ impl Pipeline {
         Self {
             family: Family::Pixel,
             dir: PathBuf::new(),
-            conditioner: Conditioner::Words { tokenizer, encoder },
+            model: Box::new(PixelFamily::new(tokenizer, encoder, defaults)),
             transformer,
             adapters: None,
             loras: Mutex::default(),
-            decoder: Decoder::Pixels,
-            grid: Grid::Defaults(defaults),
             device: device.clone(),
         }
     }
@@ -507,23 +396,13 @@ impl Pipeline {
     pub fn default_request_at(&self, prompts: Vec<String>, width: usize, height: usize) -> Request {
         let mut r = Request::new(prompts);
         (r.width, r.height) = (width, height);
-        if let Grid::Defaults(d) = &self.grid {
-            // the defaults were checked when the folder was read
-            (r.steps, r.solver) = d
-                .steps_for(width, height)
-                .unwrap_or((d.steps, Solver::Euler));
-            r.guidance_scale = d.guidance_scale;
-            r.schedule = d.schedule().ok();
-        }
+        self.model.apply_defaults(&mut r);
         r
     }
 
     /// Pixels per latent cell: 8 through a VAE, 1 in pixel space.
     fn latent_scale(&self) -> usize {
-        match self.decoder {
-            Decoder::Vae(_) => VAE_SCALE,
-            Decoder::Pixels => 1,
-        }
+        self.family.spec().latent_scale
     }
 
     /// Width and height must be multiples of this.
@@ -725,7 +604,7 @@ impl Pipeline {
             TransformerConfig::NextDit(c) => (c.hidden_size, c.head_dim()),
             TransformerConfig::Lumina2(c) => (c.hidden_size, c.head_dim()),
         };
-        let guided = if r.guidance_scale > 1.0 { 2 } else { 1 };
+        let guided = if r.guided() { 2 } else { 1 };
         let batch = (r.batch() * guided) as u64;
         // ~16 live (N, D) tensors per block (norms, q/k/v/out, residuals) and the SwiGLU's
         // three ~8/3·D-wide ones, plus cos/sin tables
@@ -734,21 +613,8 @@ impl Pipeline {
         let pixels = (width * height) as u64;
         let state = 8 * r.batch() as u64 * pixels * self.latent_channels() as u64 * 4
             / (self.latent_scale() * self.latent_scale()) as u64;
-        let vae = match &self.decoder {
-            // the widest decoder stage at full resolution, a few maps at a time
-            Decoder::Vae(v) => {
-                let widest = v
-                    .config
-                    .block_out_channels
-                    .iter()
-                    .max()
-                    .copied()
-                    .unwrap_or(0);
-                4 * widest as u64 * pixels * 4
-            }
-            Decoder::Pixels => pixels * 3 * 4 * r.batch() as u64,
-        };
-        transformer + state + vae
+        let decoder = self.model.codec().decoder_bytes(pixels, r.batch() as u64);
+        transformer + state + decoder
     }
 
     /// What of `prompt` its text encoder would not read with `max_sequence_length` tokens
@@ -756,125 +622,14 @@ impl Pipeline {
     /// it. Words outside a word-level model's vocabulary are an error, as in [`Self::encode`].
     /// For Lumina-Image-2.0 the count is of the prompt alone; a system prompt comes on top.
     pub fn prompt_overflow(&self, prompt: &str, max_sequence_length: usize) -> Result<String> {
-        let one = [prompt.to_string()];
-        let dropped = match &self.conditioner {
-            Conditioner::Words { tokenizer, .. } => {
-                known_words(tokenizer, prompt)?;
-                tokenizer.encode(&one, &self.device)?.2
-            }
-            Conditioner::Gemma { tokenizer, .. } => {
-                let padding = Padding::Longest { multiple_of: 8 };
-                let side = tokenizer.default_side();
-                let max = max_sequence_length;
-                tokenizer
-                    .encode(&one, padding, side, max, &self.device)?
-                    .truncated
-            }
-        };
-        Ok(dropped.into_iter().next().unwrap_or_default())
+        self.model
+            .prompt_overflow(prompt, max_sequence_length, &self.device)
     }
 
     /// Conditional (and, with guidance, unconditional) caption features, one row per prompt.
     pub fn encode(&self, r: &Request) -> Result<(Caption, Option<Caption>, Vec<String>)> {
-        let guided = r.guidance_scale > 1.0;
-        let negatives = r
-            .negative_prompts
-            .clone()
-            .unwrap_or_else(|| vec![String::new(); r.prompts.len()]);
-        let max = r.max_sequence_length;
-        let tokenizer = match &self.conditioner {
-            Conditioner::Words { tokenizer, encoder } => {
-                // a word-level model knows only its vocabulary: an unknown word would be
-                // drawn as noise, so it is an error
-                for prompt in r.prompts.iter().chain(&negatives) {
-                    known_words(tokenizer, prompt)?;
-                }
-                let (ids, mask, truncated) = tokenizer.encode(&r.prompts, &self.device)?;
-                let cond = Tokens {
-                    ids,
-                    mask,
-                    truncated,
-                };
-                let uncond = guided
-                    .then(|| {
-                        tokenizer
-                            .encode(&negatives, &self.device)
-                            .map(|(ids, mask, truncated)| Tokens {
-                                ids,
-                                mask,
-                                truncated,
-                            })
-                    })
-                    .transpose()?;
-                return self.embed(cond, uncond, |t| encoder.encode(&t.ids, &t.mask));
-            }
-            Conditioner::Gemma { tokenizer, .. } => tokenizer,
-        };
-        match self.family {
-            Family::LuminaNext => {
-                // clean_caption without bs4/ftfy: lower-case and strip (diffusers
-                // `_text_preprocessing`); the negative prompt is used as given
-                let prompts: Vec<String> = r
-                    .prompts
-                    .iter()
-                    .map(|p| p.to_lowercase().trim().to_string())
-                    .collect();
-                let side = tokenizer.default_side();
-                let cond = tokenizer.encode(
-                    &prompts,
-                    Padding::Longest { multiple_of: 8 },
-                    side,
-                    max,
-                    &self.device,
-                )?;
-                let len = cond.ids.dim(1)?;
-                let uncond = guided
-                    .then(|| {
-                        tokenizer.encode(&negatives, Padding::Fixed(len), side, len, &self.device)
-                    })
-                    .transpose()?;
-                self.embed_gemma(cond, uncond)
-            }
-            Family::Lumina2 => {
-                let system = r.system_prompt.as_deref().unwrap_or(LUMINA2_SYSTEM_PROMPT);
-                let prompts: Vec<String> = r
-                    .prompts
-                    .iter()
-                    .map(|p| format!("{system} <Prompt Start> {p}"))
-                    .collect();
-                let cond = tokenizer.encode(
-                    &prompts,
-                    Padding::Fixed(max),
-                    Side::Right,
-                    max,
-                    &self.device,
-                )?;
-                let uncond = guided
-                    .then(|| {
-                        tokenizer.encode(
-                            &negatives,
-                            Padding::Fixed(max),
-                            Side::Right,
-                            max,
-                            &self.device,
-                        )
-                    })
-                    .transpose()?;
-                self.embed_gemma(cond, uncond)
-            }
-            Family::Pixel => unreachable!("pixel models condition on words"),
-        }
-    }
-
-    fn embed_gemma(
-        &self,
-        cond: Tokens,
-        uncond: Option<Tokens>,
-    ) -> Result<(Caption, Option<Caption>, Vec<String>)> {
-        let Conditioner::Gemma { encoder, .. } = &self.conditioner else {
-            unreachable!("called for Gemma pipelines only")
-        };
-        self.embed(cond, uncond, |t| encoder.encode(&t.ids, &t.mask))
+        let (cond, uncond) = self.model.tokenize(r, &self.device)?;
+        self.embed(cond, uncond, |t| self.model.encode_tokens(t))
     }
 
     /// Runs the encoder on the conditional and unconditional tokens; warns about truncation.
@@ -951,20 +706,7 @@ impl Pipeline {
         if let Some(schedule) = r.schedule {
             return Ok(schedule.grid(r.steps)?);
         }
-        let scheduler = match &self.grid {
-            Grid::Scheduler(s) => s,
-            Grid::Defaults(d) => return Ok(d.schedule()?.grid(r.steps)?),
-        };
-        let request = match self.family {
-            // diffusers passes the latents' *channel* count as the sequence length
-            // (huggingface/diffusers#12913); kept for parity, inert when dynamic shifting is off
-            Family::Lumina2 => SigmaRequest::Given {
-                sigmas: linspace(1.0, 1.0 / r.steps as f64, r.steps),
-                mu: scheduler.mu(self.latent_channels()),
-            },
-            Family::LuminaNext | Family::Pixel => SigmaRequest::Default(r.steps),
-        };
-        scheduler.grid(&request)
+        self.model.grid(r.steps, self.latent_channels())
     }
 
     /// The extrapolation a request runs with; `None` keeps the family's own rule (see
@@ -973,7 +715,7 @@ impl Pipeline {
         if r.extrapolation.is_some() {
             return Ok(r.extrapolation);
         }
-        let Grid::Defaults(d) = &self.grid else {
+        let Some(d) = self.model.sampler_defaults() else {
             return Ok(None);
         };
         let native = self.native_size();
@@ -990,30 +732,26 @@ impl Pipeline {
     /// The per-evaluation rules of a request: guidance, RoPE schedule, proportional attention,
     /// text duplication.
     fn rules(&self, r: &Request, plan: Option<&Extrapolation>) -> Result<Rules> {
-        let guided = r.guidance_scale > 1.0;
+        let guided = r.guided();
         let native = self.native_size();
         let m = self.size_multiple();
         // tokens at the training resolution: the base of proportional attention
         let native_side = native / m;
         let native_tokens = native_side.pow(2);
-        let guidance = match self.family {
-            _ if !guided => Guidance::NONE,
-            Family::LuminaNext => Guidance::first_channels(r.guidance_scale, 3),
-            Family::Lumina2 | Family::Pixel => Guidance::full(r.guidance_scale),
+        let guidance = if guided {
+            self.model.guidance(r.guidance_scale)
+        } else {
+            Guidance::NONE
         }
         .truncated(Truncation::StepRatio(r.cfg_trunc_ratio))
-        .renormed(r.cfg_renorm.unwrap_or(match self.family {
-            // diffusers Lumina2Pipeline `cfg_normalization=True`; LuminaPipeline has none
-            Family::Lumina2 => Renorm::Rows,
-            Family::LuminaNext | Family::Pixel => Renorm::Off,
-        }));
+        .renormed(r.cfg_renorm.unwrap_or_else(|| self.model.default_renorm()));
         if let Some(plan) = plan {
             let head_dim = match self.transformer.config() {
                 TransformerConfig::NextDit(c) => c.head_dim(),
                 TransformerConfig::Lumina2(c) => c.head_dim(),
             };
             let grid = (r.height / m, r.width / m);
-            let text_tiles = (plan.text_duplication && self.family == Family::Lumina2)
+            let text_tiles = (plan.text_duplication && self.model.duplicates_text())
                 .then(|| TextTiles::for_grid(grid, (native_side, native_side)))
                 .flatten();
             return Ok(Rules {
@@ -1023,15 +761,7 @@ impl Pipeline {
                 text_tiles,
             });
         }
-        let (rope, base_sequence_length) = match self.family {
-            // diffusers LuminaPipeline: time-aware scaling at every size, proportional attention
-            Family::LuminaNext => (
-                RopeSchedule::time_aware(r.width, r.height, native, r.scaling_watershed)?,
-                r.proportional_attn.then_some(native_tokens),
-            ),
-            // diffusers Lumina2Pipeline and the pixel models within their training canvases
-            Family::Lumina2 | Family::Pixel => (RopeSchedule::default(), None),
-        };
+        let (rope, base_sequence_length) = self.model.native_rope(r, native, native_tokens)?;
         Ok(Rules {
             guidance,
             rope,
@@ -1124,20 +854,20 @@ impl Pipeline {
 
     /// The Context Drop of a request: its own, else the model's default; `None` when off.
     pub fn context_drop(&self, r: &Request) -> Option<ContextDrop> {
-        let model_default = match &self.grid {
-            Grid::Defaults(d) => d.context_drop().ok().flatten(),
-            Grid::Scheduler(_) => None,
-        };
+        let model_default = self
+            .model
+            .sampler_defaults()
+            .and_then(|d| d.context_drop().ok().flatten());
         r.context_drop.or(model_default).filter(|c| c.factor > 1)
     }
 
     /// The step cache threshold of a request: its own, else the model's default; `None` when
     /// off (0 turns a model's default off).
     pub fn cache_threshold(&self, r: &Request) -> Option<f64> {
-        let model_default = match &self.grid {
-            Grid::Defaults(d) => d.cache_threshold,
-            Grid::Scheduler(_) => None,
-        };
+        let model_default = self
+            .model
+            .sampler_defaults()
+            .and_then(|d| d.cache_threshold);
         r.cache_threshold.or(model_default).filter(|&t| t > 0.0)
     }
 
@@ -1146,27 +876,12 @@ impl Pipeline {
         if r.record_cache {
             return Ok(Some(StepCache::recording()));
         }
-        let defaults = match &self.grid {
-            Grid::Defaults(d) => Some(d),
-            Grid::Scheduler(_) => None,
-        };
         let Some(threshold) = self.cache_threshold(r) else {
             return Ok(None);
         };
-        let coefficients = match (&r.cache_coefficients, self.family) {
-            (Some(c), _) => c.clone(),
-            (None, Family::LuminaNext) => LUMINA_NEXT_COEFFICIENTS.to_vec(),
-            (None, Family::Lumina2) => LUMINA2_COEFFICIENTS.to_vec(),
-            (None, Family::Pixel) => defaults
-                .and_then(|d| d.cache_coefficients.clone())
-                .ok_or_else(|| {
-                    Error::request(
-                        "step cache coefficients",
-                        "a polynomial fitted to this model (`lumina cache-fit` writes one into \
-                         its scheduler config), or --cache-coefficients",
-                        "none in the model folder",
-                    )
-                })?,
+        let coefficients = match &r.cache_coefficients {
+            Some(c) => c.clone(),
+            None => self.model.cache_coefficients()?,
         };
         Ok(Some(StepCache::new(CacheRule::new(
             threshold,
@@ -1226,25 +941,19 @@ impl Pipeline {
         Ok((Some(to_latents(&first.images)?), None))
     }
 
+    /// The family's own settings of a request, for the `parameters` text.
+    pub fn family_parameters(&self, r: &Request) -> Vec<String> {
+        self.model.parameters(r)
+    }
+
     /// Images (B, H, W, 3) in [0, 1] → the model's latents.
     pub fn encode_images(&self, images: &Tensor) -> Result<Tensor> {
-        match &self.decoder {
-            Decoder::Vae(vae) => vae.encode(images),
-            Decoder::Pixels => {
-                Ok(((images.permute((0, 3, 1, 2))?.to_dtype(DType::F32)? * 2.0)? - 1.0)?)
-            }
-        }
+        self.model.codec().encode_images(images)
     }
 
     /// Final latents (B, C, h, w) → images (B, H, W, 3) in [0, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        match &self.decoder {
-            Decoder::Vae(vae) => vae.decode(latents),
-            Decoder::Pixels => {
-                let x = ((latents.to_dtype(DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
-                Ok(x.permute((0, 2, 3, 1))?.contiguous()?) // (B, H, W, 3)
-            }
-        }
+        self.model.codec().decode(latents)
     }
 }
 

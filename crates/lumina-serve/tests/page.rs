@@ -24,10 +24,15 @@ fn find_browser() -> Option<PathBuf> {
         return Some(PathBuf::from(path));
     }
     let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|p| p.is_file())
+    [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ]
+    .iter()
+    .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+    .find(|p| p.is_file())
 }
 
 /// A headless browser that is killed when the test ends, however it ends.
@@ -118,9 +123,7 @@ impl Page {
         self.next_id += 1;
         let id = self.next_id;
         let command = json!({"id": id, "method": method, "params": params});
-        self.socket
-            .send(Message::text(command.to_string()))
-            .await?;
+        self.socket.send(Message::text(command.to_string())).await?;
         let answer = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(message) = self.socket.next().await {
                 if let Message::Text(text) = message? {
@@ -163,8 +166,12 @@ impl Page {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let status = self.eval("document.getElementById('status').textContent").await?;
-        let error = self.eval("document.getElementById('error').textContent").await?;
+        let status = self
+            .eval("document.getElementById('status').textContent")
+            .await?;
+        let error = self
+            .eval("document.getElementById('error').textContent")
+            .await?;
         bail!("{what}: not within {seconds} s (status {status}, error {error})")
     }
 
@@ -174,7 +181,8 @@ impl Page {
             "(() => {{ const e = document.getElementById('{id}'); e.focus(); e.select(); return true; }})()"
         ))
         .await?;
-        self.call("Input.insertText", json!({ "text": text })).await?;
+        self.call("Input.insertText", json!({ "text": text }))
+            .await?;
         Ok(())
     }
 
@@ -207,7 +215,9 @@ async fn the_page_generates_an_image_in_a_browser() -> Result<()> {
         if std::env::var("CI").as_deref() == Ok("true") {
             bail!("no Chromium on PATH: .ci/run installs Debian's `chromium`; LUMINA_CHROMIUM names another");
         }
-        eprintln!("skipped: no Chromium on PATH (set LUMINA_CHROMIUM, or apt-get install chromium)");
+        eprintln!(
+            "skipped: no Chromium on PATH (set LUMINA_CHROMIUM, or apt-get install chromium)"
+        );
         return Ok(());
     };
     let server = Server::start(4, |_| {}).await?;
@@ -240,7 +250,11 @@ async fn the_page_generates_an_image_in_a_browser() -> Result<()> {
         )
         .await?;
     let shown = shown.as_array().context("images")?;
-    ensure!(shown.len() == 1, "one image on the page, got {}", shown.len());
+    ensure!(
+        shown.len() == 1,
+        "one image on the page, got {}",
+        shown.len()
+    );
     let (width, height) = (shown[0][0].clone(), shown[0][1].clone());
     ensure!(
         width == json!(32) && height == json!(32),
@@ -270,7 +284,9 @@ async fn the_page_generates_an_image_in_a_browser() -> Result<()> {
         "the page's image differs from the API's for the same prompt and seed"
     );
     let progress = page
-        .eval("[document.getElementById('progress').value, document.getElementById('progress').max]")
+        .eval(
+            "[document.getElementById('progress').value, document.getElementById('progress').max]",
+        )
         .await?;
     ensure!(
         progress[0] == progress[1] && progress[0].as_f64().unwrap_or(0.0) > 0.0,
@@ -286,7 +302,9 @@ async fn the_page_generates_an_image_in_a_browser() -> Result<()> {
         "the refusal of width 33",
     )
     .await?;
-    let error = page.eval("document.getElementById('error').textContent").await?;
+    let error = page
+        .eval("document.getElementById('error').textContent")
+        .await?;
     let error = error.as_str().unwrap_or("");
     ensure!(
         error.starts_with("size") && error.contains("33"),

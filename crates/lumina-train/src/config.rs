@@ -4,8 +4,8 @@ use std::path::Path;
 
 use lumina::config::Validate;
 use lumina::models::NextDitConfig;
-use lumina_pipelines::pixel_model::SamplerDefaults;
-use lumina_pipelines::text_encoder::WordEncoderConfig;
+use lumina::pixel_model::SamplerDefaults;
+use lumina::word_encoder::WordEncoderConfig;
 use lumina_shapes::Canvas;
 use rand::Rng;
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 //! with their captions (some dropped for classifier-free guidance).
 
 use candle_core::{DType, Device, Tensor};
-use lumina_pipelines::text_encoder::WordTokenizer;
+use lumina::word_encoder::WordTokenizer;
 use lumina_shapes::caption::{Color, Place, Relation, Shape, Size};
 use lumina_shapes::scene::{sample_caption, sample_scene, CaptionMix};
 use lumina_shapes::{render, Canvas, Image};
@@ -117,7 +117,7 @@ mod tests {
                 ids.flatten_all()?
                     .to_vec1::<u32>()?
                     .iter()
-                    .all(|&id| id != lumina_pipelines::text_encoder::word::UNK),
+                    .all(|&id| id != lumina::word_encoder::UNK),
                 "{}",
                 c.text()
             );

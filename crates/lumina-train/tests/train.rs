@@ -212,7 +212,10 @@ fn a_qat_stage_continues_from_a_checkpoint() -> Result<()> {
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(e.contains("weight_scale") && e.contains("ema.safetensors"), "{e}");
+    assert!(
+        e.contains("weight_scale") && e.contains("ema.safetensors"),
+        "{e}"
+    );
     Ok(())
 }
 

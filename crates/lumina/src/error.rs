@@ -16,6 +16,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+
     #[error("{dir} has no config.json (expected a diffusers model folder such as `transformer/`)")]
     MissingConfig { dir: PathBuf },
 
@@ -100,11 +103,15 @@ pub fn all_finite(t: &candle_core::Tensor) -> Result<bool> {
 
 impl Error {
     /// A bad call argument; `expected` and `got` are shown verbatim.
-    pub fn input(what: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
+    pub fn input(
+        what: &'static str,
+        expected: impl Into<String>,
+        got: impl std::fmt::Display,
+    ) -> Self {
         Self::Input {
             what,
             expected: expected.into(),
-            got: got.into(),
+            got: got.to_string(),
         }
     }
 

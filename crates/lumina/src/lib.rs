@@ -24,6 +24,10 @@
 //!   [`sample::VelocityField`].
 //! - [`denoiser`]: a transformer plus its conditioning as a velocity field (CFG batching,
 //!   time-aware RoPE).
+//! - [`extrapolation`]: plans for sizes past the training canvas (RoPE scaling, I-Max's
+//!   projected flow, time shift).
+//! - [`word_encoder`] and [`pixel_model`]: the word-level caption encoder of the project's own
+//!   pixel-space models and their folder format, shared by the pipelines and the trainer.
 //!
 //! # Example
 //! Sample a 2048² latent from Lumina-Next at 30 midpoint steps, extrapolating from its 1024²
@@ -61,15 +65,18 @@
 pub mod config;
 pub mod denoiser;
 pub mod error;
+pub mod extrapolation;
 pub mod fixtures;
 pub mod kernels;
 pub mod lora;
 pub mod models;
 pub mod nn;
+pub mod pixel_model;
 pub mod resize;
 pub mod rope;
 pub mod sample;
 pub mod weights;
+pub mod word_encoder;
 
 pub use denoiser::{Caption, Denoiser};
 pub use error::{Error, Result};

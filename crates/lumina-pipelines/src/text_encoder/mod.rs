@@ -3,8 +3,9 @@
 
 mod config;
 mod gemma;
-pub mod word;
 
 pub use config::{EmptyRows, EncoderConfig};
 pub use gemma::GemmaEncoder;
+// the word-level encoder lives in the core crate (the trainer builds it too)
+pub use lumina::word_encoder as word;
 pub use word::{WordEncoder, WordEncoderConfig, WordTokenizer};

@@ -119,4 +119,3 @@ pub fn png_of(b64: &Value) -> Result<(u32, u32, String)> {
         .context("no parameters chunk")?;
     Ok((info.width, info.height, text))
 }
-

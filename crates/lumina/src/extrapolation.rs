@@ -1,14 +1,14 @@
 //! Going past the training resolution without tuning: which RoPE rule, which attention scale,
 //! which time shift, and whether I-Max's projected flow guides the pass with a native-size
 //! image. A [`Extrapolation`] is a plain value of a request; the pipeline turns it into the
-//! pure sampling pieces of `lumina::sample` (a `RopeSchedule`, a grid, a `ProjectedFlow` hook).
+//! pure sampling pieces of `crate::sample` (a `RopeSchedule`, a grid, a `ProjectedFlow` hook).
 //!
 //! References: `ternary_imax.md` §C (I-Max, Lumina-Next's scaled RoPE), `lumina_reference.md`
 //! §4.3 (Lumina-Next's released rules).
 
 use std::str::FromStr;
 
-use lumina::sample::{GuideSchedule, RopeMethod, RopeSchedule};
+use crate::sample::{GuideSchedule, RopeMethod, RopeSchedule};
 
 use crate::error::{Error, Result};
 
@@ -57,7 +57,7 @@ impl FromStr for ScaleBy {
         ScaleBy::ALL
             .into_iter()
             .find(|b| b.name() == s)
-            .ok_or_else(|| Error::request("RoPE scale", "area, short-side or per-axis", s))
+            .ok_or_else(|| Error::input("RoPE scale", "area, short-side or per-axis", s))
     }
 }
 
@@ -111,7 +111,7 @@ impl Extrapolation {
     pub fn imax(schedule: GuideSchedule) -> Self {
         Extrapolation {
             rope: RopeMethod::NtkInterpolation {
-                ntk: lumina::sample::IMAX_NTK_FACTOR,
+                ntk: crate::sample::IMAX_NTK_FACTOR,
             },
             scale_by: ScaleBy::ShortSide,
             proportional_attn: true,
@@ -133,11 +133,11 @@ impl Extrapolation {
         let (rows, cols) = self.scale_by.scales(width, height, native);
         Ok(RopeSchedule::Scaled {
             method: self.rope,
-            rows: lumina::sample::AxisScale {
+            rows: crate::sample::AxisScale {
                 scale: rows,
                 train_tokens: native_tokens as f64,
             },
-            cols: lumina::sample::AxisScale {
+            cols: crate::sample::AxisScale {
                 scale: cols,
                 train_tokens: native_tokens as f64,
             },
@@ -206,7 +206,7 @@ impl FromStr for Extrapolation {
 }
 
 fn bad_method(s: &str) -> Error {
-    Error::request(
+    Error::input(
         "extrapolation",
         format!(
             "none, imax[:cosine_decay|cosine_shift|constant], or a RoPE rule: {}",

@@ -8,9 +8,9 @@
 
 use std::path::Path;
 
+use crate::nn::{attention, key_bias, swiglu_hidden, FeedForward, Linear, RmsNorm};
+use crate::weights::{Init, Weights};
 use candle_core::{DType, Device, Tensor};
-use lumina::nn::{attention, key_bias, swiglu_hidden, FeedForward, Linear, RmsNorm};
-use lumina::weights::{Init, Weights};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -33,7 +33,7 @@ fn eps() -> f64 {
 
 impl WordEncoderConfig {
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| Error::Unsupported {
+        let bad = |reason: String| Error::Config {
             path: path.to_path_buf(),
             reason,
         };
@@ -117,7 +117,7 @@ impl WordEncoder {
     pub fn encode(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         if l > self.cfg.max_length {
-            return Err(Error::request(
+            return Err(Error::input(
                 "caption tokens",
                 format!("at most {}", self.cfg.max_length),
                 l,
@@ -183,23 +183,22 @@ impl WordTokenizer {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
-            Error::Core(lumina::Error::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        })?;
-        let tok: WordTokenizer = serde_json::from_str(&text).map_err(|e| Error::Tokenizer {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
+        })?;
+        let tok: WordTokenizer = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            reason: format!("tokenizer: {e}"),
         })?;
         if tok.words.len() < 3
             || tok.words[..3] != ["<pad>", "<bos>", "<unk>"]
             || tok.max_length < 2
         {
-            return Err(Error::Tokenizer {
+            return Err(Error::Config {
                 path: path.to_path_buf(),
-                reason: "vocabulary must start with <pad>, <bos>, <unk> and max_length be >= 2"
+                reason: "tokenizer: the vocabulary must start with <pad>, <bos>, <unk> and \
+                         max_length be >= 2"
                     .into(),
             });
         }
@@ -324,9 +323,9 @@ mod tests {
         };
         let a = run(&[1, 3, 4], 0)?;
         let padded = run(&[1, 3, 4], 3)?.narrow(1, 0, 3)?;
-        assert!(lumina::fixtures::max_abs_diff(&a, &padded)? < 1e-5);
+        assert!(crate::fixtures::max_abs_diff(&a, &padded)? < 1e-5);
         let swapped = run(&[1, 4, 3], 0)?;
-        assert!(lumina::fixtures::max_abs_diff(&a, &swapped)? > 1e-3);
+        assert!(crate::fixtures::max_abs_diff(&a, &swapped)? > 1e-3);
         Ok(())
     }
 }

@@ -13,17 +13,17 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::config::ConfigFile;
+use crate::models::CacheRule;
+use crate::models::NextDitConfig;
+use crate::nn::ContextDrop;
+use crate::sample::{Schedule, Solver};
 use candle_core::Tensor;
-use lumina::config::ConfigFile;
-use lumina::models::CacheRule;
-use lumina::models::NextDitConfig;
-use lumina::nn::ContextDrop;
-use lumina::sample::{Schedule, Solver};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::text_encoder::{WordEncoderConfig, WordTokenizer};
+use crate::word_encoder::{WordEncoderConfig, WordTokenizer};
 
 pub const PIXEL_PIPELINE_CLASS: &str = "LuminaPixelPipeline";
 pub const SAMPLER_CLASS: &str = "LuminaFlowSampler";
@@ -41,7 +41,7 @@ pub struct SamplerDefaults {
     /// Lumina's time shift of the uniform grid (used when `schedule` is absent).
     pub shift: f64,
     /// The time schedule by name (`uniform`, `shift:S`, `sigmoid[:µ,α,β]`, see
-    /// `lumina::sample::Schedule`); absent: `shift:{shift}`.
+    /// `crate::sample::Schedule`); absent: `shift:{shift}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     /// What `generate` does beyond the training canvases (an `Extrapolation` name: `none`,
@@ -52,7 +52,7 @@ pub struct SamplerDefaults {
     /// short side; absent: 1 (square only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_aspect: Option<f64>,
-    /// Context Drop by default (`F:T`, see `lumina::nn::ContextDrop`); absent: off.
+    /// Context Drop by default (`F:T`, see `crate::nn::ContextDrop`); absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_drop: Option<String>,
     /// Step caching threshold by default; absent or 0: off.
@@ -103,55 +103,56 @@ impl SamplerDefaults {
         let file = ConfigFile::read(&path)?;
         let class = file.class_name.clone().unwrap_or_default();
         if class != SAMPLER_CLASS {
-            return Err(Error::UnknownClass {
+            return Err(Error::Config {
                 path,
-                what: "scheduler for a pixel pipeline",
-                class,
-                known: SAMPLER_CLASS.into(),
+                reason: format!(
+                    "unknown scheduler class `{class}` for a pixel pipeline (this build knows: \
+                     {SAMPLER_CLASS})"
+                ),
             });
         }
         let defaults: SamplerDefaults = file.parse()?;
         defaults.solver()?;
-        defaults.schedule().map_err(|e| Error::Unsupported {
+        defaults.schedule().map_err(|e| Error::Config {
             path: path.clone(),
             reason: format!("schedule: {e}"),
         })?;
-        defaults.context_drop().map_err(|e| Error::Unsupported {
+        defaults.context_drop().map_err(|e| Error::Config {
             path: path.clone(),
             reason: format!("context_drop: {e}"),
         })?;
         if let Some(t) = defaults.cache_threshold {
-            CacheRule::check_threshold(t).map_err(|e| Error::Unsupported {
+            CacheRule::check_threshold(t).map_err(|e| Error::Config {
                 path: path.clone(),
                 reason: format!("cache_threshold: {e}"),
             })?;
         }
         if let Some(c) = &defaults.cache_coefficients {
-            CacheRule::check_coefficients(c).map_err(|e| Error::Unsupported {
+            CacheRule::check_coefficients(c).map_err(|e| Error::Config {
                 path: path.clone(),
                 reason: format!("cache_coefficients: {e}"),
             })?;
         }
-        defaults.extrapolation().map_err(|e| Error::Unsupported {
+        defaults.extrapolation().map_err(|e| Error::Config {
             path: path.clone(),
             reason: format!("extrapolation: {e}"),
         })?;
         if let Some(a) = defaults.max_aspect {
             if !(a.is_finite() && a >= 1.0) {
-                return Err(Error::Unsupported {
+                return Err(Error::Config {
                     path,
                     reason: format!("max_aspect must be a ratio >= 1, got {a}"),
                 });
             }
         }
         if defaults.steps == 0 {
-            return Err(Error::Unsupported {
+            return Err(Error::Config {
                 path,
                 reason: "steps must be at least 1, got 0".into(),
             });
         }
         for (i, c) in defaults.canvas_steps.iter().enumerate() {
-            c.check().map_err(|reason| Error::Unsupported {
+            c.check().map_err(|reason| Error::Config {
                 path: path.clone(),
                 reason: format!("canvas_steps[{i}]: {reason}"),
             })?;
@@ -210,11 +211,11 @@ pub struct PixelModel<'a> {
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Output {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::Output {
+    std::fs::write(path, text + "\n").map_err(|e| Error::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
@@ -222,7 +223,7 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 fn with_class<T: Serialize>(class: &str, value: &T) -> Result<serde_json::Value> {
     let mut v =
-        serde_json::to_value(value).map_err(|e| Error::request("config", "serializable", e))?;
+        serde_json::to_value(value).map_err(|e| Error::input("config", "serializable", e))?;
     if let Some(o) = v.as_object_mut() {
         o.insert("_class_name".into(), class.into());
     }
@@ -234,7 +235,7 @@ impl PixelModel<'_> {
     /// dtype).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mkdir = |d: &Path| {
-            std::fs::create_dir_all(d).map_err(|e| Error::Output {
+            std::fs::create_dir_all(d).map_err(|e| Error::Write {
                 path: d.to_path_buf(),
                 reason: e.to_string(),
             })
@@ -262,14 +263,14 @@ impl PixelModel<'_> {
         write_json(
             &dir.join("tokenizer/vocab.json"),
             &serde_json::to_value(self.tokenizer)
-                .map_err(|e| Error::request("tokenizer", "serializable", e))?,
+                .map_err(|e| Error::input("tokenizer", "serializable", e))?,
         )?;
         write_json(
             &dir.join("scheduler/scheduler_config.json"),
             &with_class(SAMPLER_CLASS, self.defaults)?,
         )?;
         let save = |tensors: &HashMap<String, Tensor>, path: &Path| -> Result<()> {
-            lumina::weights::ternary::save(tensors, path).map_err(|e| Error::Output {
+            crate::weights::ternary::save(tensors, path).map_err(|e| Error::Write {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })
@@ -290,11 +291,12 @@ pub fn read_word_encoder_config(dir: &Path) -> Result<WordEncoderConfig> {
     let file = ConfigFile::read_dir(dir)?;
     let class = file.class_name.clone().unwrap_or_default();
     if class != WORD_ENCODER_CLASS {
-        return Err(Error::UnknownClass {
+        return Err(Error::Config {
             path: file.path,
-            what: "text encoder for a pixel pipeline",
-            class,
-            known: WORD_ENCODER_CLASS.into(),
+            reason: format!(
+                "unknown text encoder class `{class}` for a pixel pipeline (this build knows: \
+                 {WORD_ENCODER_CLASS})"
+            ),
         });
     }
     let cfg: WordEncoderConfig = file.parse()?;
