@@ -182,7 +182,7 @@ impl SamplerDefaults {
 
     /// The default Context Drop, if any.
     pub fn context_drop(&self) -> Result<Option<ContextDrop>> {
-        Ok(self.context_drop.as_deref().map(str::parse).transpose()?)
+        self.context_drop.as_deref().map(str::parse).transpose()
     }
 
     /// The time schedule: `schedule` by name, else the shifted uniform grid.
@@ -196,7 +196,7 @@ impl SamplerDefaults {
     }
 
     pub fn solver(&self) -> Result<Solver> {
-        Ok(self.solver.parse::<Solver>()?)
+        self.solver.parse::<Solver>()
     }
 }
 

@@ -158,18 +158,75 @@ pub fn next_dit_table(
     factors: RopeFactors,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    // diffusers: get_1d_rotary_pos_embed(dim = head_dim / 2) → theta^(-2k/dim) = theta^(-4k/head_dim)
-    let axis_dim = head_dim / 2;
+    let grid = VideoGrid {
+        frames: 1,
+        rows,
+        cols,
+    };
+    next_dit_video_table(grid, head_dim, 0, AxisFactors::IDENTITY, factors, device)
+}
+
+/// A token grid over time: `frames × rows × cols` tokens, frame-major then row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VideoGrid {
+    pub frames: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl VideoGrid {
+    pub fn tokens(&self) -> usize {
+        self.frames * self.rows * self.cols
+    }
+}
+
+/// Next-DiT's table with a time axis, `(F·rows·cols, Dh/2)` each: the first `frame_dim / 2`
+/// pairs of a head turn with the frame index (a contiguous block, as Lumina-Video's 3-D RoPE
+/// concatenates its axes, `models/model.py`), the other `(Dh − frame_dim) / 2` pairs are
+/// Lumina-Next's row/column pairs interleaved by frequency over `Dh − frame_dim` dimensions.
+///
+/// With `frame_dim = 0` and one frame this is [`next_dit_table`] bit for bit, so an image
+/// checkpoint is a one-frame video model. `frame_factors` scale the frame axis (clips longer
+/// than trained) as `factors` scale the spatial ones.
+pub fn next_dit_video_table(
+    grid: VideoGrid,
+    head_dim: usize,
+    frame_dim: usize,
+    frame_factors: AxisFactors,
+    factors: RopeFactors,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    if !frame_dim.is_multiple_of(4)
+        || frame_dim >= head_dim
+        || !(head_dim - frame_dim).is_multiple_of(4)
+    {
+        return Err(Error::input(
+            "RoPE frame dimensions",
+            format!(
+                "a multiple of 4 below the head width {head_dim}, leaving a multiple of 4 for \
+                 rows and columns"
+            ),
+            frame_dim,
+        ));
+    }
+    // diffusers: get_1d_rotary_pos_embed(dim = spatial / 2) → theta^(-2k/dim) per axis
+    let axis_dim = (head_dim - frame_dim) / 2;
+    let frame_freqs = frame_factors.frequencies_f32(frame_dim);
     let row_freqs = factors.rows.frequencies_f32(axis_dim);
     let col_freqs = factors.cols.frequencies_f32(axis_dim);
     let half = head_dim / 2;
-    let n = rows * cols;
+    let n = grid.tokens();
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
-    for r in 0..rows {
-        for c in 0..cols {
-            for (&fr, &fc) in row_freqs.iter().zip(&col_freqs) {
-                for angle in [r as f32 * fr, c as f32 * fc] {
+    for f in 0..grid.frames {
+        for r in 0..grid.rows {
+            for c in 0..grid.cols {
+                let frame = frame_freqs.iter().map(|&ff| f as f32 * ff);
+                let spatial = row_freqs
+                    .iter()
+                    .zip(&col_freqs)
+                    .flat_map(|(&fr, &fc)| [r as f32 * fr, c as f32 * fc]);
+                for angle in frame.chain(spatial) {
                     cos.push(angle.cos());
                     sin.push(angle.sin());
                 }
@@ -363,6 +420,72 @@ mod tests {
         }
         assert!(sin[0][1].iter().all(|v| *v == 0.0));
         assert!(cos.to_vec3::<f32>()?[0][1].iter().all(|v| *v == 0.0));
+        Ok(())
+    }
+
+    /// The time axis: frame pairs first at θ^(−2k/frame_dim), then Lumina-Next's interleaved
+    /// row/column pairs over the rest; no frame dimensions and one frame is the image table.
+    #[test]
+    fn video_table_puts_frame_pairs_first_and_reduces_to_the_image_table() -> Result<()> {
+        let dev = &Device::Cpu;
+        let grid = VideoGrid {
+            frames: 3,
+            rows: 2,
+            cols: 4,
+        };
+        let (head, frame_dim) = (16, 4);
+        let (cos, sin) = next_dit_video_table(
+            grid,
+            head,
+            frame_dim,
+            AxisFactors::IDENTITY,
+            RopeFactors::IDENTITY,
+            dev,
+        )?;
+        assert_eq!(cos.dims(), &[24, 8]);
+        let (cos, sin) = (cos.to_vec2::<f32>()?, sin.to_vec2::<f32>()?);
+        // token (f=2, r=1, c=3): index 2·8 + 1·4 + 3 = 23
+        let (f, r, c) = (2.0f64, 1.0f64, 3.0f64);
+        let frame: Vec<f64> = (0..2)
+            .map(|k| f / 1e4f64.powf(2.0 * k as f64 / 4.0))
+            .collect();
+        let spatial: Vec<f64> = (0..3)
+            .flat_map(|k| {
+                let w = 1.0 / 1e4f64.powf(2.0 * k as f64 / 6.0);
+                [r * w, c * w]
+            })
+            .collect();
+        let want: Vec<f64> = frame.into_iter().chain(spatial).collect();
+        for (j, a) in want.iter().enumerate() {
+            assert!((cos[23][j] as f64 - a.cos()).abs() < 1e-5, "cos pair {j}");
+            assert!((sin[23][j] as f64 - a.sin()).abs() < 1e-5, "sin pair {j}");
+        }
+        let image = VideoGrid { frames: 1, ..grid };
+        let (vc, vs) = next_dit_video_table(
+            image,
+            head,
+            0,
+            AxisFactors::IDENTITY,
+            RopeFactors::uniform(2.0, 1.5),
+            dev,
+        )?;
+        let (ic, is) = next_dit_table(2, 4, head, RopeFactors::uniform(2.0, 1.5), dev)?;
+        assert_eq!(vc.to_vec2::<f32>()?, ic.to_vec2::<f32>()?);
+        assert_eq!(vs.to_vec2::<f32>()?, is.to_vec2::<f32>()?);
+        for bad in [2, 16, 6] {
+            assert!(
+                next_dit_video_table(
+                    grid,
+                    head,
+                    bad,
+                    AxisFactors::IDENTITY,
+                    RopeFactors::IDENTITY,
+                    dev
+                )
+                .is_err(),
+                "{bad}"
+            );
+        }
         Ok(())
     }
 

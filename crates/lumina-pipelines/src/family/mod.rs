@@ -96,6 +96,9 @@ pub trait LatentCodec: Send + Sync {
     fn decoder_bytes(&self, pixels: u64, batch: u64) -> u64;
 }
 
+/// Loads a family's components (all but the transformer) from a pipeline folder.
+pub type LoadFamily = fn(&Path, DType, &Device, CheckWeights) -> Result<Box<dyn FamilyModel>>;
+
 /// What a family is before loading: its name, folder components, latent scale, transformer
 /// class, and how its components load.
 pub struct FamilySpec {
@@ -107,7 +110,7 @@ pub struct FamilySpec {
     /// The transformer class it runs.
     pub transformer_class: &'static str,
     /// Loads the components (all but the transformer) from a pipeline folder.
-    pub load: fn(&Path, DType, &Device, CheckWeights) -> Result<Box<dyn FamilyModel>>,
+    pub load: LoadFamily,
 }
 
 impl Family {

@@ -14,25 +14,45 @@ pub enum PatchOrder {
     ChannelLast,
 }
 
-/// (B, C, H, W) → (B, N, C·p·p), tokens row-major over (H/p, W/p).
+/// (B, C, H, W) → (B, N, C·p·p), tokens row-major over (H/p, W/p): a one-frame
+/// [`patchify_video`].
 pub fn patchify(x: &Tensor, p: usize, order: PatchOrder) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let (hp, wp) = (h / p, w / p);
-    let x = x.reshape((b, c, hp, p, wp, p))?; // (B, C, H/p, py, W/p, px)
-    let x = match order {
-        PatchOrder::ChannelFirst => x.permute((0, 2, 4, 1, 3, 5))?, // (B, H/p, W/p, C, py, px)
-        PatchOrder::ChannelLast => x.permute((0, 2, 4, 3, 5, 1))?,  // (B, H/p, W/p, py, px, C)
-    };
-    Ok(x.contiguous()?.reshape((b, hp * wp, c * p * p))?) // (B, N, C·p·p)
+    patchify_video(&x.unsqueeze(2)?, 1, p, order)
 }
 
-/// (B, N, p·p·C) in (py, px, c) order → (B, C, H, W).
+/// (B, N, p·p·C) in (py, px, c) order → (B, C, H, W): a one-frame [`unpatchify_video`].
 pub fn unpatchify(x: &Tensor, h: usize, w: usize, p: usize) -> Result<Tensor> {
+    Ok(unpatchify_video(x, (1, h, w), 1, p)?.squeeze(2)?)
+}
+
+/// (B, C, F, H, W) → (B, N, C·pf·p·p) with temporal patch `pf` and spatial patch `p`, tokens
+/// frame-major then row-major over (F/pf, H/p, W/p); a patch vector is (c, pf, py, px) or
+/// (pf, py, px, c) as `order` says.
+pub fn patchify_video(x: &Tensor, pf: usize, p: usize, order: PatchOrder) -> Result<Tensor> {
+    let (b, c, f, h, w) = x.dims5()?;
+    let (fp, hp, wp) = (f / pf, h / p, w / p);
+    let x = x.reshape(&[b, c, fp, pf, hp, p, wp, p][..])?; // (B, C, F/pf, pf, H/p, py, W/p, px)
+    let x = match order {
+        // (B, F/pf, H/p, W/p, C, pf, py, px)
+        PatchOrder::ChannelFirst => x.permute(&[0, 2, 4, 6, 1, 3, 5, 7][..])?,
+        // (B, F/pf, H/p, W/p, pf, py, px, C)
+        PatchOrder::ChannelLast => x.permute(&[0, 2, 4, 6, 3, 5, 7, 1][..])?,
+    };
+    Ok(x.contiguous()?.reshape((b, fp * hp * wp, c * pf * p * p))?) // (B, N, C·pf·p·p)
+}
+
+/// (B, N, pf·p·p·C) in (pf, py, px, c) order → (B, C, F, H, W) for a clip of `(F, H, W)`.
+pub fn unpatchify_video(
+    x: &Tensor,
+    (f, h, w): (usize, usize, usize),
+    pf: usize,
+    p: usize,
+) -> Result<Tensor> {
     let (b, _, d) = x.dims3()?;
-    let c = d / (p * p);
-    let x = x.reshape((b, h / p, w / p, p, p, c))?; // (B, H/p, W/p, py, px, C)
-    let x = x.permute((0, 5, 1, 3, 2, 4))?; // (B, C, H/p, py, W/p, px)
-    Ok(x.contiguous()?.reshape((b, c, h, w))?)
+    let c = d / (pf * p * p);
+    let x = x.reshape(&[b, f / pf, h / p, w / p, pf, p, p, c][..])?; // (B, F/pf, H/p, W/p, pf, py, px, C)
+    let x = x.permute(&[0, 7, 1, 4, 2, 5, 3, 6][..])?; // (B, C, F/pf, pf, H/p, py, W/p, px)
+    Ok(x.contiguous()?.reshape((b, c, f, h, w))?)
 }
 
 #[cfg(test)]
@@ -51,6 +71,30 @@ mod tests {
         let back = unpatchify(&t, 4, 6, 2)?;
         let diff = (back - &x)?.abs()?.sum_all()?.to_scalar::<f32>()?;
         assert_eq!(diff, 0.0);
+        Ok(())
+    }
+
+    /// A clip's tokens are frame-major; a temporal patch gathers frames; both orders round
+    /// trip through the output order's inverse.
+    #[test]
+    fn video_patches_are_frame_major_and_round_trip() -> Result<()> {
+        let (b, c, f, h, w) = (2, 3, 4, 4, 6);
+        let n = (b * c * f * h * w) as f64;
+        let x = Tensor::arange(0f32, n as f32, &Device::Cpu)?.reshape((b, c, f, h, w))?;
+        let t = patchify_video(&x, 2, 2, PatchOrder::ChannelLast)?;
+        assert_eq!(t.dims(), &[2, 12, 24]);
+        let v = t.to_vec3::<f32>()?;
+        // token 6 of sample 0 = (frame patch 1, row 0, col 0); entry (pf, py, px, c) = (1, 0, 1, 2)
+        // → x[0, 2, 2·1 + 1, 0, 1]
+        let at = |c: usize, f: usize, y: usize, xx: usize| (((c * 4 + f) * 4 + y) * 6 + xx) as f32;
+        // ((pf·2 + py)·2 + px)·3 + c = ((2 + 0)·2 + 1)·3 + 2
+        assert_eq!(v[0][6][17], at(2, 3, 0, 1));
+        let back = unpatchify_video(&t, (f, h, w), 2, 2)?;
+        assert_eq!((back - &x)?.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+        let first = patchify_video(&x, 1, 2, PatchOrder::ChannelFirst)?.to_vec3::<f32>()?;
+        // ChannelFirst, pf = 1: token (f=1, r=0, c=0) is index 6; entry (c, py, px) = (1, 1, 0)
+        // (c·2 + py)·2 + px = (2 + 1)·2 + 0
+        assert_eq!(first[0][6][6], at(1, 1, 1, 0));
         Ok(())
     }
 
