@@ -291,11 +291,15 @@ fn single_file_model(path: &Path) -> Error {
 
 /// The multiple widths and heights must be of, read off a pipeline folder without loading it.
 pub fn size_multiple(dir: &Path) -> Result<usize> {
+    let spec = pipeline_family(dir)?.spec();
+    if let Some(m) = spec.size_multiple {
+        return Ok(m);
+    }
     let patch = match TransformerConfig::read_dir(&dir.join("transformer"))? {
         TransformerConfig::NextDit(c) => c.patch_size,
         TransformerConfig::Lumina2(c) => c.patch_size,
     };
-    Ok(pipeline_family(dir)?.spec().latent_scale * patch)
+    Ok(spec.latent_scale * patch)
 }
 
 impl Pipeline {

@@ -300,7 +300,7 @@ impl Caption {
 }
 
 /// `a|an [size] color shape` at the start of `words`, and the words after it.
-fn parse_named<'a>(words: &'a [&'a str]) -> Option<(Named, &'a [&'a str])> {
+pub(crate) fn parse_named<'a>(words: &'a [&'a str]) -> Option<(Named, &'a [&'a str])> {
     let (&article, mut rest) = words.split_first()?;
     let size = Size::ALL
         .into_iter()

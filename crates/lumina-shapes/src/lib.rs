@@ -8,12 +8,15 @@
 //! - [`render`]: the anti-aliased renderer (4×4 supersampling) on any canvas.
 //! - [`judge`]: the spec's judge: is this image correct for this caption?
 //! - [`prompts`]: evaluation prompt lists and their kinds.
+//! - [`clip`]: the video task (`shared/spec/shapes_video.md`): one object moving along an
+//!   axis, its caption grammar, the clip sampler and the clip judge.
 //!
 //! Geometry: (0, 0) top left, x to the right as a fraction of W, y down as a fraction of H,
 //! lengths in units of S = min(W, H).
 
 pub mod canvas;
 pub mod caption;
+pub mod clip;
 pub mod judge;
 pub mod prompts;
 pub mod render;

@@ -69,7 +69,7 @@ impl CaptionMix {
     };
 }
 
-fn pick<T: Copy>(rng: &mut impl Rng, items: &[T]) -> T {
+pub(crate) fn pick<T: Copy>(rng: &mut impl Rng, items: &[T]) -> T {
     *items.choose(rng).expect("non-empty choice")
 }
 

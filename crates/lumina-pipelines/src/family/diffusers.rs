@@ -29,11 +29,15 @@ const COMPONENTS: &[&str] = &[
 ];
 /// Both diffusers pipelines hard-code an 8× VAE.
 const VAE_SCALE: usize = 8;
+/// Their sizes must be multiples of this: 8× VAE times patch 2 (before any transformer file,
+/// which `--transformer` may replace, is read).
+const SIZE_MULTIPLE: usize = 16;
 
 pub(super) static LUMINA_NEXT: FamilySpec = FamilySpec {
     name: "Lumina-Next",
     components: COMPONENTS,
     latent_scale: VAE_SCALE,
+    size_multiple: Some(SIZE_MULTIPLE),
     transformer_class: "LuminaNextDiT2DModel",
     load: |dir, dtype, device, check| {
         Ok(Box::new(LuminaNextFamily(GemmaParts::load(
@@ -46,6 +50,7 @@ pub(super) static LUMINA2: FamilySpec = FamilySpec {
     name: "Lumina-Image-2.0",
     components: COMPONENTS,
     latent_scale: VAE_SCALE,
+    size_multiple: Some(SIZE_MULTIPLE),
     transformer_class: "Lumina2Transformer2DModel",
     load: |dir, dtype, device, check| {
         Ok(Box::new(Lumina2Family(GemmaParts::load(

@@ -107,6 +107,9 @@ pub struct FamilySpec {
     pub components: &'static [&'static str],
     /// Pixels per latent cell: 8 through a VAE, 1 in pixel space.
     pub latent_scale: usize,
+    /// The multiple widths and heights must be of, when the family fixes it whatever the
+    /// transformer file (`None`: the latent scale times the transformer's patch size).
+    pub size_multiple: Option<usize>,
     /// The transformer class it runs.
     pub transformer_class: &'static str,
     /// Loads the components (all but the transformer) from a pipeline folder.

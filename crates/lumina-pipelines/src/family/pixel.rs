@@ -19,6 +19,7 @@ pub(super) static PIXEL: FamilySpec = FamilySpec {
     name: "Lumina pixel-space",
     components: &["scheduler", "text_encoder", "tokenizer", "transformer"],
     latent_scale: 1,
+    size_multiple: None,
     transformer_class: "LuminaNextDiT2DModel",
     load: |dir, dtype, device, check| Ok(Box::new(PixelFamily::load(dir, dtype, device, check)?)),
 };
