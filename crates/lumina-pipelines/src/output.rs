@@ -37,11 +37,34 @@ pub fn save_png(path: &Path, image: &Tensor, parameters: &str) -> Result<()> {
 /// `image` (H, W, 3) in [0, 1] as the bytes of an 8-bit RGB PNG with `parameters` as a tEXt
 /// chunk (what `save_png` writes; the server sends it as base64).
 pub fn encode_png(image: &Tensor, parameters: &str) -> Result<Vec<u8>> {
+    encode_frames(&image.unsqueeze(0)?, 0, parameters)
+}
+
+/// A clip (F, H, W, 3) in [0, 1] as an animated PNG (APNG: lossless, every frame the whole
+/// canvas, looping), each frame shown `frame_ms` milliseconds, with `parameters` as a tEXt
+/// chunk. Viewers without APNG show the first frame.
+pub fn encode_apng(frames: &Tensor, frame_ms: u16, parameters: &str) -> Result<Vec<u8>> {
+    if frames.dims().len() != 4 || frames.dim(0)? == 0 {
+        return Err(Error::request(
+            "clip",
+            "(frames, height, width, 3) with at least one frame",
+            format!("{:?}", frames.dims()),
+        ));
+    }
+    encode_frames(frames, frame_ms, parameters)
+}
+
+/// One writer for stills and clips: one frame is a plain PNG, several an APNG.
+fn encode_frames(frames: &Tensor, frame_ms: u16, parameters: &str) -> Result<Vec<u8>> {
     let fail = |reason: String| Error::Output {
         path: PathBuf::from("<PNG in memory>"),
         reason,
     };
-    let (w, h, data) = to_rgb8(image)?;
+    let count = frames.dim(0)?;
+    let rgb = (0..count)
+        .map(|k| to_rgb8(&frames.get(k)?))
+        .collect::<Result<Vec<_>>>()?;
+    let (w, h) = (rgb[0].0, rgb[0].1);
     let mut bytes = Vec::new();
     let mut encoder = png::Encoder::new(BufWriter::new(&mut bytes), w, h);
     encoder.set_color(png::ColorType::Rgb);
@@ -49,10 +72,19 @@ pub fn encode_png(image: &Tensor, parameters: &str) -> Result<Vec<u8>> {
     encoder
         .add_text_chunk(PARAMETERS_KEY.to_string(), latin1(parameters))
         .map_err(|e| fail(e.to_string()))?;
+    if count > 1 {
+        // 0 plays: loop for ever; the first frame is also the still image
+        encoder
+            .set_animated(count as u32, 0)
+            .and_then(|()| encoder.set_frame_delay(frame_ms, 1000))
+            .map_err(|e| fail(e.to_string()))?;
+    }
     let mut writer = encoder.write_header().map_err(|e| fail(e.to_string()))?;
-    writer
-        .write_image_data(&data)
-        .map_err(|e| fail(e.to_string()))?;
+    for (_, _, data) in &rgb {
+        writer
+            .write_image_data(data)
+            .map_err(|e| fail(e.to_string()))?;
+    }
     writer.finish().map_err(|e| fail(e.to_string()))?;
     Ok(bytes)
 }
@@ -125,6 +157,47 @@ mod tests {
             .next_frame(&mut buf)
             .map_err(|e| Error::request("png", "ok", e))?;
         assert_eq!(&buf[..6], &[0, 128, 255, 64, 191, 26]);
+        Ok(())
+    }
+
+    /// A clip written as APNG reads back frame by frame, with its frame count, delay and
+    /// parameters, and as its first frame in a reader that ignores animation.
+    #[test]
+    fn apng_round_trips_every_frame() -> Result<()> {
+        let frames = Tensor::arange(0f32, 4. * 2. * 3. * 3., &Device::Cpu)?
+            .reshape((4, 2, 3, 3))?
+            .affine(1.0 / 72.0, 0.0)?; // (F, H, W, 3) in [0, 1)
+        let bytes = encode_apng(&frames, 125, "a red circle moving up\nFrames: 4")?;
+        let png_err = |e: png::DecodingError| Error::request("png", "ok", e);
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .map_err(png_err)?;
+        let info = reader.info();
+        let absent = |chunk| Error::request("APNG chunk", "present", chunk);
+        let actl = info.animation_control.ok_or_else(|| absent("acTL"))?;
+        assert_eq!((actl.num_frames, actl.num_plays), (4, 0));
+        let text = info
+            .uncompressed_latin1_text
+            .first()
+            .map(|t| t.text.clone());
+        assert_eq!(text.as_deref(), Some("a red circle moving up\nFrames: 4"));
+        let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+        for k in 0..4 {
+            reader.next_frame(&mut buf).map_err(png_err)?;
+            let fctl = reader.info().frame_control.ok_or_else(|| absent("fcTL"))?;
+            assert_eq!((fctl.delay_num, fctl.delay_den), (125, 1000), "frame {k}");
+            let (_, _, want) = to_rgb8(&frames.get(k)?)?;
+            assert_eq!(buf, want, "frame {k}");
+        }
+        let one = encode_apng(&frames.narrow(0, 0, 1)?, 125, "")?;
+        let still = png::Decoder::new(std::io::Cursor::new(one))
+            .read_info()
+            .map_err(png_err)?;
+        assert!(
+            still.info().animation_control.is_none(),
+            "one frame is a plain PNG"
+        );
+        assert!(encode_apng(&frames.get(0)?, 125, "").is_err());
         Ok(())
     }
 
