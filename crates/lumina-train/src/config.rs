@@ -262,6 +262,7 @@ impl TrainConfig {
                 scaling_factor: 1.0,
                 coordinate_embedding: true,
                 modulation_norm: false,
+                ..NextDitConfig::default()
             },
             text_encoder: WordEncoderConfig {
                 vocab_size: crate::data::vocabulary().words.len(),

@@ -10,7 +10,7 @@ use crate::rope::RopeFactors;
 /// the call, never model state, so one loaded model serves every size and every solver step.
 #[derive(Clone, Copy, Debug)]
 pub struct DitInput<'a> {
-    /// Noisy latents x_t, (B, C, H, W).
+    /// Noisy latents x_t, (B, C, H, W), or a clip (B, C, F, H, W) for a model that takes clips.
     pub latents: &'a Tensor,
     /// t per sample, (B,), in the project's convention: 0 = pure noise, 1 = data.
     pub timesteps: &'a Tensor,
@@ -108,14 +108,44 @@ impl<'a> DitInput<'a> {
         patch: usize,
         caption_dim: usize,
     ) -> Result<(usize, usize, usize)> {
-        let dims = self.latents.dims();
-        let &[b, c, h, w] = dims else {
+        if self.latents.rank() != 4 {
             return Err(Error::input(
                 "latents",
-                "shape (B, C, H, W)",
-                format!("{dims:?}"),
+                "shape (B, C, H, W) (this model takes images)",
+                format!("{:?}", self.latents.dims()),
             ));
+        }
+        let (b, _, h, w) = self.check_clip(in_channels, (1, patch), caption_dim)?;
+        Ok((b, h, w))
+    }
+
+    /// [`DitInput::check`] for a model that also takes clips (B, C, F, H, W), F a multiple of
+    /// the temporal patch; an image is one frame. Returns (B, F, H, W).
+    pub(crate) fn check_clip(
+        &self,
+        in_channels: usize,
+        (frame_patch, patch): (usize, usize),
+        caption_dim: usize,
+    ) -> Result<(usize, usize, usize, usize)> {
+        let dims = self.latents.dims();
+        let (b, c, f, h, w) = match *dims {
+            [b, c, h, w] => (b, c, 1, h, w),
+            [b, c, f, h, w] => (b, c, f, h, w),
+            _ => {
+                return Err(Error::input(
+                    "latents",
+                    "shape (B, C, H, W) or (B, C, F, H, W)",
+                    format!("{dims:?}"),
+                ))
+            }
         };
+        if f == 0 || !f.is_multiple_of(frame_patch) {
+            return Err(Error::input(
+                "frames",
+                format!("a non-zero multiple of the temporal patch size {frame_patch}"),
+                f,
+            ));
+        }
         if c != in_channels {
             return Err(Error::input(
                 "latent channels",
@@ -175,7 +205,7 @@ impl<'a> DitInput<'a> {
                 ));
             }
         }
-        Ok((b, h, w))
+        Ok((b, f, h, w))
     }
 
     /// Real caption tokens per sample (the mask's row sums).

@@ -42,6 +42,22 @@ pub struct NextDitConfig {
     /// larger modulations than a full-precision one; this brings them back in range.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub modulation_norm: bool,
+    /// Head dimensions that turn with the frame index (3-D RoPE over frames, rows, columns;
+    /// Lumina-Video gives frames 2/8 of the head). 0: an image model, whose one frame is the
+    /// image RoPE exactly.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub frame_dim: usize,
+    /// Frames per token (Lumina-Video's `f_patch_size`); 1 for image models.
+    #[serde(skip_serializing_if = "is_one")]
+    pub frame_patch_size: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for NextDitConfig {
@@ -64,6 +80,8 @@ impl Default for NextDitConfig {
             scaling_factor: 1.0,
             coordinate_embedding: false,
             modulation_norm: false,
+            frame_dim: 0,
+            frame_patch_size: 1,
         }
     }
 }
@@ -157,6 +175,15 @@ impl Validate for NextDitConfig {
                 "hidden_size",
                 self.hidden_size,
                 reason,
+            ));
+        }
+        at_least("frame_patch_size", self.frame_patch_size, 1)?;
+        let head = self.head_dim();
+        if !self.frame_dim.is_multiple_of(4) || self.frame_dim >= head {
+            return Err(Error::invalid_config(
+                "frame_dim",
+                self.frame_dim,
+                format!("a multiple of 4 below the head dim {head}"),
             ));
         }
         at_least("cross_attention_dim", self.cross_attention_dim, 1)

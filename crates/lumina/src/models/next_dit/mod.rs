@@ -13,14 +13,14 @@ pub use block::NextDitBlock;
 pub use config::NextDitConfig;
 
 use super::input::DitInput;
-use super::patch::{patchify, unpatchify, PatchOrder};
+use super::patch::{patchify_video, unpatchify_video, PatchOrder};
 use super::step_cache::{select_rows, StepCache};
 use crate::config::Validate;
 use crate::error::{Error, Result};
 use crate::nn::{
     coordinate_features, key_bias, KvPool, LayerNorm, Linear, NormOut, TimestepEmbedder,
 };
-use crate::rope::next_dit_table;
+use crate::rope::{next_dit_video_table, AxisFactors, VideoGrid};
 use crate::weights::{Init, Weights};
 
 /// `time_caption_embed`: t embedding plus an embedding of the masked-mean caption.
@@ -68,11 +68,11 @@ pub struct NextDit {
 impl NextDit {
     pub fn load(cfg: &NextDitConfig, w: &Weights) -> Result<Self> {
         cfg.validate()?;
-        let (d, p) = (cfg.hidden_size, cfg.patch_size);
+        let (d, p, pf) = (cfg.hidden_size, cfg.patch_size, cfg.frame_patch_size);
         // Upstream pads variable-size batches with this token; the diffusers forward never
         // does. Checked so the checkpoint audit is exact.
         w.get("pad_token", &[d], Init::Normal { std: 0.02 })?;
-        let patch_in = p * p * cfg.in_channels;
+        let patch_in = pf * p * p * cfg.in_channels;
         let layers = (0..cfg.num_layers)
             .map(|i| NextDitBlock::load(&w.pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -92,7 +92,7 @@ impl NextDit {
                 &w.pp("norm_out"),
                 d,
                 cfg.cond_dim(),
-                p * p * cfg.out_channels(),
+                pf * p * p * cfg.out_channels(),
                 w.dtype(),
             )?,
         })
@@ -107,7 +107,8 @@ impl NextDit {
     }
 
     /// The velocity (and, with `learn_sigma`, the unused σ channels after it):
-    /// (B, C, H, W) → (B, C_out, H, W).
+    /// (B, C, H, W) → (B, C_out, H, W), or for a clip (B, C, F, H, W) → (B, C_out, F, H, W).
+    /// An image is a one-frame clip: the same tokens, RoPE and output.
     pub fn forward(&self, inp: &DitInput) -> Result<Tensor> {
         self.forward_observed(inp, |_| {})
     }
@@ -120,8 +121,10 @@ impl NextDit {
         mut after_layer: impl FnMut(usize),
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let p = cfg.patch_size;
-        let (_, h, w) = inp.check(cfg.in_channels, p, cfg.cross_attention_dim)?;
+        let (p, pf) = (cfg.patch_size, cfg.frame_patch_size);
+        let (_, frames, h, w) =
+            inp.check_clip(cfg.in_channels, (pf, p), cfg.cross_attention_dim)?;
+        let clip = inp.latents.rank() == 5;
         if let Some(row) = inp.caption_lengths()?.iter().position(|&n| n == 0) {
             return Err(Error::input(
                 "caption mask",
@@ -130,21 +133,47 @@ impl NextDit {
             ));
         }
         let latents = inp.latents.to_dtype(self.dtype)?;
+        let latents = if clip { latents } else { latents.unsqueeze(2)? }; // (B, C, F, H, W)
         let caption = inp.caption.to_dtype(self.dtype)?;
-        let n = (h / p) * (w / p);
+        let grid = VideoGrid {
+            frames: frames / pf,
+            rows: h / p,
+            cols: w / p,
+        };
+        let n = grid.tokens();
 
-        let x = self
-            .patch_embedder
-            .forward(&patchify(&latents, p, PatchOrder::ChannelFirst)?)?; // (B, N, D)
+        let x = self.patch_embedder.forward(&patchify_video(
+            &latents,
+            pf,
+            p,
+            PatchOrder::ChannelFirst,
+        )?)?; // (B, N, D)
         let x = match cfg.coordinate_embedding {
             true => {
-                let grid = cfg.sample_size / p;
-                let coords = coordinate_features(h / p, w / p, cfg.hidden_size, grid, x.device())?; // (N, D)
+                let native = cfg.sample_size / p;
+                let coords =
+                    coordinate_features(h / p, w / p, cfg.hidden_size, native, x.device())?; // (rows·cols, D)
+                let coords = coords.repeat((grid.frames, 1))?; // (N, D): the same in every frame
                 x.broadcast_add(&coords.to_dtype(x.dtype())?)?
             }
             false => x,
         };
-        let (cos, sin) = next_dit_table(h / p, w / p, cfg.head_dim(), inp.rope, latents.device())?; // (N, Dh/2)
+        let frame_rope = AxisFactors::IDENTITY;
+        let (cos, sin) = next_dit_video_table(
+            grid,
+            cfg.head_dim(),
+            cfg.frame_dim,
+            frame_rope,
+            inp.rope,
+            latents.device(),
+        )?; // (N, Dh/2)
+        if grid.frames > 1 && inp.pool_factor().is_some() {
+            return Err(Error::input(
+                "Context Drop",
+                "images (its key pooling works on one frame's grid)",
+                format!("a clip of {frames} frames"),
+            ));
+        }
         let temb = self
             .time_caption_embed
             .forward(inp.timesteps, &caption, inp.caption_mask)?; // (B, Dc)
@@ -188,7 +217,8 @@ impl NextDit {
             }
             _ => blocks(x, None)?, // (B, N, D)
         };
-        let x = self.norm_out.forward(&x, &temb)?; // (B, N, p·p·C_out)
-        unpatchify(&x, h, w, p) // (B, C_out, H, W)
+        let x = self.norm_out.forward(&x, &temb)?; // (B, N, pf·p·p·C_out)
+        let out = unpatchify_video(&x, (frames, h, w), pf, p)?; // (B, C_out, F, H, W)
+        Ok(if clip { out } else { out.squeeze(2)? }) // (B, C_out, [F,] H, W)
     }
 }
