@@ -334,16 +334,15 @@ impl TrainConfig {
 
     /// The `shapes` recipe with TerDiT's quantisation-aware training and its RMSNorm on the
     /// adaLN modulation.
-    pub fn shapes_ternary() -> Self {
-        let mut c = Self::shapes();
-        c.ternary = true;
-        c.transformer.modulation_norm = true;
-        // the shipped ternary model's schedule: all steps at 32 px (resolution stages are
-        // untried with QAT)
-        c.data.stages.clear();
-        c.optim.steps = 4400;
-        c.eval.every = 600;
-        c
+    /// The recipe of the shipped `shapes-ternary` model: its committed run config, so the
+    /// preset and `--config models/shapes-ternary/train_config.toml` are one recipe (QAT from
+    /// `models/shapes`, distilled from it; both paths relative to the repository root).
+    pub fn shapes_ternary() -> Result<Self> {
+        const SHIPPED: &str = include_str!("../../../models/shapes-ternary/train_config.toml");
+        let cfg: TrainConfig = toml::from_str(SHIPPED)
+            .map_err(|e| Error::Config(format!("models/shapes-ternary/train_config.toml: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// A minute-sized run for tests.
@@ -379,7 +378,7 @@ impl TrainConfig {
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "shapes" => Ok(Self::shapes()),
-            "shapes-ternary" => Ok(Self::shapes_ternary()),
+            "shapes-ternary" => Self::shapes_ternary(),
             "tiny" => Ok(Self::tiny()),
             "tiny-ternary" => {
                 let mut c = Self::tiny();
