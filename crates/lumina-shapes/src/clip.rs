@@ -6,10 +6,10 @@
 use rand::Rng;
 
 use crate::canvas::Canvas;
-use crate::caption::{parse_named, Named, Shape, Size};
+use crate::caption::{parse_named, Named};
 use crate::judge::{detect, Detected};
 use crate::render::{render, Image};
-use crate::scene::{pick, CaptionMix, Object, Scene};
+use crate::scene::{pick, realize, sample_named, CaptionMix, Object, Scene};
 use crate::{Error, Result};
 
 /// Which way the object moves.
@@ -104,21 +104,9 @@ impl ClipCaption {
 /// A caption for a training or evaluation clip; `mix.size_named` and `mix.allow_held_out` as
 /// for images (the held-out pairs never appear in training).
 pub fn sample_clip_caption(rng: &mut impl Rng, mix: &CaptionMix) -> ClipCaption {
-    loop {
-        let object = Named {
-            size: None,
-            color: pick(rng, &crate::Color::ALL),
-            shape: pick(rng, &Shape::ALL),
-        };
-        if mix.allow_held_out || !object.is_held_out() {
-            let size = rng.gen_bool(mix.size_named).then(|| pick(rng, &Size::ALL));
-            let direction = pick(rng, &Direction::ALL);
-            return ClipCaption {
-                object: Named { size, ..object },
-                direction,
-            };
-        }
-    }
+    let object = sample_named(rng, mix);
+    let direction = pick(rng, &Direction::ALL);
+    ClipCaption { object, direction }
 }
 
 /// One moving object: where it is at the first and the last frame.
@@ -159,8 +147,7 @@ impl ClipScene {
 /// to ±0.05 then clipped to keep the object inside, the other coordinate constant anywhere
 /// inside.
 pub fn sample_clip(caption: &ClipCaption, canvas: Canvas, rng: &mut impl Rng) -> ClipScene {
-    let named = caption.object;
-    let size = named.size.unwrap_or_else(|| pick(rng, &Size::ALL));
+    let (color, shape, size) = realize(caption.object, rng);
     let r = size.half_extent();
     let (rx, ry) = (r * canvas.kx(), r * canvas.ky());
     let (r_along, r_across) = if caption.direction.vertical() {
@@ -181,8 +168,8 @@ pub fn sample_clip(caption: &ClipCaption, canvas: Canvas, rng: &mut impl Rng) ->
     ClipScene {
         canvas,
         object: Object {
-            color: named.color,
-            shape: named.shape,
+            color,
+            shape,
             size,
             cx: p0.0,
             cy: p0.1,
@@ -213,17 +200,6 @@ pub enum ClipFault {
 }
 
 impl ClipFault {
-    pub const ALL: [ClipFault; 8] = [
-        ClipFault::Unjudgeable,
-        ClipFault::Count,
-        ClipFault::Color,
-        ClipFault::Shape,
-        ClipFault::Size,
-        ClipFault::Distance,
-        ClipFault::Backstep,
-        ClipFault::Drift,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             ClipFault::Unjudgeable => "unjudgeable",
@@ -366,7 +342,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::Color;
+    use crate::{Color, Shape};
 
     const EVAL: CaptionMix = CaptionMix {
         two_objects: 0.0,

@@ -73,7 +73,7 @@ pub(crate) fn pick<T: Copy>(rng: &mut impl Rng, items: &[T]) -> T {
     *items.choose(rng).expect("non-empty choice")
 }
 
-fn sample_named(rng: &mut impl Rng, mix: &CaptionMix) -> Named {
+pub(crate) fn sample_named(rng: &mut impl Rng, mix: &CaptionMix) -> Named {
     loop {
         let color = pick(rng, &Color::ALL);
         let shape = pick(rng, &Shape::ALL);
@@ -97,7 +97,7 @@ pub fn sample_caption(rng: &mut impl Rng, mix: &CaptionMix) -> Caption {
     }
 }
 
-fn realize(named: Named, rng: &mut impl Rng) -> (Color, Shape, Size) {
+pub(crate) fn realize(named: Named, rng: &mut impl Rng) -> (Color, Shape, Size) {
     (
         named.color,
         named.shape,

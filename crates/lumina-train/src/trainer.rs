@@ -472,14 +472,7 @@ impl Trainer {
             let t = weights
                 .get(name)
                 .ok_or_else(|| fail(format!("weights.safetensors has no `{name}`")))?;
-            if t.dims() != var.as_tensor().dims() {
-                return Err(fail(format!(
-                    "`{name}`: expected {:?}, got {:?}",
-                    var.as_tensor().dims(),
-                    t.dims()
-                )));
-            }
-            var.set(t)?;
+            set_param(dir, "the checkpoint", name, var, t)?;
         }
         trainer.ema = load("ema.safetensors")?;
         trainer
@@ -552,20 +545,9 @@ fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Resul
             )))
             }
         };
-        if t.dims() != var.as_tensor().dims() {
-            return Err(fail(format!(
-                "`{name}`: this config expects {:?}, the model has {:?}",
-                var.as_tensor().dims(),
-                t.dims()
-            )));
-        }
-        var.set(&t.to_dtype(DType::F32)?)?;
+        set_param(dir, "the model", name, var, &t)?;
     }
-    if let Some(extra) = stored.keys().next() {
-        return Err(fail(format!(
-            "`{extra}` is not a parameter of this config's model"
-        )));
-    }
+    no_other_params(dir, &stored)?;
     for (latent, alpha) in alphas {
         let w = vars
             .iter()
@@ -594,19 +576,35 @@ fn init_from_checkpoint(dir: &Path, vars: &[(String, Var)], device: &Device) -> 
                  seeding a ternary run: use its exported model folder)"
             ))
         })?;
-        if t.dims() != var.as_tensor().dims() {
-            return Err(fail(format!(
-                "`{name}`: this config expects {:?}, the checkpoint has {:?}",
+        set_param(dir, "the checkpoint", name, var, &t)?;
+    }
+    no_other_params(dir, &stored)
+}
+
+/// Sets parameter `name` to a stored tensor (in f32), refusing another shape; `source` says
+/// what `dir` is in the message.
+fn set_param(dir: &Path, source: &str, name: &str, var: &Var, t: &Tensor) -> Result<()> {
+    if t.dims() != var.as_tensor().dims() {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "`{name}`: this config expects {:?}, {source} has {:?}",
                 var.as_tensor().dims(),
                 t.dims()
-            )));
-        }
-        var.set(&t.to_dtype(DType::F32)?)?;
+            ),
+        });
     }
-    match stored.keys().next() {
-        Some(extra) => Err(fail(format!(
-            "`{extra}` is not a parameter of this config's model"
-        ))),
+    var.set(&t.to_dtype(DType::F32)?)?;
+    Ok(())
+}
+
+/// Refuses stored tensors left over once every parameter took its own.
+fn no_other_params(dir: &Path, left: &HashMap<String, Tensor>) -> Result<()> {
+    match left.keys().next() {
+        Some(extra) => Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: format!("`{extra}` is not a parameter of this config's model"),
+        }),
         None => Ok(()),
     }
 }

@@ -93,7 +93,7 @@ impl GemmaParts {
 
 impl LatentCodec for Vae {
     fn encode_images(&self, images: &Tensor) -> Result<Tensor> {
-        self.encode(images)
+        Vae::encode(self, images)
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Tensor> {
