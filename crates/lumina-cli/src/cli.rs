@@ -404,8 +404,9 @@ impl From<SolverArg> for lumina::sample::Solver {
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// A diffusers pipeline folder, or a Hugging Face repo id (org/name[@revision]) already in
-    /// the local cache (nothing is downloaded), or a built-in model: `shapes` (the default) or
-    /// `shapes-ternary` (trained with ternary QAT, 2-bit weights).
+    /// the local cache (nothing is downloaded), or a built-in model: `shapes` (the default),
+    /// `shapes-ternary` (trained with ternary QAT, 2-bit weights) or `shapes-video` (text to
+    /// 8-frame clips).
     #[arg(short, long)]
     pub model: Option<String>,
 
@@ -557,6 +558,17 @@ pub struct SamplingArgs {
     /// TeaCache's for Lumina-Next / Lumina-Image-2.0, the fitted one of a built-in model).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     pub cache_coefficients: Option<Vec<f64>>,
+
+    /// Frames of each clip, for a video model (default: its training length); images are
+    /// one frame.
+    #[arg(long)]
+    pub frames: Option<usize>,
+
+    /// How a video model's frame axis goes past its training length: a RoPE rule, `pi`
+    /// (position interpolation), `ntk`, `time-aware`, `frequency-aware`, `ntk-pi[:κ]`,
+    /// `watershed[:τ]` or `none` (default: the model's, `pi`).
+    #[arg(long)]
+    pub frame_rope: Option<String>,
 }
 
 /// Going past the model's training size (resolution extrapolation). Without any of these
@@ -618,7 +630,8 @@ impl ExtrapolationArgs {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// A named recipe: `shapes` (the shipped model) or `tiny` (a smoke test).
+    /// A named recipe: `shapes` (the shipped model), `shapes-ternary` (its ternary QAT), or the
+    /// smoke tests `tiny`, `tiny-ternary` and `tiny-video` (4-frame clips).
     #[arg(long, default_value = "shapes", conflicts_with = "config")]
     pub preset: String,
 
@@ -655,7 +668,7 @@ pub struct TrainArgs {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// A pixel-model folder, a cached Hugging Face repo id, or a built-in model: `shapes` (the
-    /// default) or `shapes-ternary`.
+    /// default), `shapes-ternary` or `shapes-video` (its clips go to the clip judge).
     #[arg(short, long)]
     pub model: Option<String>,
 

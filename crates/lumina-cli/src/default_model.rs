@@ -1,4 +1,5 @@
-//! The shipped models (`models/shapes/` and `models/shapes-ternary/` in the repository),
+//! The shipped models (`models/shapes/`, `models/shapes-ternary/` and `models/shapes-video/` in
+//! the repository),
 //! compiled into the binary so that `lumina generate` works with no download and no checkout.
 //! The loaders read folders, so the files are written once to a cache folder named by their
 //! content hash and reused.
@@ -36,16 +37,19 @@ pub enum BuiltIn {
     Shapes,
     /// The same task trained with TerDiT's ternary QAT and stored 2-bit packed.
     ShapesTernary,
+    /// Text to video on the `shapes-video` task: 8-frame clips of one moving object.
+    ShapesVideo,
 }
 
 impl BuiltIn {
-    pub const ALL: [Self; 2] = [Self::Shapes, Self::ShapesTernary];
+    pub const ALL: [Self; 3] = [Self::Shapes, Self::ShapesTernary, Self::ShapesVideo];
 
     /// The `--model` name, also the folder under `models/` in the repository.
     pub fn name(self) -> &'static str {
         match self {
             Self::Shapes => "shapes",
             Self::ShapesTernary => "shapes-ternary",
+            Self::ShapesVideo => "shapes-video",
         }
     }
 
@@ -62,6 +66,7 @@ impl BuiltIn {
         match self {
             Self::Shapes => pipeline_files!("shapes"),
             Self::ShapesTernary => pipeline_files!("shapes-ternary"),
+            Self::ShapesVideo => pipeline_files!("shapes-video"),
         }
     }
 

@@ -146,3 +146,89 @@ fn eval_rejects_a_prompt_file_outside_the_grammar_naming_the_line() {
     assert!(err.contains("prompts.txt:2"), "{err}");
     assert!(err.contains("pink"), "{err}");
 }
+
+/// Frames and the `parameters` text of an (animated) PNG.
+fn png_frames(path: &Path) -> (u32, String) {
+    let file = std::fs::File::open(path).expect("the clip file");
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a PNG");
+    let info = reader.info();
+    let frames = info.animation_control().map_or(1, |a| a.num_frames);
+    let text = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    (frames, text)
+}
+
+#[test]
+fn a_video_model_writes_animated_png_and_gif_and_is_judged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    let run_s = run.to_str().expect("utf-8");
+    let o = lumina(&["train", "--preset", "tiny-video", "--out", run_s, "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = run.join("model");
+    let model_s = model.to_str().expect("utf-8");
+    assert!(run.join("samples/final.png").is_file(), "the clip sheet");
+
+    let clip = tmp.path().join("clip.png");
+    let prompt = "a red circle moving to the right";
+    let generate = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "generate", "--model", model_s, "-p", prompt, "--seed", "3", "-q",
+        ];
+        args.extend(["-o", out.to_str().expect("utf-8")]);
+        args.extend(extra);
+        lumina(&args)
+    };
+    let o = generate(&clip, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (frames, text) = png_frames(&clip);
+    assert_eq!(frames, 4, "the model's default length");
+    assert!(
+        text.starts_with(prompt) && text.contains("Frames: 4"),
+        "{text}"
+    );
+
+    let o = generate(&clip, &["--frames", "8", "--frame-rope", "ntk"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (frames, text) = png_frames(&clip);
+    assert_eq!(frames, 8);
+    assert!(
+        text.contains("Frames: 8") && text.contains("Frame RoPE: ntk"),
+        "{text}"
+    );
+
+    let gif = tmp.path().join("clip.gif");
+    let o = generate(&gif, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&gif).expect("the GIF");
+    assert!(bytes.starts_with(b"GIF89a"));
+    let comment = String::from_utf8_lossy(&bytes);
+    assert!(comment.contains(prompt) && comment.contains("Frames: 4"));
+
+    let o = generate(&clip, &["--frames", "3"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("frames"), "{}", stderr(&o));
+
+    // clip prompts for a clip model; 16-pixel clips are under the judge's 32, so unjudgeable
+    let o = lumina(&[
+        "eval",
+        "--model",
+        model_s,
+        "--per-kind",
+        "1",
+        "--seeds",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(json["total"], 5);
+    assert_eq!(json["frames"], 4);
+    assert_eq!(json["faults"]["unjudgeable"], 5);
+}

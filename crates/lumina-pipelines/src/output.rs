@@ -54,6 +54,81 @@ pub fn encode_apng(frames: &Tensor, frame_ms: u16, parameters: &str) -> Result<V
     encode_frames(frames, frame_ms, parameters)
 }
 
+/// How long each frame of a clip shows: 8 frames a second, so the default 8-frame clip lasts a
+/// second.
+pub const FRAME_MS: u16 = 125;
+
+/// Writes a clip (F, H, W, 3) in [0, 1]: an animated GIF when `path` ends in `.gif`
+/// (case-insensitive), else an APNG; both loop and carry `parameters`.
+pub fn save_clip(path: &Path, frames: &Tensor, parameters: &str) -> Result<()> {
+    let gif = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gif"));
+    let bytes = match gif {
+        true => encode_gif(frames, FRAME_MS, parameters)?,
+        false => encode_apng(frames, FRAME_MS, parameters)?,
+    };
+    std::fs::write(path, bytes).map_err(|e| Error::Output {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// A clip (F, H, W, 3) in [0, 1] as a looping animated GIF, `parameters` in a comment
+/// extension. GIF keeps 256 colours a frame (each frame gets its own palette): lossy where
+/// APNG is not.
+pub fn encode_gif(frames: &Tensor, frame_ms: u16, parameters: &str) -> Result<Vec<u8>> {
+    let fail = |reason: String| Error::Output {
+        path: PathBuf::from("<GIF in memory>"),
+        reason,
+    };
+    if frames.dims().len() != 4 || frames.dim(0)? == 0 {
+        return Err(Error::request(
+            "clip",
+            "(frames, height, width, 3) with at least one frame",
+            format!("{:?}", frames.dims()),
+        ));
+    }
+    let rgb = (0..frames.dim(0)?)
+        .map(|k| to_rgb8(&frames.get(k)?))
+        .collect::<Result<Vec<_>>>()?;
+    let (w, h) = (rgb[0].0, rgb[0].1);
+    let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
+        (Ok(w), Ok(h)) => (w, h),
+        _ => {
+            return Err(Error::request(
+                "GIF size",
+                "at most 65535 pixels a side",
+                format!("{w}x{h}"),
+            ))
+        }
+    };
+    let mut bytes = Vec::new();
+    {
+        let mut encoder =
+            gif::Encoder::new(&mut bytes, w16, h16, &[]).map_err(|e| fail(e.to_string()))?;
+        encoder
+            .set_repeat(gif::Repeat::Infinite)
+            .map_err(|e| fail(e.to_string()))?;
+        // the Comment Extension (0xFE) is GIF's place for free text
+        encoder
+            .write_raw_extension(
+                gif::Extension::Comment.into(),
+                &[latin1(parameters).as_bytes()],
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        for (_, _, data) in &rgb {
+            // speed 10: NeuQuant's balance of palette quality and time (the crate's advice)
+            let mut frame = gif::Frame::from_rgb_speed(w16, h16, data, 10);
+            frame.delay = frame_ms / 10; // GIF counts hundredths of a second
+            encoder
+                .write_frame(&frame)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    Ok(bytes)
+}
+
 /// One writer for stills and clips: one frame is a plain PNG, several an APNG.
 fn encode_frames(frames: &Tensor, frame_ms: u16, parameters: &str) -> Result<Vec<u8>> {
     let fail = |reason: String| Error::Output {

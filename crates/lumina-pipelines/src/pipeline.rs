@@ -17,8 +17,8 @@ use lumina::models::{CacheRule, CacheStats, StepCache, Transformer, TransformerC
 use lumina::nn::lora::{Adapters, LoraMode};
 use lumina::nn::ContextDrop;
 use lumina::sample::{
-    noise, sample_with, shift_time, FiniteState, Guidance, HookRef, ProjectedFlow, Renorm,
-    RopeSchedule, Schedule, Solver, StepDone, StepHook, Truncation,
+    noise, sample_with, shift_time, FiniteState, FrameRope, Guidance, HookRef, ProjectedFlow,
+    Renorm, RopeMethod, RopeSchedule, Schedule, Solver, StepDone, StepHook, Truncation,
 };
 use lumina::weights::{WeightFiles, Weights};
 use lumina::{Caption, Denoiser, TextTiles};
@@ -27,18 +27,19 @@ use rand::SeedableRng;
 
 use crate::error::{Error, Result};
 use crate::extrapolation::{native_canvas, Extrapolation};
-use crate::family::{FamilyModel, PixelFamily};
-use crate::pixel_model::{SamplerDefaults, PIXEL_PIPELINE_CLASS};
+use crate::family::{frame_method, FamilyModel, PixelFamily, VideoFamily};
+use crate::pixel_model::{SamplerDefaults, PIXEL_PIPELINE_CLASS, PIXEL_VIDEO_PIPELINE_CLASS};
 use crate::text_encoder::{WordEncoder, WordTokenizer};
 use crate::tokenizer::Tokens;
 
 /// diffusers pipeline classes (and their deprecated aliases) this build runs.
-pub const PIPELINE_CLASSES: [(&str, Family); 5] = [
+pub const PIPELINE_CLASSES: [(&str, Family); 6] = [
     ("LuminaPipeline", Family::LuminaNext),
     ("LuminaText2ImgPipeline", Family::LuminaNext),
     ("Lumina2Pipeline", Family::Lumina2),
     ("Lumina2Text2ImgPipeline", Family::Lumina2),
     (PIXEL_PIPELINE_CLASS, Family::Pixel),
+    (PIXEL_VIDEO_PIPELINE_CLASS, Family::PixelVideo),
 ];
 
 /// Lumina-Image-2.0's default system prompt (diffusers `Lumina2Pipeline.system_prompt`).
@@ -50,6 +51,8 @@ pub enum Family {
     Lumina2,
     /// Next-DiT on RGB pixels with a word-level encoder: the project's own models.
     Pixel,
+    /// The same with a frame axis: text to video.
+    PixelVideo,
 }
 
 /// Where the starting noise comes from.
@@ -118,6 +121,12 @@ pub struct Request {
     /// Compute every step and record (input change, output change) pairs of the block stack
     /// into [`Output::cache_pairs`], to fit a rescaling polynomial (`lumina cache-fit`).
     pub record_cache: bool,
+    /// Frames of each output: 1 for an image family; a clip family's default is its training
+    /// length.
+    pub frames: usize,
+    /// How a clip model's frame axis goes past its training length. `None`: the model's
+    /// default (position interpolation unless its folder says otherwise).
+    pub frame_extrapolation: Option<RopeMethod>,
 }
 
 /// The starting picture of img2img and upscaling.
@@ -156,6 +165,8 @@ impl Request {
             cache_threshold: None,
             cache_coefficients: None,
             record_cache: false,
+            frames: 1,
+            frame_extrapolation: None,
         }
     }
 
@@ -180,7 +191,7 @@ impl Request {
 pub struct Output {
     /// Final latents (B, C, h, w), f32.
     pub latents: Tensor,
-    /// Images (B, H, W, 3) in [0, 1], f32.
+    /// Images (B, H, W, 3) in [0, 1], f32; a clip model's frames (B, F, H, W, 3).
     pub images: Tensor,
     /// The conditional caption features and mask the transformer saw.
     pub prompt_embeds: Caption,
@@ -369,22 +380,42 @@ impl Pipeline {
         })
     }
 
-    /// A pixel-family pipeline from components in memory (a model being trained).
+    /// A pixel-family pipeline from components in memory (a model being trained): the video
+    /// family when the transformer has a frame axis.
     pub fn pixel(
         transformer: Transformer,
         tokenizer: WordTokenizer,
         encoder: WordEncoder,
         defaults: SamplerDefaults,
         device: &Device,
-    ) -> Self {
-        Self {
-            family: Family::Pixel,
+    ) -> Result<Self> {
+        let pixel = PixelFamily::new(tokenizer, encoder, defaults);
+        let clip = matches!(transformer.config(), TransformerConfig::NextDit(c) if c.frame_dim > 0);
+        let (family, model): (Family, Box<dyn FamilyModel>) = match clip {
+            true => (Family::PixelVideo, Box::new(VideoFamily::new(pixel)?)),
+            false => (Family::Pixel, Box::new(pixel)),
+        };
+        Ok(Self {
+            family,
             dir: PathBuf::new(),
-            model: Box::new(PixelFamily::new(tokenizer, encoder, defaults)),
+            model,
             transformer,
             adapters: None,
             loras: Mutex::default(),
             device: device.clone(),
+        })
+    }
+
+    /// Whether outputs are clips (B, F, H, W, 3) rather than images (B, H, W, 3).
+    pub fn makes_clips(&self) -> bool {
+        self.model.clip_rules().is_some()
+    }
+
+    /// The transformer's frame axis: (frames per token, training length, head dimensions).
+    fn frame_axis(&self) -> (usize, usize, usize) {
+        match self.transformer.config() {
+            TransformerConfig::NextDit(c) => (c.frame_patch_size, c.sample_frames, c.frame_dim),
+            TransformerConfig::Lumina2(_) => (1, 1, 0),
         }
     }
 
@@ -507,6 +538,7 @@ impl Pipeline {
         if r.images_per_prompt == 0 {
             return Err(Error::request("images per prompt", ">= 1", 0));
         }
+        self.validate_frames(r)?;
         if let Some(neg) = &r.negative_prompts {
             if neg.len() != r.prompts.len() {
                 return Err(Error::request(
@@ -560,6 +592,49 @@ impl Pipeline {
         self.check_memory(r)
     }
 
+    /// Clip length against the model: image families make one frame; a clip model's length
+    /// is a multiple of its temporal patch; what works on one frame's grid is refused.
+    fn validate_frames(&self, r: &Request) -> Result<()> {
+        if !self.makes_clips() {
+            return match r.frames {
+                1 => Ok(()),
+                n => Err(Error::request(
+                    "frames",
+                    format!("1: the {} family makes images", self.family.name()),
+                    n,
+                )),
+            };
+        }
+        let (pf, _, _) = self.frame_axis();
+        if r.frames == 0 || !r.frames.is_multiple_of(pf) {
+            return Err(Error::request(
+                "frames",
+                format!("a positive multiple of the model's temporal patch {pf}"),
+                r.frames,
+            ));
+        }
+        let refuse = |what: &'static str| {
+            Err(Error::request(
+                what,
+                "images only (it works on one frame's grid)",
+                format!("a clip of {} frames", r.frames),
+            ))
+        };
+        if r.init_image.is_some() {
+            return refuse("init image");
+        }
+        if self.context_drop(r).is_some() {
+            return refuse("Context Drop");
+        }
+        if self
+            .extrapolation(r)?
+            .is_some_and(|p| p.projected.is_some())
+        {
+            return refuse("I-Max's projected flow (choose a RoPE rule with --extrapolate)");
+        }
+        Ok(())
+    }
+
     /// Grid points img2img drops at `strength` (Lumina-Next mini: ⌊N·(1 − strength)⌋); below
     /// `steps` for any strength > 0, so at least one step runs.
     fn skipped_points(&self, steps: usize, strength: f64) -> usize {
@@ -603,7 +678,8 @@ impl Pipeline {
     /// decoder's feature maps for one image. Weights are already resident.
     pub fn estimate_bytes(&self, r: &Request, width: usize, height: usize) -> u64 {
         let m = self.size_multiple() as u64;
-        let tokens = (width as u64 / m).max(1) * (height as u64 / m).max(1);
+        let frames = r.frames.max(1) as u64;
+        let tokens = (width as u64 / m).max(1) * (height as u64 / m).max(1) * frames;
         let (hidden, head_dim) = match self.transformer.config() {
             TransformerConfig::NextDit(c) => (c.hidden_size, c.head_dim()),
             TransformerConfig::Lumina2(c) => (c.hidden_size, c.head_dim()),
@@ -614,7 +690,7 @@ impl Pipeline {
         // three ~8/3·D-wide ones, plus cos/sin tables
         let per_token = 16 * hidden as u64 + 8 * hidden as u64 + 2 * head_dim as u64;
         let transformer = batch * tokens * per_token * 4;
-        let pixels = (width * height) as u64;
+        let pixels = (width * height) as u64 * frames;
         let state = 8 * r.batch() as u64 * pixels * self.latent_channels() as u64 * 4
             / (self.latent_scale() * self.latent_scale()) as u64;
         let decoder = self.model.codec().decoder_bytes(pixels, r.batch() as u64);
@@ -669,14 +745,17 @@ impl Pipeline {
         ))
     }
 
-    /// The starting latents (B, C, h, w).
+    /// The starting latents (B, C, h, w), or (B, C, F, h, w) for a clip model.
     fn initial_latents(&self, r: &Request) -> Result<Tensor> {
-        let shape = [
-            r.batch(),
-            self.latent_channels(),
-            r.height / self.latent_scale(),
-            r.width / self.latent_scale(),
-        ];
+        let frames = self.makes_clips().then_some(r.frames);
+        let shape: Vec<usize> = [r.batch(), self.latent_channels()]
+            .into_iter()
+            .chain(frames)
+            .chain([
+                r.height / self.latent_scale(),
+                r.width / self.latent_scale(),
+            ])
+            .collect();
         match &r.latents {
             Latents::Given(t) => {
                 if t.dims() != shape {
@@ -760,6 +839,7 @@ impl Pipeline {
                 .flatten();
             return Ok(Rules {
                 guidance,
+                frame_rope: self.frame_rope(r)?,
                 rope: plan.rope_schedule((r.width, r.height), native, native_side, head_dim)?,
                 base_sequence_length: plan.proportional_attn.then_some(native_tokens),
                 text_tiles,
@@ -769,9 +849,24 @@ impl Pipeline {
         Ok(Rules {
             guidance,
             rope,
+            frame_rope: self.frame_rope(r)?,
             base_sequence_length,
             text_tiles: None,
         })
+    }
+
+    /// The frame axis's rule for a clip longer than the model's training clips.
+    fn frame_rope(&self, r: &Request) -> Result<Option<FrameRope>> {
+        let Some(rules) = self.model.clip_rules() else {
+            return Ok(None);
+        };
+        let (pf, trained, frame_dim) = self.frame_axis();
+        Ok(FrameRope::for_clip(
+            frame_method(rules, r),
+            r.frames / pf,
+            (trained / pf).max(1),
+            frame_dim,
+        )?)
     }
 
     /// Runs a whole call; `on_step` sees every finished solver step (of I-Max's native pass
@@ -799,6 +894,7 @@ impl Pipeline {
             uncond,
             guidance: rules.guidance,
             rope: rules.rope,
+            frame_rope: rules.frame_rope,
             base_sequence_length: rules.base_sequence_length,
             text_tiles: rules.text_tiles,
             context_drop: self.context_drop(r),
@@ -955,9 +1051,19 @@ impl Pipeline {
         self.model.codec().encode_images(images)
     }
 
-    /// Final latents (B, C, h, w) → images (B, H, W, 3) in [0, 1].
+    /// Final latents (B, C, h, w) → images (B, H, W, 3) in [0, 1]; a clip's (B, C, F, h, w)
+    /// → frames (B, F, H, W, 3), each frame decoded as an image.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        self.model.codec().decode(latents)
+        if latents.rank() != 5 {
+            return self.model.codec().decode(latents);
+        }
+        let (b, c, f, h, w) = latents.dims5()?;
+        let frames = latents
+            .permute((0, 2, 1, 3, 4))?
+            .reshape((b * f, c, h, w))?; // (B·F, C, h, w)
+        let images = self.model.codec().decode(&frames)?; // (B·F, H, W, 3)
+        let (_, hh, ww, ch) = images.dims4()?;
+        Ok(images.reshape((b, f, hh, ww, ch))?)
     }
 }
 
@@ -965,6 +1071,7 @@ impl Pipeline {
 struct Rules {
     guidance: Guidance,
     rope: RopeSchedule,
+    frame_rope: Option<FrameRope>,
     base_sequence_length: Option<usize>,
     text_tiles: Option<TextTiles>,
 }

@@ -13,7 +13,7 @@ use crate::scene::{pick, realize, sample_named, CaptionMix, Object, Scene};
 use crate::{Error, Result};
 
 /// Which way the object moves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
     Left,
     Right,
@@ -179,7 +179,7 @@ pub fn sample_clip(caption: &ClipCaption, canvas: Canvas, rng: &mut impl Rng) ->
 }
 
 /// What kind of mistake a wrong clip makes: the first check of the spec that fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ClipFault {
     /// Fewer than 4 frames, or a canvas under 32 px a side: outside what the judge reads.
     Unjudgeable,

@@ -3,6 +3,7 @@
 use rand::Rng;
 
 use crate::caption::{Caption, Relation};
+use crate::clip::{sample_clip_caption, ClipCaption, Direction};
 use crate::scene::{sample_caption, CaptionMix};
 
 /// The kind a prompt is reported under; a prompt with a held-out pair counts as held-out
@@ -78,11 +79,82 @@ pub fn evaluation_prompts(per_kind: usize, rng: &mut impl Rng) -> Vec<Caption> {
     out
 }
 
+/// The kind a clip prompt is reported under: its direction, or held-out whatever its
+/// direction when it names a colour–shape pair never seen in training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClipKind {
+    Moving(Direction),
+    HeldOut,
+}
+
+impl ClipKind {
+    pub const ALL: [ClipKind; 5] = [
+        ClipKind::Moving(Direction::Left),
+        ClipKind::Moving(Direction::Right),
+        ClipKind::Moving(Direction::Up),
+        ClipKind::Moving(Direction::Down),
+        ClipKind::HeldOut,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClipKind::Moving(d) => d.phrase(),
+            ClipKind::HeldOut => "held-out pair",
+        }
+    }
+
+    pub fn of(caption: &ClipCaption) -> ClipKind {
+        match caption.object.is_held_out() {
+            true => ClipKind::HeldOut,
+            false => ClipKind::Moving(caption.direction),
+        }
+    }
+}
+
+/// `per_kind` distinct clip prompts of each kind (each direction, and held-out pairs moving
+/// any way), sizes named half the time.
+pub fn clip_evaluation_prompts(per_kind: usize, rng: &mut impl Rng) -> Vec<ClipCaption> {
+    let mix = CaptionMix {
+        size_named: 0.5,
+        allow_held_out: true,
+        ..CaptionMix::TRAINING
+    };
+    let mut out: Vec<ClipCaption> = Vec::new();
+    for kind in ClipKind::ALL {
+        let mut taken = 0;
+        let mut tries = 0;
+        while taken < per_kind && tries < 100_000 {
+            tries += 1;
+            let c = sample_clip_caption(rng, &mix);
+            if ClipKind::of(&c) == kind && !out.contains(&c) {
+                out.push(c);
+                taken += 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    #[test]
+    fn clip_lists_are_balanced_and_distinct() {
+        let prompts = clip_evaluation_prompts(6, &mut StdRng::seed_from_u64(0));
+        assert_eq!(prompts.len(), 30);
+        for kind in ClipKind::ALL {
+            assert_eq!(
+                prompts.iter().filter(|c| ClipKind::of(c) == kind).count(),
+                6
+            );
+        }
+        for (i, c) in prompts.iter().enumerate() {
+            assert!(!prompts[..i].contains(c), "{} twice", c.text());
+        }
+    }
 
     #[test]
     fn lists_are_balanced_and_cover_every_relation() {

@@ -87,6 +87,23 @@ pub struct DataConfig {
     /// canvas is square.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aspects: Vec<AspectBucket>,
+    /// The `shapes-video` task: steps draw clips (`shared/spec/shapes_video.md`) of
+    /// `clips.frames` frames on the step's canvas, some of them images instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clips: Option<ClipData>,
+}
+
+/// Clip training, as Lumina-Video trains a video model: clips of a fixed length, optionally
+/// mixed with images (one-frame clips) to keep what the picture model knows.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipData {
+    /// Frames per training clip (the model's default length).
+    pub frames: usize,
+    /// Share of steps whose batch is images (one-frame clips, needs `frame_patch_size = 1`)
+    /// instead of clips.
+    #[serde(default)]
+    pub image_fraction: f64,
 }
 
 /// A canvas shape `ratio = [width, height]` drawn with relative probability `weight`.
@@ -265,7 +282,7 @@ impl TrainConfig {
                 ..NextDitConfig::default()
             },
             text_encoder: WordEncoderConfig {
-                vocab_size: crate::data::vocabulary().words.len(),
+                vocab_size: crate::data::image_vocabulary().words.len(),
                 max_length: crate::data::MAX_CAPTION_TOKENS,
                 hidden_size: 128,
                 num_layers: 2,
@@ -283,6 +300,7 @@ impl TrainConfig {
                     steps: 7200,
                 }],
                 aspects: Vec::new(),
+                clips: None,
             },
             optim: OptimConfig {
                 steps: 10800,
@@ -318,6 +336,8 @@ impl TrainConfig {
                 cache_threshold: None,
                 cache_coefficients: None,
                 canvas_steps: Vec::new(),
+                frames: None,
+                frame_extrapolation: None,
             },
             eval: EvalConfig {
                 every: 1200,
@@ -375,6 +395,23 @@ impl TrainConfig {
         c
     }
 
+    /// `tiny` on 4-frame clips (temporal patch 2, frame RoPE on 4 of 16 head dimensions):
+    /// a smoke test of the video path.
+    pub fn tiny_video() -> Self {
+        let mut c = Self::tiny();
+        c.data.clips = Some(ClipData {
+            frames: 4,
+            image_fraction: 0.0,
+        });
+        c.transformer.frame_dim = 4;
+        c.transformer.frame_patch_size = 2;
+        c.transformer.sample_frames = 4;
+        c.transformer.clip_time_embedding = true;
+        c.text_encoder.vocab_size = crate::data::vocabulary(&c.data).words.len();
+        c.optim.batch_size = 4;
+        c
+    }
+
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "shapes" => Ok(Self::shapes()),
@@ -386,8 +423,9 @@ impl TrainConfig {
                 c.transformer.modulation_norm = true;
                 Ok(c)
             }
+            "tiny-video" => Ok(Self::tiny_video()),
             other => Err(Error::Config(format!(
-                "unknown preset `{other}` (known: shapes, shapes-ternary, tiny, tiny-ternary)"
+                "unknown preset `{other}` (known: shapes, shapes-ternary, tiny, tiny-ternary, tiny-video)"
             ))),
         }
     }
@@ -436,7 +474,30 @@ impl TrainConfig {
                 "must equal text_encoder.hidden_size",
             );
         }
-        if self.text_encoder.vocab_size < crate::data::vocabulary().words.len() {
+        if let Some(clips) = &self.data.clips {
+            let pf = self.transformer.frame_patch_size;
+            if clips.frames < 2 || !clips.frames.is_multiple_of(pf) {
+                return Err(Error::Config(format!(
+                    "data.clips.frames: {} must be >= 2 and a multiple of                      transformer.frame_patch_size {pf}",
+                    clips.frames
+                )));
+            }
+            if !(0.0..=1.0).contains(&clips.image_fraction)
+                || (clips.image_fraction > 0.0 && pf != 1)
+            {
+                return Err(Error::Config(format!(
+                    "data.clips.image_fraction: {} must be in [0, 1], and 0 unless                      transformer.frame_patch_size is 1 (an image is one frame)",
+                    clips.image_fraction
+                )));
+            }
+            if self.transformer.frame_dim == 0 {
+                return bad(
+                    "transformer.frame_dim",
+                    "must be > 0 for clips: frames need their RoPE axis",
+                );
+            }
+        }
+        if self.text_encoder.vocab_size < crate::data::vocabulary(&self.data).words.len() {
             return bad(
                 "text_encoder.vocab_size",
                 "smaller than the task's vocabulary",
@@ -596,7 +657,13 @@ mod tests {
 
     #[test]
     fn every_preset_is_valid() -> Result<()> {
-        for name in ["shapes", "shapes-ternary", "tiny", "tiny-ternary"] {
+        for name in [
+            "shapes",
+            "shapes-ternary",
+            "tiny",
+            "tiny-ternary",
+            "tiny-video",
+        ] {
             TrainConfig::preset(name)?.validate()?;
         }
         Ok(())

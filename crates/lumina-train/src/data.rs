@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use lumina::word_encoder::WordTokenizer;
 use lumina_shapes::caption::{Color, Place, Relation, Shape, Size};
+use lumina_shapes::clip::{sample_clip, sample_clip_caption, Direction};
 use lumina_shapes::scene::{sample_caption, sample_scene, CaptionMix};
 use lumina_shapes::{render, Canvas, Image};
 use rand::Rng;
@@ -15,8 +16,27 @@ use crate::error::Result;
 /// is 12 words; with `<bos>` and room to spare.
 pub const MAX_CAPTION_TOKENS: usize = 16;
 
-/// Every word of the caption grammar.
-pub fn vocabulary() -> WordTokenizer {
+/// Every word of a run's captions: the image grammar's, then for clips the motion words
+/// appended, so an image model's token ids stay those of the clip model it seeds.
+pub fn vocabulary(data: &DataConfig) -> WordTokenizer {
+    let mut words = image_words();
+    if data.clips.is_some() {
+        let motion = Direction::ALL.iter().map(|d| d.phrase());
+        for w in std::iter::once("moving").chain(motion.flat_map(|p| p.split(' '))) {
+            if !words.contains(&w) {
+                words.push(w);
+            }
+        }
+    }
+    WordTokenizer::new(&words, MAX_CAPTION_TOKENS)
+}
+
+/// Every word of the image caption grammar.
+pub fn image_vocabulary() -> WordTokenizer {
+    WordTokenizer::new(&image_words(), MAX_CAPTION_TOKENS)
+}
+
+fn image_words() -> Vec<&'static str> {
     let mut words: Vec<&str> = vec!["a", "an"];
     words.extend(Size::ALL.iter().map(|s| s.word()));
     words.extend(Color::ALL.iter().map(|c| c.word()));
@@ -32,10 +52,11 @@ pub fn vocabulary() -> WordTokenizer {
             }
         }
     }
-    WordTokenizer::new(&words, MAX_CAPTION_TOKENS)
+    words
 }
 
-/// A batch: images (B, 3, H, W) in [−1, 1] and captions ("" when dropped).
+/// A batch: images (B, 3, H, W) or clips (B, 3, F, H, W) in [−1, 1], and captions ("" when
+/// dropped).
 pub struct Batch {
     pub images: Tensor,
     pub captions: Vec<String>,
@@ -87,15 +108,42 @@ pub fn batch(
         let caption = sample_caption(rng, &mix);
         let scene = sample_scene(&caption, canvas, rng);
         images.push(render(&scene));
-        let dropped = rng.gen_bool(cfg.caption_dropout);
-        captions.push(if dropped {
-            String::new()
-        } else {
-            caption.text()
-        });
+        captions.push(maybe_dropped(cfg, caption.text(), rng));
     }
     Ok(Batch {
         images: to_tensor(&images, device)?,
+        captions,
+    })
+}
+
+/// The caption, or "" with probability `caption_dropout` (for classifier-free guidance).
+fn maybe_dropped(cfg: &DataConfig, caption: String, rng: &mut impl Rng) -> String {
+    match rng.gen_bool(cfg.caption_dropout) {
+        true => String::new(),
+        false => caption,
+    }
+}
+
+/// `size` fresh clips of `frames` frames on `canvas`: (B, 3, F, H, W).
+pub fn clip_batch(
+    cfg: &DataConfig,
+    frames: usize,
+    canvas: Canvas,
+    size: usize,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<Batch> {
+    let mut clips = Vec::with_capacity(size);
+    let mut captions = Vec::with_capacity(size);
+    for _ in 0..size {
+        let caption = sample_clip_caption(rng, &CaptionMix::TRAINING);
+        let scene = sample_clip(&caption, canvas, rng);
+        let frames = to_tensor(&scene.render(frames), device)?; // (F, 3, H, W)
+        clips.push(frames.transpose(0, 1)?); // (3, F, H, W)
+        captions.push(maybe_dropped(cfg, caption.text(), rng));
+    }
+    Ok(Batch {
+        images: Tensor::stack(&clips, 0)?.contiguous()?,
         captions,
     })
 }
@@ -109,7 +157,7 @@ mod tests {
 
     #[test]
     fn every_grammar_word_is_in_the_vocabulary() -> Result<()> {
-        let vocab = vocabulary();
+        let vocab = image_vocabulary();
         for c in evaluation_prompts(50, &mut StdRng::seed_from_u64(0)) {
             let (ids, _, dropped) = vocab.encode(&[c.text()], &Device::Cpu)?;
             assert!(dropped[0].is_empty());
@@ -126,6 +174,34 @@ mod tests {
     }
 
     #[test]
+    fn clip_words_come_after_the_image_words() -> Result<()> {
+        let image = image_vocabulary();
+        let clips = crate::TrainConfig::tiny_video();
+        let video = vocabulary(&clips.data);
+        assert_eq!(video.words[..image.words.len()], image.words[..]);
+        assert_eq!(video.words[image.words.len()..], ["moving", "up", "down"]);
+        assert_eq!(vocabulary(&crate::TrainConfig::tiny().data), image);
+        Ok(())
+    }
+
+    #[test]
+    fn clips_move_and_keep_their_object() -> Result<()> {
+        let cfg = crate::TrainConfig::tiny_video().data;
+        let mut rng = StdRng::seed_from_u64(3);
+        let b = clip_batch(&cfg, 4, Canvas::new(24, 16), 3, &mut rng, &Device::Cpu)?;
+        assert_eq!(b.images.dims(), &[3, 3, 4, 16, 24]);
+        for (i, caption) in b.captions.iter().enumerate() {
+            let clip = b.images.get(i)?; // (3, F, H, W)
+            let (first, last) = (clip.narrow(1, 0, 1)?, clip.narrow(1, 3, 1)?);
+            assert!(
+                lumina::fixtures::max_abs_diff(&first, &last)? > 0.5,
+                "clip {i} ({caption:?}) does not move"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
     fn images_round_trip_through_tensors() -> Result<()> {
         let mut rng = StdRng::seed_from_u64(1);
         let b = batch(
@@ -135,6 +211,7 @@ mod tests {
                 two_objects: 0.5,
                 stages: Vec::new(),
                 aspects: Vec::new(),
+                clips: None,
             },
             Canvas::new(24, 16),
             4,

@@ -19,6 +19,15 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("evaluation: {0}")]
+    Eval(String),
+
+    #[error("writing {path}: {reason}")]
+    Write {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
     #[error("training diverged at step {step}: loss {loss}")]
     Diverged { step: usize, loss: f32 },
 }

@@ -5,47 +5,77 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{IndexOp, Tensor};
-use lumina_pipelines::output::save_png;
+use lumina_pipelines::output::{encode_apng, save_png, FRAME_MS};
 use lumina_pipelines::{Latents, Pipeline, Request};
-use lumina_shapes::prompts::PromptKind;
+use lumina_shapes::clip::{judge_clip, ClipCaption, ClipFault};
+use lumina_shapes::prompts::{ClipKind, PromptKind};
 use lumina_shapes::{judge, Caption, Fault};
 
 use crate::data::to_image;
 use crate::error::Result;
 
-/// Accuracy over a prompt list.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Report {
+/// A prompt kind or a fault, as reports name it.
+pub trait Label: Copy + Ord {
+    fn label(self) -> &'static str;
+}
+
+macro_rules! label_by_name {
+    ($($t:ty),*) => {$(
+        impl Label for $t {
+            fn label(self) -> &'static str {
+                self.name()
+            }
+        }
+    )*};
+}
+
+label_by_name!(PromptKind, ClipKind, Fault, ClipFault);
+
+/// Accuracy over a prompt list: of images by [`PromptKind`] and [`Fault`], or of clips by
+/// [`ClipKind`] and [`ClipFault`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report<K = PromptKind, F = Fault> {
     pub correct: usize,
     pub total: usize,
     /// (correct, total) per kind.
-    pub per_kind: BTreeMap<PromptKind, (usize, usize)>,
-    /// Each wrong image.
-    pub failures: Vec<Failure>,
+    pub per_kind: BTreeMap<K, (usize, usize)>,
+    /// Each wrong image or clip.
+    pub failures: Vec<Failure<F>>,
 }
 
-/// A wrong image: its caption and seed, and the judge's fault and reading.
+impl<K, F> Default for Report<K, F> {
+    fn default() -> Self {
+        Self {
+            correct: 0,
+            total: 0,
+            per_kind: BTreeMap::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+/// A wrong image or clip: its caption and seed, and the judge's fault and reading.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Failure {
+pub struct Failure<F = Fault> {
     pub caption: String,
     pub seed: u64,
-    pub fault: Fault,
+    pub fault: F,
     pub reason: String,
 }
 
-impl Report {
+impl<K: Label, F: Label> Report<K, F> {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.total.max(1) as f64
     }
 
-    pub fn kind_accuracy(&self, kind: PromptKind) -> Option<f64> {
+    pub fn kind_accuracy(&self, kind: K) -> Option<f64> {
         self.per_kind
             .get(&kind)
             .map(|&(c, t)| c as f64 / t.max(1) as f64)
     }
 
     /// Wrong images by the kind of mistake.
-    pub fn faults(&self) -> BTreeMap<Fault, usize> {
+    pub fn faults(&self) -> BTreeMap<F, usize> {
         let mut faults = BTreeMap::new();
         for f in &self.failures {
             *faults.entry(f.fault).or_default() += 1;
@@ -53,12 +83,26 @@ impl Report {
         faults
     }
 
+    /// Records one judged sample of `kind`.
+    fn record(&mut self, kind: K, failure: Option<Failure<F>>) {
+        let entry = self.per_kind.entry(kind).or_default();
+        entry.1 += 1;
+        self.total += 1;
+        match failure {
+            None => {
+                entry.0 += 1;
+                self.correct += 1;
+            }
+            Some(f) => self.failures.push(f),
+        }
+    }
+
     /// "0.912 (single 0.95, position 0.90, relation 0.88, held-out pair 0.92)".
     pub fn summary(&self) -> String {
         let kinds: Vec<String> = self
             .per_kind
             .iter()
-            .map(|(k, &(c, t))| format!("{} {:.3}", k.name(), c as f64 / t.max(1) as f64))
+            .map(|(k, &(c, t))| format!("{} {:.3}", k.label(), c as f64 / t.max(1) as f64))
             .collect();
         format!("{:.3} ({})", self.accuracy(), kinds.join(", "))
     }
@@ -91,25 +135,16 @@ pub fn evaluate(
         r.latents = Latents::Seed(base_seed + (first * seeds) as u64);
         let out = pipeline.generate(&r, |_| {})?;
         for (j, caption) in chunk.iter().enumerate() {
-            let kind = PromptKind::of(caption);
-            let entry = report.per_kind.entry(kind).or_default();
             for k in 0..seeds {
                 let i = j * seeds + k;
                 let verdict = judge(&to_image(&out.images.i(i)?)?, caption);
-                entry.1 += 1;
-                report.total += 1;
-                match verdict.fault {
-                    None => {
-                        entry.0 += 1;
-                        report.correct += 1;
-                    }
-                    Some(fault) => report.failures.push(Failure {
-                        caption: caption.text(),
-                        seed: base_seed + ((first + j) * seeds + k) as u64,
-                        fault,
-                        reason: verdict.reason,
-                    }),
-                }
+                let failure = verdict.fault.map(|fault| Failure {
+                    caption: caption.text(),
+                    seed: base_seed + ((first + j) * seeds + k) as u64,
+                    fault,
+                    reason: verdict.reason,
+                });
+                report.record(PromptKind::of(caption), failure);
             }
             if grid.is_some() {
                 // (seeds, H, W, 3) → one strip (H, seeds·W, 3)
@@ -135,6 +170,84 @@ pub fn evaluate(
                 ),
             )?;
         }
+    }
+    Ok(report)
+}
+
+/// [`evaluate`] for a clip model: `seeds` clips per prompt of the template's length (its
+/// `frames`), judged by the clip judge. With `grid`, writes one animated PNG whose frame k
+/// tiles frame k of every clip (each prompt's seeds side by side).
+pub fn evaluate_clips(
+    pipeline: &Pipeline,
+    prompts: &[ClipCaption],
+    seeds: usize,
+    base_seed: u64,
+    template: &Request,
+    grid: Option<&Path>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Report<ClipKind, ClipFault>> {
+    let mut report = Report::default();
+    // per clip, its frames (F, H, W, 3)
+    let mut clips: Vec<Tensor> = Vec::new();
+    for (chunk_index, chunk) in prompts.chunks(PROMPTS_PER_CALL).enumerate() {
+        let first = chunk_index * PROMPTS_PER_CALL;
+        let mut r = template.clone();
+        r.prompts = chunk.iter().map(ClipCaption::text).collect();
+        r.negative_prompts = None;
+        r.images_per_prompt = seeds;
+        r.latents = Latents::Seed(base_seed + (first * seeds) as u64);
+        let out = pipeline.generate(&r, |_| {})?;
+        if out.images.rank() != 5 {
+            return Err(crate::error::Error::Eval(format!(
+                "clip prompts need a clip model; this one made images of shape {:?}",
+                out.images.dims()
+            )));
+        }
+        for (j, caption) in chunk.iter().enumerate() {
+            for k in 0..seeds {
+                let clip = out.images.i(j * seeds + k)?; // (F, H, W, 3)
+                let frames = (0..clip.dim(0)?)
+                    .map(|f| to_image(&clip.i(f)?))
+                    .collect::<Result<Vec<_>>>()?;
+                let verdict = judge_clip(&frames, caption);
+                let failure = verdict.fault.map(|fault| Failure {
+                    caption: caption.text(),
+                    seed: base_seed + ((first + j) * seeds + k) as u64,
+                    fault,
+                    reason: verdict.reason,
+                });
+                report.record(ClipKind::of(caption), failure);
+                if grid.is_some() {
+                    clips.push(clip);
+                }
+            }
+        }
+        progress((first + chunk.len()).min(prompts.len()), prompts.len());
+    }
+    if let (Some(path), Some(first)) = (grid, clips.first()) {
+        let per_row = ((clips.len() as f64).sqrt().ceil() as usize / seeds.max(1)).max(1) * seeds;
+        let sheets = (0..first.dim(0)?)
+            .map(|f| {
+                let frame: Vec<Tensor> = clips
+                    .iter()
+                    .map(|c| c.i(f))
+                    .collect::<candle_core::Result<_>>()?;
+                tile(&frame, per_row)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let text: Vec<String> = prompts.iter().map(ClipCaption::text).collect();
+        let bytes = encode_apng(
+            &Tensor::stack(&sheets, 0)?,
+            FRAME_MS,
+            &format!(
+                "shapes-video evaluation sheet, {per_row} clips per row, {seeds} seeds per prompt, prompts in reading order:\n{}",
+                text.join("\n")
+            ),
+        )?;
+        std::fs::write(path, bytes).map_err(|e| crate::error::Error::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(report)
 }

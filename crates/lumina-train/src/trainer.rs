@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use lumina::models::{DitInput, NextDit, Transformer, TransformerConfig};
+use lumina::models::{DitInput, NextDit, NextDitConfig, Transformer, TransformerConfig};
 use lumina::pixel_model::{read_word_encoder_config, PixelModel, SamplerDefaults};
 use lumina::sample::{noise, shift_time, time};
 use lumina::weights::Weights;
@@ -25,7 +25,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TimeSampling, TrainConfig};
-use crate::data::{batch, vocabulary};
+use crate::data::{batch, clip_batch, vocabulary};
 use crate::error::{Error, Result};
 use crate::inplace;
 use crate::optim::{clip_grad_norm, learning_rate, AdamW};
@@ -154,7 +154,7 @@ impl Trainer {
         let mut vars = with_prefix(TRANSFORMER, tw.vars());
         vars.extend(with_prefix(TEXT_ENCODER, ew.vars()));
         if let Some(dir) = &cfg.init {
-            init_from_model(dir, &vars, &device)?;
+            init_from_model(dir, &vars, &cfg.transformer, &device)?;
         }
         let teacher = cfg
             .distill
@@ -177,13 +177,13 @@ impl Trainer {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            tokenizer: vocabulary(&cfg.data),
             optimizer: AdamW::new(&cfg.optim),
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             cfg,
             device,
             model,
             encoder,
-            tokenizer: vocabulary(),
             vars,
             ema,
             step: 0,
@@ -222,13 +222,33 @@ impl Trainer {
         Ok(Tensor::from_vec(ts, n, &self.device)?)
     }
 
+    /// Whether a clip run's step draws images (no draw when it never does, so a clips-only
+    /// run's random stream is its own).
+    fn draws_images(&mut self, image_fraction: f64) -> bool {
+        image_fraction > 0.0 && self.rng.gen_bool(image_fraction)
+    }
+
     /// One optimisation step.
     pub fn step(&mut self) -> Result<StepStats> {
         let b = self.cfg.optim.batch_size;
         let canvas = self.cfg.data.canvas_at(self.step, &mut self.rng);
-        let data = batch(&self.cfg.data, canvas, b, &mut self.rng, &self.device)?;
+        let clips = self.cfg.data.clips;
+        let data = match clips {
+            Some(clips) if !self.draws_images(clips.image_fraction) => {
+                let frames = clips.frames;
+                clip_batch(
+                    &self.cfg.data,
+                    frames,
+                    canvas,
+                    b,
+                    &mut self.rng,
+                    &self.device,
+                )?
+            }
+            _ => batch(&self.cfg.data, canvas, b, &mut self.rng, &self.device)?,
+        };
         let (ids, mask, _) = self.tokenizer.encode(&data.captions, &self.device)?;
-        let x1 = data.images; // (B, 3, H, W)
+        let x1 = data.images; // (B, 3, H, W) or (B, 3, F, H, W)
         let x0 = noise::gaussian(x1.dims(), DType::F32, &self.device, &mut self.rng)?;
         let t = self.sample_times(b)?; // (B,)
         let xt = time::interpolate(&x0, &x1, &t)?;
@@ -317,7 +337,7 @@ impl Trainer {
         let caption = self.encoder.encode(&shard.ids, &shard.mask)?; // (b, L, Dcap)
         let v = self
             .model
-            .forward(&DitInput::new(&shard.xt, &shard.t, &caption, &shard.mask))?; // (b, 3, S, S)
+            .forward(&DitInput::new(&shard.xt, &shard.t, &caption, &shard.mask))?; // (b, 3, [F,] H, W)
         let loss = ((v - &shard.target)?.sqr()?.mean_all()? * weight)?;
         Ok((loss.to_scalar::<f32>()?, loss.backward()?))
     }
@@ -405,6 +425,12 @@ impl Trainer {
                 // the model says which canvases it trained on, so `generate` knows when it
                 // extrapolates
                 max_aspect: self.cfg.sampler.max_aspect.or(self.cfg.data.max_aspect()),
+                // and a clip model its clip length
+                frames: self
+                    .cfg
+                    .sampler
+                    .frames
+                    .or(self.cfg.data.clips.map(|c| c.frames)),
                 ..self.cfg.sampler.clone()
             },
         }
@@ -501,7 +527,12 @@ impl Trainer {
 
 /// Sets every parameter from an exported pixel-model folder or a run's checkpoint folder (see
 /// `TrainConfig::init`).
-fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Result<()> {
+fn init_from_model(
+    dir: &Path,
+    vars: &[(String, Var)],
+    cfg: &NextDitConfig,
+    device: &Device,
+) -> Result<()> {
     let fail = |reason: String| Error::Checkpoint {
         path: dir.to_path_buf(),
         reason,
@@ -545,6 +576,8 @@ fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Resul
             )))
             }
         };
+        let t = grown_vocabulary(name, var, t)?;
+        let t = inflated_frames(name, var, t, cfg)?;
         set_param(dir, "the model", name, var, &t)?;
     }
     no_other_params(dir, &stored)?;
@@ -557,6 +590,57 @@ fn init_from_model(dir: &Path, vars: &[(String, Var)], device: &Device) -> Resul
         alpha.set(&Tensor::new(&[start], device)?)?;
     }
     Ok(())
+}
+
+/// A caption encoder seeding a run whose vocabulary has words appended (an image model seeding a
+/// clip model): its token embeddings fill the first rows, the new words keep their
+/// initialisation. Any other shape is left to `set_param` to refuse.
+fn grown_vocabulary(name: &str, var: &Var, stored: Tensor) -> Result<Tensor> {
+    let current = var.as_tensor();
+    let (rows, width) = (current.dim(0)?, current.dims().get(1).copied());
+    let grows = name == format!("{TEXT_ENCODER}embed_tokens.weight")
+        && stored.rank() == 2
+        && stored.dim(0)? < rows
+        && Some(stored.dim(1)?) == width;
+    if !grows {
+        return Ok(stored);
+    }
+    let old = stored.dim(0)?;
+    let added = current.narrow(0, old, rows - old)?.detach();
+    Ok(Tensor::cat(&[&stored.to_dtype(DType::F32)?, &added], 0)?)
+}
+
+/// An image model seeding a clip model with temporal patches (`frame_patch_size` pf > 1), as
+/// video models are inflated from image ones: each frame of a patch gets the image patch
+/// embedding divided by pf, and each frame of an output patch the image's output projection,
+/// so a still clip starts out embedded and predicted as its image. Other tensors pass as they
+/// are.
+fn inflated_frames(name: &str, var: &Var, stored: Tensor, cfg: &NextDitConfig) -> Result<Tensor> {
+    let pf = cfg.frame_patch_size;
+    let want = var.as_tensor().dims();
+    if pf == 1 || stored.dims() == want {
+        return Ok(stored);
+    }
+    let patch = cfg.patch_size * cfg.patch_size;
+    let (c_in, c_out) = (cfg.in_channels, cfg.out_channels());
+    let stored = stored.to_dtype(DType::F32)?;
+    let embedder = format!("{TRANSFORMER}patch_embedder.proj.weight");
+    let output = format!("{TRANSFORMER}norm_out.linear_2.");
+    if name == embedder && stored.dims() == [want[0], c_in * patch] {
+        // patch vectors are (c, pf, py, px): one image copy per frame, averaged
+        let d = want[0];
+        let w = stored.reshape((d, c_in, 1, patch))?.repeat((1, 1, pf, 1))?;
+        return Ok((w.reshape((d, c_in * pf * patch))? / pf as f64)?);
+    }
+    if name.starts_with(&output) && stored.dim(0)? == patch * c_out && want[0] == pf * patch * c_out
+    {
+        // output vectors are (pf, py, px, c): the image rows once per frame
+        let reps: Vec<usize> = std::iter::once(pf)
+            .chain(stored.dims()[1..].iter().map(|_| 1))
+            .collect();
+        return Ok(stored.repeat(reps)?);
+    }
+    Ok(stored)
 }
 
 /// A later stage that starts from an earlier run's checkpoint takes its EMA, the weights that run

@@ -247,7 +247,7 @@ fn an_exported_model_loads_generates_and_is_judged() -> Result<()> {
         encoder,
         trainer.cfg.sampler.clone(),
         &Device::Cpu,
-    );
+    )?;
     let again = evaluate(&live, &prompts, 2, 0, &template, None, |_, _| {})?;
     assert_eq!(again.faults(), report.faults());
     assert_eq!(
@@ -319,7 +319,7 @@ fn ternary_qat_trains_and_exports_a_packed_model() -> Result<()> {
         encoder,
         trainer.cfg.sampler.clone(),
         &Device::Cpu,
-    );
+    )?;
     let prompts = evaluation_prompts(1, &mut StdRng::seed_from_u64(0));
     let template = pipeline.default_request(vec![]);
     let a = evaluate(&pipeline, &prompts, 1, 0, &template, None, |_, _| {})?;

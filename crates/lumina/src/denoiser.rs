@@ -13,7 +13,8 @@ use candle_core::{DType, Tensor};
 use crate::error::{Error, Result};
 use crate::models::{CacheCall, DitInput, StepCache, TextTiles, Transformer};
 use crate::nn::ContextDrop;
-use crate::sample::{Guidance, RopeSchedule, TimePoint, VelocityField};
+use crate::rope::{AxisFactors, RopeFactors};
+use crate::sample::{FrameRope, Guidance, RopeSchedule, TimePoint, VelocityField};
 
 /// Caption features (B, L, Dcap) and their mask (B, L), non-zero = real token.
 #[derive(Clone, Debug)]
@@ -72,6 +73,8 @@ pub struct Denoiser<'a> {
     pub uncond: Option<Caption>,
     pub guidance: Guidance,
     pub rope: RopeSchedule,
+    /// The frame axis of a clip longer than trained; `None` keeps it as trained.
+    pub frame_rope: Option<FrameRope>,
     /// Proportional attention (see [`DitInput::base_sequence_length`]).
     pub base_sequence_length: Option<usize>,
     /// I-Max's text duplication (see [`DitInput::text_tiles`]).
@@ -103,7 +106,12 @@ impl Denoiser<'_> {
             force: at.step == 0 || at.step + 1 >= at.steps,
         });
         let input = DitInput::new(x, &ts, &caption.features, &caption.mask)
-            .with_rope(self.rope.at(at.t))
+            .with_rope(RopeFactors {
+                frames: self
+                    .frame_rope
+                    .map_or(AxisFactors::IDENTITY, |f| f.at(at.t)),
+                ..self.rope.at(at.t)
+            })
             .with_base_sequence_length(self.base_sequence_length)
             .with_text_tiles(self.text_tiles)
             .with_kv_pool(self.context_drop.and_then(|c| c.at(at.t)))

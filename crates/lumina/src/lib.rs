@@ -50,6 +50,7 @@
 //!     uncond: Some(Caption::new(empty, empty_mask)?),
 //!     guidance: Guidance::first_channels(4.0, 3), // Lumina-Next's CFG
 //!     rope: RopeSchedule::time_aware(2048, 2048, 1024, 0.3)?,
+//!     frame_rope: None,
 //!     base_sequence_length: Some(4096),
 //!     text_tiles: None,
 //!     context_drop: None,

@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 use crate::word_encoder::{WordEncoderConfig, WordTokenizer};
 
 pub const PIXEL_PIPELINE_CLASS: &str = "LuminaPixelPipeline";
+/// The same folder format for a clip model (a transformer with a frame axis).
+pub const PIXEL_VIDEO_PIPELINE_CLASS: &str = "LuminaPixelVideoPipeline";
 pub const SAMPLER_CLASS: &str = "LuminaFlowSampler";
 pub const WORD_ENCODER_CLASS: &str = "WordEncoder";
 
@@ -68,6 +70,13 @@ pub struct SamplerDefaults {
     /// 20 midpoint steps on the 2:1 canvases — README, Fast sampling).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub canvas_steps: Vec<CanvasSteps>,
+    /// A clip model's default length in frames (its training clips); absent: an image model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<usize>,
+    /// How a clip model's frame axis goes past its training length (a RoPE rule name, see
+    /// `crate::sample::RopeMethod`); absent: `pi`, position interpolation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_extrapolation: Option<String>,
 }
 
 /// Default steps and solver for the canvases up to an aspect ratio.
@@ -145,6 +154,16 @@ impl SamplerDefaults {
                 });
             }
         }
+        defaults.frame_extrapolation().map_err(|e| Error::Config {
+            path: path.clone(),
+            reason: format!("frame_extrapolation: {e}"),
+        })?;
+        if defaults.frames == Some(0) {
+            return Err(Error::Config {
+                path,
+                reason: "frames must be at least 1, got 0".into(),
+            });
+        }
         if defaults.steps == 0 {
             return Err(Error::Config {
                 path,
@@ -173,6 +192,11 @@ impl SamplerDefaults {
             Some(c) => Ok((c.steps, c.solver.parse()?)),
             None => Ok((self.steps, self.solver()?)),
         }
+    }
+
+    /// How the frame axis goes past the training clips.
+    pub fn frame_extrapolation(&self) -> Result<crate::sample::RopeMethod> {
+        self.frame_extrapolation.as_deref().unwrap_or("pi").parse()
     }
 
     /// The extrapolation beyond the training canvases.
@@ -243,8 +267,12 @@ impl PixelModel<'_> {
         for sub in ["transformer", "text_encoder", "tokenizer", "scheduler"] {
             mkdir(&dir.join(sub))?;
         }
+        let class = match self.transformer.frame_dim {
+            0 => PIXEL_PIPELINE_CLASS,
+            _ => PIXEL_VIDEO_PIPELINE_CLASS,
+        };
         let index = json!({
-            "_class_name": PIXEL_PIPELINE_CLASS,
+            "_class_name": class,
             "_lumina_version": env!("CARGO_PKG_VERSION"),
             "transformer": ["lumina", "LuminaNextDiT2DModel"],
             "text_encoder": ["lumina", WORD_ENCODER_CLASS],

@@ -114,6 +114,8 @@ impl AxisFactors {
 pub struct RopeFactors {
     pub rows: AxisFactors,
     pub cols: AxisFactors,
+    /// The frame axis of a clip model (3-D RoPE), for clips longer than trained.
+    pub frames: AxisFactors,
 }
 
 impl Default for RopeFactors {
@@ -126,6 +128,7 @@ impl RopeFactors {
     pub const IDENTITY: Self = Self {
         rows: AxisFactors::IDENTITY,
         cols: AxisFactors::IDENTITY,
+        frames: AxisFactors::IDENTITY,
     };
 
     /// diffusers' `linear_factor` and `ntk_factor`, the same on both axes.
@@ -138,12 +141,14 @@ impl RopeFactors {
         Self {
             rows: axis,
             cols: axis,
+            frames: AxisFactors::IDENTITY,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
         self.rows.validate("rows")?;
-        self.cols.validate("columns")
+        self.cols.validate("columns")?;
+        self.frames.validate("frames")
     }
 }
 
@@ -395,6 +400,7 @@ mod tests {
         let wide = RopeFactors {
             rows: AxisFactors::IDENTITY,
             cols: AxisFactors::interpolation(2.0),
+            ..RopeFactors::IDENTITY
         };
         let (_, sin) = next_dit_table(2, 4, 8, wide, &Device::Cpu)?;
         let sin = sin.to_vec2::<f32>()?;
@@ -494,7 +500,7 @@ mod tests {
         assert!(RopeFactors::uniform(0.0, 1.0).validate().is_err());
         let floored = RopeFactors {
             rows: AxisFactors::ntk_floored(2.0, f64::NAN),
-            cols: AxisFactors::IDENTITY,
+            ..RopeFactors::IDENTITY
         };
         let e = floored.validate().expect_err("NaN floor").to_string();
         assert!(e.contains("rows floor"), "{e}");

@@ -169,6 +169,7 @@ fn denoiser<'a>(
         uncond: Some(caption(&[1], 9)?),
         guidance: Guidance::full(3.0),
         rope: RopeSchedule::default(),
+        frame_rope: None,
         base_sequence_length: None,
         text_tiles: None,
         context_drop: drop,

@@ -1,4 +1,4 @@
-//! `lumina generate`: prompt in, PNG out.
+//! `lumina generate`: prompt in, PNG out (an animated PNG or GIF from a video model).
 
 use std::time::Instant;
 
@@ -7,7 +7,7 @@ use candle_core::{DType, Device, IndexOp};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use lumina_pipelines::input::load_png;
-use lumina_pipelines::output::{numbered, save_png};
+use lumina_pipelines::output::{numbered, save_clip, save_png};
 use lumina_pipelines::parameters::{parameters, Provenance};
 use lumina_pipelines::pipeline::size_multiple;
 use lumina_pipelines::pipeline::InitImage;
@@ -63,7 +63,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     for i in 0..args.num_images {
         let path = numbered(&args.output, i, args.num_images);
         let params = parameters(&pipeline, &request, seed, i, &provenance);
-        save_png(&path, &out.images.i(i)?, &params)?;
+        match pipeline.makes_clips() {
+            true => save_clip(&path, &out.images.i(i)?, &params)?,
+            false => save_png(&path, &out.images.i(i)?, &params)?,
+        }
         println!("{}", path.display());
     }
     let cache = out.cache_stats.map_or(String::new(), |s| {
@@ -72,8 +75,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             s.computed, s.skipped
         )
     });
+    let what = match pipeline.makes_clips() {
+        true => format!("clip(s) of {} frames", request.frames),
+        false => "image(s)".to_string(),
+    };
     eprintln!(
-        "{} image(s) {}x{}, {} steps ({}; {}) in {elapsed:.1} s, seed {seed}{cache}",
+        "{} {what} {}x{}, {} steps ({}; {}) in {elapsed:.1} s, seed {seed}{cache}",
         args.num_images,
         request.width,
         request.height,

@@ -28,7 +28,7 @@ pub struct ModelChoice {
     pub name: String,
 }
 
-/// The folder of `--model`: a built-in model's name (`shapes`, `shapes-ternary`) unless a
+/// The folder of `--model`: a built-in model's name (`shapes`, `shapes-ternary`, `shapes-video`) unless a
 /// path of that name exists, else a folder or a cached Hugging Face repo id; the built-in
 /// `shapes` model without `--model`.
 pub fn model_dir(model: Option<&str>) -> Result<ModelChoice> {

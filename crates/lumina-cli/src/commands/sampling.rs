@@ -1,9 +1,9 @@
 //! The sampling flags of `generate` and `eval` (schedule, guidance window, Context Drop, step
-//! caching), applied to a request.
+//! caching, clip length), applied to a request.
 
 use anyhow::{Context, Result};
 use lumina::nn::ContextDrop;
-use lumina::sample::{Renorm, Schedule};
+use lumina::sample::{Renorm, RopeMethod, Schedule};
 use lumina_pipelines::{Pipeline, Request};
 
 use crate::cli::SamplingArgs;
@@ -33,6 +33,12 @@ pub fn apply(args: &SamplingArgs, r: &mut Request) -> Result<()> {
     }
     if let Some(c) = &args.cache_coefficients {
         r.cache_coefficients = Some(c.clone());
+    }
+    if let Some(frames) = args.frames {
+        r.frames = frames;
+    }
+    if let Some(name) = &args.frame_rope {
+        r.frame_extrapolation = Some(name.parse::<RopeMethod>().context("--frame-rope")?);
     }
     Ok(())
 }

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use lumina_pipelines::Pipeline;
-use lumina_shapes::prompts::evaluation_prompts;
-use lumina_train::eval::{evaluate, Report};
+use lumina_shapes::prompts::{clip_evaluation_prompts, evaluation_prompts};
+use lumina_train::eval::{evaluate, evaluate_clips};
 use lumina_train::trainer::checkpoint_dir;
 use lumina_train::{TrainConfig, Trainer};
 use rand::rngs::StdRng;
@@ -81,6 +81,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg.eval.prompts_per_kind,
         &mut StdRng::seed_from_u64(EVAL_PROMPT_SEED),
     );
+    let clip_prompts = clip_evaluation_prompts(
+        cfg.eval.prompts_per_kind,
+        &mut StdRng::seed_from_u64(EVAL_PROMPT_SEED),
+    );
     eprintln!(
         "training {} parameters, batch {}, {} steps, into {}",
         trainer.parameter_count(),
@@ -111,19 +115,31 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             encoder,
             trainer.cfg.sampler.clone(),
             &Device::Cpu,
-        ))
-    };
-    let judge = |pipeline: &Pipeline, name: &str| -> Result<Report> {
-        let template = pipeline.default_request(vec![]);
-        Ok(evaluate(
-            pipeline,
-            &prompts,
-            cfg.eval.seeds,
-            0,
-            &template,
-            Some(&args.out.join("samples").join(name)),
-            |_, _| {},
         )?)
+    };
+    // (accuracy, summary): images by the shapes judge, a clip run's clips by the clip judge
+    let judge = |pipeline: &Pipeline, name: &str| -> Result<(f64, String)> {
+        let template = pipeline.default_request(vec![]);
+        let sheet = args.out.join("samples").join(name);
+        let (seeds, none) = (cfg.eval.seeds, |_, _| {});
+        Ok(match cfg.data.clips {
+            Some(_) => {
+                let r = evaluate_clips(
+                    pipeline,
+                    &clip_prompts,
+                    seeds,
+                    0,
+                    &template,
+                    Some(&sheet),
+                    none,
+                )?;
+                (r.accuracy(), r.summary())
+            }
+            None => {
+                let r = evaluate(pipeline, &prompts, seeds, 0, &template, Some(&sheet), none)?;
+                (r.accuracy(), r.summary())
+            }
+        })
     };
     while trainer.step_count() < cfg.optim.steps {
         let stats = trainer.step()?;
@@ -147,22 +163,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             trainer.save_checkpoint(&ckpt)?;
         }
         if cfg.eval.every > 0 && stats.step % cfg.eval.every == 0 && stats.step < cfg.optim.steps {
-            let report = judge(
+            let (accuracy, summary) = judge(
                 &ema_pipeline(&trainer)?,
                 &format!("step-{:06}.png", stats.step),
             )?;
-            let line = format!("step {}: judge accuracy {}", stats.step, report.summary());
+            let line = format!("step {}: judge accuracy {summary}", stats.step);
             if bar.is_hidden() {
                 eprintln!("{line}");
             } else {
                 bar.println(line);
             }
-            writeln!(
-                log,
-                "{{\"step\":{},\"accuracy\":{}}}",
-                stats.step,
-                report.accuracy()
-            )?;
+            writeln!(log, "{{\"step\":{},\"accuracy\":{accuracy}}}", stats.step,)?;
         }
     }
     bar.finish_and_clear();
@@ -172,18 +183,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // The final verdict is on the model as shipped (its storage dtype), not on the in-memory EMA.
     let exported = Pipeline::load(&model_dir, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading the exported {}", model_dir.display()))?;
-    let report = judge(&exported, "final.png")?;
+    let (accuracy, summary) = judge(&exported, "final.png")?;
     writeln!(
         log,
-        "{{\"step\":{},\"accuracy\":{}}}",
+        "{{\"step\":{},\"accuracy\":{accuracy}}}",
         trainer.step_count(),
-        report.accuracy()
     )?;
     eprintln!(
         "done: {} steps in {:.1} min; judge accuracy {}; model in {}",
         trainer.step_count(),
         started.elapsed().as_secs_f64() / 60.0,
-        report.summary(),
+        summary,
         model_dir.display()
     );
     Ok(())

@@ -5,15 +5,18 @@
 
 mod diffusers;
 mod pixel;
+mod video;
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use lumina::pixel_model::SamplerDefaults;
-use lumina::sample::{Guidance, Renorm, RopeSchedule};
+use lumina::sample::{Guidance, Renorm, RopeMethod, RopeSchedule};
 
 pub use diffusers::{Lumina2Family, LuminaNextFamily};
 pub use pixel::PixelFamily;
+pub(crate) use video::frame_method;
+pub use video::VideoFamily;
 
 use crate::error::Result;
 use crate::pipeline::{CheckWeights, Family, Request};
@@ -28,6 +31,11 @@ pub trait FamilyModel: Send + Sync {
     /// The model's sampler defaults, where its folder has them (pixel models): extrapolation,
     /// Context Drop and step-cache defaults come from there.
     fn sampler_defaults(&self) -> Option<&SamplerDefaults> {
+        None
+    }
+
+    /// A clip family's rules (`None`: an image family, whose outputs are single frames).
+    fn clip_rules(&self) -> Option<ClipRules> {
         None
     }
 
@@ -84,6 +92,15 @@ pub trait FamilyModel: Send + Sync {
     }
 }
 
+/// What a clip family adds to an image one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipRules {
+    /// The default clip length (the model's training clips).
+    pub frames: usize,
+    /// How the frame axis goes past the training length, when the request names no rule.
+    pub frame_rope: RopeMethod,
+}
+
 /// Images ↔ latents.
 pub trait LatentCodec: Send + Sync {
     /// Images (B, H, W, 3) in [0, 1] → latents (B, C, h, w).
@@ -123,6 +140,7 @@ impl Family {
             Family::LuminaNext => &diffusers::LUMINA_NEXT,
             Family::Lumina2 => &diffusers::LUMINA2,
             Family::Pixel => &pixel::PIXEL,
+            Family::PixelVideo => &video::PIXEL_VIDEO,
         }
     }
 

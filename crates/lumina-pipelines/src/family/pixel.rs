@@ -40,7 +40,12 @@ impl PixelFamily {
         }
     }
 
-    fn load(dir: &Path, dtype: DType, device: &Device, check: CheckWeights) -> Result<Self> {
+    pub(super) fn load(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        check: CheckWeights,
+    ) -> Result<Self> {
         let encoder_dir = dir.join("text_encoder");
         let cfg = read_word_encoder_config(&encoder_dir)?;
         let weights = check.weights(WeightFiles::open_dir(&encoder_dir)?, dtype, device);
@@ -49,6 +54,10 @@ impl PixelFamily {
             tokenizer: WordTokenizer::read(&dir.join("tokenizer/vocab.json"))?,
             encoder: WordEncoder::load(&cfg, &weights)?,
         })
+    }
+
+    pub(super) fn defaults(&self) -> &SamplerDefaults {
+        &self.defaults
     }
 
     /// An error naming the words of `prompt` outside the vocabulary: such a word would be drawn

@@ -44,14 +44,7 @@ pub fn coordinate_features(
     device: &candle_core::Device,
 ) -> Result<Tensor> {
     let n = dim / 4;
-    let g = grid.max(1) as f64;
-    let freqs: Vec<f64> = (0..n)
-        .map(|k| match n {
-            1 => 1.0,
-            _ => g.powf(k as f64 / (n - 1) as f64),
-        })
-        .map(|f| std::f64::consts::PI * f)
-        .collect();
+    let freqs = frequency_ladder(n, grid);
     let mut out = Vec::with_capacity(rows * cols * dim);
     for i in 0..rows {
         let v = (i as f64 + 0.5) / rows as f64;
@@ -64,6 +57,40 @@ pub fn coordinate_features(
         }
     }
     Ok(Tensor::from_vec(out, (rows * cols, 4 * n), device)?)
+}
+
+/// π·g^(k/(n−1)) for k < n: from one half-turn over the whole axis to one per token of a
+/// training grid of `grid` tokens.
+fn frequency_ladder(n: usize, grid: usize) -> Vec<f64> {
+    let g = grid.max(1) as f64;
+    (0..n)
+        .map(|k| match n {
+            1 => 1.0,
+            _ => g.powf(k as f64 / (n - 1) as f64),
+        })
+        .map(|f| std::f64::consts::PI * f)
+        .collect()
+}
+
+/// Fixed sin-cos features of normalised clip time for `frames` frame tokens: (frames, dim).
+/// Frame token j sits at τ = (j + ½)/frames; with n = dim/2 frequencies from the same ladder
+/// as [`coordinate_features`] (`grid`: frame tokens at training), its features are
+/// [sin πf·τ, cos πf·τ]. A function of τ, so the first and last frames mean the same at any
+/// clip length.
+pub fn clip_time_features(
+    frames: usize,
+    dim: usize,
+    grid: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let freqs = frequency_ladder(dim / 2, grid);
+    let mut out = Vec::with_capacity(frames * dim);
+    for j in 0..frames {
+        let tau = (j as f64 + 0.5) / frames as f64;
+        out.extend(freqs.iter().map(|f| (f * tau).sin() as f32));
+        out.extend(freqs.iter().map(|f| (f * tau).cos() as f32));
+    }
+    Ok(Tensor::from_vec(out, (frames, 2 * (dim / 2)), device)?)
 }
 
 /// `linear_2(silu(linear_1(features(t))))` (diffusers `TimestepEmbedding`).

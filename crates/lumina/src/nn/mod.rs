@@ -14,7 +14,9 @@ pub mod ops;
 
 pub use attention::{attention, key_bias};
 pub use context_drop::{ContextDrop, KvPool};
-pub use embedding::{coordinate_features, timestep_features, TimestepEmbedder, TIMESTEP_FEATURES};
+pub use embedding::{
+    clip_time_features, coordinate_features, timestep_features, TimestepEmbedder, TIMESTEP_FEATURES,
+};
 pub use feed_forward::{swiglu_hidden, FeedForward};
 pub use linear::{
     initial_alpha, qat_weight, quantized_path, set_quantized_path, Linear, QuantizedPath,

@@ -18,7 +18,7 @@ pub mod time;
 pub use field::{TimePoint, VelocityField};
 pub use guidance::{Channels, Guidance, Renorm, Truncation};
 pub use projected::{cosine_weight, haar_lowpass, GuideSchedule, ProjectedFlow};
-pub use rope_schedule::{AxisScale, RopeMethod, RopeSchedule, IMAX_NTK_FACTOR};
+pub use rope_schedule::{AxisScale, FrameRope, RopeMethod, RopeSchedule, IMAX_NTK_FACTOR};
 pub use schedule::{
     check_grid, grid_from_sigmas, shift_time, sigmoid_time, DynamicShift, Schedule,
     LUMINA_NEXT_SIGMOID,

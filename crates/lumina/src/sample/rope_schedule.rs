@@ -252,14 +252,79 @@ impl RopeSchedule {
             } => RopeFactors {
                 rows: method.axis(t, rows.scale, rows.train_tokens, head_dim),
                 cols: method.axis(t, cols.scale, cols.train_tokens, head_dim),
+                frames: AxisFactors::IDENTITY,
             },
         }
+    }
+}
+
+/// The frame axis of a clip longer than the model's training clips: `method` at the clip's
+/// length ratio, evaluated per solver evaluation like the spatial rules (Lumina-Next's
+/// time-aware rule turns with t here too). The axis has `frame_dim` head dimensions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FrameRope {
+    pub method: RopeMethod,
+    pub axis: AxisScale,
+    pub frame_dim: usize,
+}
+
+impl FrameRope {
+    /// `method` for a clip of `frames` frame tokens from a model trained on `train_frames`;
+    /// `None` when the clip is no longer than trained (its frame axis is as trained).
+    pub fn for_clip(
+        method: RopeMethod,
+        frames: usize,
+        train_frames: usize,
+        frame_dim: usize,
+    ) -> Result<Option<Self>> {
+        method.validate()?;
+        if frames == 0 || train_frames == 0 {
+            return Err(Error::input(
+                "clip length",
+                "non-zero frame counts",
+                format!("{frames} frame tokens (trained on {train_frames})"),
+            ));
+        }
+        Ok(
+            (frames > train_frames && frame_dim > 0).then_some(FrameRope {
+                method,
+                axis: AxisScale {
+                    scale: frames as f64 / train_frames as f64,
+                    train_tokens: train_frames as f64,
+                },
+                frame_dim,
+            }),
+        )
+    }
+
+    pub fn at(&self, t: f64) -> AxisFactors {
+        self.method
+            .axis(t, self.axis.scale, self.axis.train_tokens, self.frame_dim)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_frame_axis_scales_only_past_its_training_length() -> Result<()> {
+        let pi = RopeMethod::Interpolation;
+        assert_eq!(FrameRope::for_clip(pi, 4, 4, 8)?, None);
+        assert_eq!(FrameRope::for_clip(pi, 2, 4, 8)?, None);
+        // an image model has no frame axis to scale
+        assert_eq!(FrameRope::for_clip(pi, 8, 4, 0)?, None);
+        let twice = FrameRope::for_clip(pi, 8, 4, 8)?.expect("longer than trained");
+        assert_eq!(twice.at(0.5), AxisFactors::interpolation(2.0));
+        // the time-aware rule turns with t on the frame axis too: interpolation at noise,
+        // NTK by the length ratio at the data end
+        let aware = FrameRope::for_clip(RopeMethod::TimeAware, 16, 4, 8)?.expect("longer");
+        assert_eq!(aware.at(0.0).ntk, 4f64.powf(8.0));
+        assert!((aware.at(1.0).ntk - 4f64.powf(8.0 / 9.0)).abs() < 1e-12);
+        assert_eq!(aware.at(1.0).floor, Some(4.0));
+        assert!(FrameRope::for_clip(pi, 0, 4, 8).is_err());
+        Ok(())
+    }
 
     #[test]
     fn switches_from_interpolation_to_ntk_at_the_watershed() -> Result<()> {

@@ -50,6 +50,17 @@ pub struct NextDitConfig {
     /// Frames per token (Lumina-Video's `f_patch_size`); 1 for image models.
     #[serde(skip_serializing_if = "is_one")]
     pub frame_patch_size: usize,
+    /// Clip length at training (frames), as `sample_size` is its canvas: the base of the
+    /// frame axis's RoPE scaling and of the clip-time features. 1 for image models.
+    #[serde(skip_serializing_if = "is_one")]
+    pub sample_frames: usize,
+    /// Lumina extension for clips: add fixed sin-cos features of each token's *normalised*
+    /// clip time after the patch embedder ([`crate::nn::clip_time_features`]), as
+    /// `coordinate_embedding` does for canvas coordinates. The frame axis's RoPE tells tokens
+    /// how far apart their frames are; this tells them where in the clip they are, so "moving
+    /// to the right" starts on the left at any clip length.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub clip_time_embedding: bool,
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -82,6 +93,8 @@ impl Default for NextDitConfig {
             modulation_norm: false,
             frame_dim: 0,
             frame_patch_size: 1,
+            sample_frames: 1,
+            clip_time_embedding: false,
         }
     }
 }
@@ -178,6 +191,14 @@ impl Validate for NextDitConfig {
             ));
         }
         at_least("frame_patch_size", self.frame_patch_size, 1)?;
+        at_least("sample_frames", self.sample_frames, 1)?;
+        if self.clip_time_embedding && !self.hidden_size.is_multiple_of(2) {
+            return Err(Error::invalid_config(
+                "hidden_size",
+                self.hidden_size,
+                "the clip-time embedding needs an even width",
+            ));
+        }
         let head = self.head_dim();
         if !self.frame_dim.is_multiple_of(4) || self.frame_dim >= head {
             return Err(Error::invalid_config(

@@ -18,9 +18,10 @@ use super::step_cache::{select_rows, StepCache};
 use crate::config::Validate;
 use crate::error::{Error, Result};
 use crate::nn::{
-    coordinate_features, key_bias, KvPool, LayerNorm, Linear, NormOut, TimestepEmbedder,
+    clip_time_features, coordinate_features, key_bias, KvPool, LayerNorm, Linear, NormOut,
+    TimestepEmbedder,
 };
-use crate::rope::{next_dit_video_table, AxisFactors, VideoGrid};
+use crate::rope::{next_dit_video_table, VideoGrid};
 use crate::weights::{Init, Weights};
 
 /// `time_caption_embed`: t embedding plus an embedding of the masked-mean caption.
@@ -158,12 +159,23 @@ impl NextDit {
             }
             false => x,
         };
-        let frame_rope = AxisFactors::IDENTITY;
+        let x = match cfg.clip_time_embedding {
+            true => {
+                let native = (cfg.sample_frames / pf).max(1);
+                let times = clip_time_features(grid.frames, cfg.hidden_size, native, x.device())?; // (F', D)
+                let per_token = times
+                    .unsqueeze(1)?
+                    .repeat((1, grid.rows * grid.cols, 1))?
+                    .reshape((n, cfg.hidden_size))?; // (N, D): the same within a frame
+                x.broadcast_add(&per_token.to_dtype(x.dtype())?)?
+            }
+            false => x,
+        };
         let (cos, sin) = next_dit_video_table(
             grid,
             cfg.head_dim(),
             cfg.frame_dim,
-            frame_rope,
+            inp.rope.frames,
             inp.rope,
             latents.device(),
         )?; // (N, Dh/2)

@@ -1,0 +1,140 @@
+//! The video path of the trainer and the pipeline on the `tiny-video` preset: an image model
+//! seeds a clip model (vocabulary grown, temporal patches inflated), a clip model exports as
+//! the video family, generates clips of its length and longer ones, and its clips are judged.
+
+use anyhow::Result;
+use candle_core::{DType, Device, IndexOp};
+use lumina::fixtures::max_abs_diff;
+use lumina_pipelines::{Family, Pipeline};
+use lumina_shapes::prompts::{clip_evaluation_prompts, ClipKind};
+use lumina_train::eval::evaluate_clips;
+use lumina_train::{TrainConfig, Trainer};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+#[test]
+fn an_image_model_seeds_a_clip_model() -> Result<()> {
+    let mut image = Trainer::new(TrainConfig::tiny())?;
+    image.step()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("model");
+    image.export(&dir, DType::F32)?;
+    let mut cfg = TrainConfig::tiny_video();
+    cfg.init = Some(dir);
+    let mut video = Trainer::new(cfg)?;
+    let (from, to) = (image.ema(), video.weights()?);
+
+    // the image words keep their embeddings; the clip words are appended
+    let key = "text_encoder.embed_tokens.weight";
+    let rows = from[key].dim(0)?;
+    assert!(to[key].dim(0)? > rows);
+    assert_eq!(max_abs_diff(&from[key], &to[key].narrow(0, 0, rows)?)?, 0.0);
+
+    // each frame of a temporal patch embeds as the image patch / pf: a still clip of two
+    // frames embeds exactly as its image
+    let key = "transformer.patch_embedder.proj.weight";
+    let (d, image_in) = from[key].dims2()?;
+    let w = to[key].reshape((d, 3, 2, image_in / 3))?;
+    for f in 0..2 {
+        let frame = (w.i((.., .., f, ..))?.reshape((d, image_in))? * 2.0)?;
+        assert!(max_abs_diff(&frame, &from[key])? < 1e-6, "frame {f}");
+    }
+    // each frame of an output patch is the image's output projection
+    for key in [
+        "transformer.norm_out.linear_2.weight",
+        "transformer.norm_out.linear_2.bias",
+    ] {
+        let n = from[key].dim(0)?;
+        for f in 0..2 {
+            assert_eq!(
+                max_abs_diff(&to[key].narrow(0, f * n, n)?, &from[key])?,
+                0.0,
+                "{key} frame {f}"
+            );
+        }
+    }
+    assert!(video.step()?.loss.is_finite());
+    Ok(())
+}
+
+#[test]
+fn a_clip_model_generates_clips_of_any_length_and_is_judged() -> Result<()> {
+    let mut trainer = Trainer::new(TrainConfig::tiny_video())?;
+    for _ in 0..2 {
+        assert!(trainer.step()?.loss.is_finite());
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("model");
+    trainer.export(&dir, DType::F32)?;
+    let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)?;
+    assert_eq!(pipeline.family, Family::PixelVideo);
+    assert!(pipeline.makes_clips());
+    let template = pipeline.default_request(vec![]);
+    assert_eq!(template.frames, 4, "the training length is the default");
+
+    let mut r = pipeline.default_request(vec!["a red circle moving up".into()]);
+    let clip = pipeline.generate(&r, |_| {})?.images;
+    assert_eq!(clip.dims(), &[1, 4, 16, 16, 3]);
+    // twice the length: the frame axis interpolates (its rule is in the parameters)
+    r.frames = 8;
+    let long = pipeline.generate(&r, |_| {})?.images;
+    assert_eq!(long.dims(), &[1, 8, 16, 16, 3]);
+    assert!(pipeline
+        .family_parameters(&r)
+        .contains(&"Frames: 8".to_string()));
+    // the same request again is the same clip
+    assert_eq!(
+        max_abs_diff(&long, &pipeline.generate(&r, |_| {})?.images)?,
+        0.0
+    );
+
+    for (frames, what) in [(3, "frames"), (0, "frames")] {
+        r.frames = frames;
+        let e = pipeline.validate(&r).expect_err("bad length").to_string();
+        assert!(e.contains(what) && e.contains("temporal patch 2"), "{e}");
+    }
+    r.frames = 4;
+    r.context_drop = Some("2".parse()?);
+    let e = pipeline
+        .validate(&r)
+        .expect_err("Context Drop on a clip")
+        .to_string();
+    assert!(e.contains("Context Drop") && e.contains("4 frames"), "{e}");
+
+    let prompts = clip_evaluation_prompts(1, &mut StdRng::seed_from_u64(0));
+    let sheet = tmp.path().join("sheet.png");
+    let report = evaluate_clips(
+        &pipeline,
+        &prompts,
+        2,
+        0,
+        &template,
+        Some(&sheet),
+        |_, _| {},
+    )?;
+    assert_eq!(report.total, 2 * ClipKind::ALL.len());
+    // 16-pixel clips are below the judge's 32: every clip is unjudgeable, none passes
+    assert_eq!(report.correct, 0);
+    assert!(sheet.is_file());
+    Ok(())
+}
+
+#[test]
+fn an_image_model_makes_only_images() -> Result<()> {
+    let mut trainer = Trainer::new(TrainConfig::tiny())?;
+    trainer.step()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("model");
+    trainer.export(&dir, DType::F32)?;
+    let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)?;
+    assert!(!pipeline.makes_clips());
+    let mut r = pipeline.default_request(vec!["a red circle".into()]);
+    assert_eq!(r.frames, 1);
+    r.frames = 4;
+    let e = pipeline
+        .validate(&r)
+        .expect_err("clip from an image model")
+        .to_string();
+    assert!(e.contains("frames") && e.contains("makes images"), "{e}");
+    Ok(())
+}
