@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{IndexOp, Tensor};
 use lumina::sample::{StepDone, StepHook};
-use lumina_pipelines::output::encode_png;
+use lumina_pipelines::output::{encode_apng, encode_png, FRAME_MS};
 use lumina_pipelines::parameters::{parameters, Provenance};
 
 use crate::app::App;
@@ -86,7 +86,7 @@ fn run(app: &App, job: &Job) {
     job.set(next);
 }
 
-/// The PNGs of a finished call, each with its `parameters` text.
+/// The PNGs (APNGs for a clip model) of a finished call, each with its `parameters` text.
 fn images(
     app: &App,
     request: &lumina_pipelines::Request,
@@ -103,8 +103,13 @@ fn images(
     (0..job.spec.n)
         .map(|i| {
             let text = parameters(&app.pipeline, request, job.spec.seed, i, &provenance);
+            // a clip model's output is (F, H, W, 3): an animated PNG, still `image/png`
+            let png = match app.pipeline.makes_clips() {
+                true => encode_apng(&images.i(i)?, FRAME_MS, &text)?,
+                false => encode_png(&images.i(i)?, &text)?,
+            };
             Ok(Image {
-                png: encode_png(&images.i(i)?, &text)?,
+                png,
                 parameters: text,
                 seed: job.spec.seed + i as u64,
             })

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{png_of, Server};
+use common::{frames_of, png_of, Server};
 use lumina_serve::ServeOptions;
 use serde_json::{json, Value};
 
@@ -404,5 +404,25 @@ async fn shutdown_cancels_waiting_jobs_and_says_which() -> Result<()> {
         "{report:?}"
     );
     ensure!(report.finished.is_empty(), "{report:?}");
+    Ok(())
+}
+
+/// A clip model answers with animated PNGs of its default length, its parameters with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_model_serves_animated_pngs() -> Result<()> {
+    let server = Server::start_model("shapes-video", 2, ServeOptions::default(), |_| {}).await?;
+    let (status, out) = server
+        .post(
+            "/v1/images/generations",
+            &json!({"prompt": "a red circle moving up", "n": 1, "seed": 3, "response_format": "b64_json"}),
+        )
+        .await?;
+    ensure!(status == 200, "openai: {status} {out}");
+    let clip = &out["data"][0]["b64_json"];
+    let (w, h, text) = png_of(clip)?;
+    ensure!((w, h) == (32, 32), "size {w}x{h}");
+    ensure!(frames_of(clip)? == 8, "the model's 8 frames");
+    ensure!(text.contains("Frames: 8"), "parameters: {text}");
+    server.stop().await?;
     Ok(())
 }

@@ -15,7 +15,14 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes")
+    shipped("shapes")
+}
+
+/// A shipped model's folder under `models/`.
+pub fn shipped(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name)
 }
 
 pub struct Server {
@@ -35,14 +42,18 @@ impl Server {
         options: ServeOptions,
         configure: impl FnOnce(&mut App),
     ) -> Result<Self> {
-        let pipeline = Pipeline::load(&model_dir(), DType::F32, &Device::Cpu)?;
-        let mut app = App::new(
-            pipeline,
-            "shapes".into(),
-            DType::F32,
-            queue,
-            Limits::default(),
-        );
+        Self::start_model("shapes", queue, options, configure).await
+    }
+
+    /// A server of the shipped model `name`.
+    pub async fn start_model(
+        name: &str,
+        queue: usize,
+        options: ServeOptions,
+        configure: impl FnOnce(&mut App),
+    ) -> Result<Self> {
+        let pipeline = Pipeline::load(&shipped(name), DType::F32, &Device::Cpu)?;
+        let mut app = App::new(pipeline, name.into(), DType::F32, queue, Limits::default());
         configure(&mut app);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -100,6 +111,17 @@ impl Server {
         }
         bail!("job {id} did not reach the expected state in 30 s")
     }
+}
+
+/// The frame count of a base64 (A)PNG.
+pub fn frames_of(b64: &Value) -> Result<u32> {
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(b64.as_str().context("not a string")?)?;
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info()?;
+    Ok(reader
+        .info()
+        .animation_control()
+        .map_or(1, |a| a.num_frames))
 }
 
 /// Decodes a base64 PNG: (width, height, parameters text).
