@@ -83,17 +83,22 @@ impl<K: Label, F: Label> Report<K, F> {
         faults
     }
 
-    /// Records one judged sample of `kind`.
-    fn record(&mut self, kind: K, failure: Option<Failure<F>>) {
+    /// Records one judged sample of `kind`: correct without a fault, else a failure.
+    fn record(&mut self, kind: K, caption: String, seed: u64, fault: Option<F>, reason: String) {
         let entry = self.per_kind.entry(kind).or_default();
         entry.1 += 1;
         self.total += 1;
-        match failure {
+        match fault {
             None => {
                 entry.0 += 1;
                 self.correct += 1;
             }
-            Some(f) => self.failures.push(f),
+            Some(fault) => self.failures.push(Failure {
+                caption,
+                seed,
+                fault,
+                reason,
+            }),
         }
     }
 
@@ -111,10 +116,41 @@ impl<K: Label, F: Label> Report<K, F> {
 /// Prompts generated per call: bounds memory and keeps progress visible.
 const PROMPTS_PER_CALL: usize = 8;
 
-/// Generates `seeds` images per prompt with `template`'s settings (its prompts and latents
-/// are replaced) and judges them. Image k of prompt j starts from seed `base_seed + j·seeds +
-/// k`, whatever the batching. With `grid`, writes all images as one PNG: each prompt's seeds
-/// side by side, prompts in reading order on a roughly square sheet.
+/// Generates `seeds` samples per prompt with `template`'s settings (its prompts and latents
+/// are replaced), `PROMPTS_PER_CALL` prompts a call, and hands each to `each` in order with
+/// its prompt and seed: sample k of prompt j starts from seed `base_seed + j·seeds + k`,
+/// whatever the batching. A sample is an image (H, W, 3) or a clip's frames (F, H, W, 3).
+fn for_each_sample<C>(
+    pipeline: &Pipeline,
+    prompts: &[C],
+    text: impl Fn(&C) -> String,
+    (seeds, base_seed): (usize, u64),
+    template: &Request,
+    mut progress: impl FnMut(usize, usize),
+    mut each: impl FnMut(&C, u64, Tensor) -> Result<()>,
+) -> Result<()> {
+    for (chunk_index, chunk) in prompts.chunks(PROMPTS_PER_CALL).enumerate() {
+        let first = chunk_index * PROMPTS_PER_CALL;
+        let mut r = template.clone();
+        r.prompts = chunk.iter().map(&text).collect();
+        r.negative_prompts = None;
+        r.images_per_prompt = seeds;
+        r.latents = Latents::Seed(base_seed + (first * seeds) as u64);
+        let out = pipeline.generate(&r, |_| {})?;
+        for (j, caption) in chunk.iter().enumerate() {
+            for k in 0..seeds {
+                let seed = base_seed + ((first + j) * seeds + k) as u64;
+                each(caption, seed, out.images.i(j * seeds + k)?)?;
+            }
+        }
+        progress((first + chunk.len()).min(prompts.len()), prompts.len());
+    }
+    Ok(())
+}
+
+/// Generates `seeds` images per prompt with `template`'s settings and judges them (seeds as
+/// [`for_each_sample`] gives them). With `grid`, writes all images as one PNG: each prompt's
+/// seeds side by side, prompts in reading order on a roughly square sheet.
 pub fn evaluate(
     pipeline: &Pipeline,
     prompts: &[Caption],
@@ -122,54 +158,49 @@ pub fn evaluate(
     base_seed: u64,
     template: &Request,
     grid: Option<&Path>,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Report> {
     let mut report = Report::default();
-    let mut strips: Vec<Tensor> = Vec::new();
-    for (chunk_index, chunk) in prompts.chunks(PROMPTS_PER_CALL).enumerate() {
-        let first = chunk_index * PROMPTS_PER_CALL;
-        let mut r = template.clone();
-        r.prompts = chunk.iter().map(Caption::text).collect();
-        r.negative_prompts = None;
-        r.images_per_prompt = seeds;
-        r.latents = Latents::Seed(base_seed + (first * seeds) as u64);
-        let out = pipeline.generate(&r, |_| {})?;
-        for (j, caption) in chunk.iter().enumerate() {
-            for k in 0..seeds {
-                let i = j * seeds + k;
-                let verdict = judge(&to_image(&out.images.i(i)?)?, caption);
-                let failure = verdict.fault.map(|fault| Failure {
-                    caption: caption.text(),
-                    seed: base_seed + ((first + j) * seeds + k) as u64,
-                    fault,
-                    reason: verdict.reason,
-                });
-                report.record(PromptKind::of(caption), failure);
-            }
-            if grid.is_some() {
-                // (seeds, H, W, 3) → one strip (H, seeds·W, 3)
-                let strip: Vec<Tensor> = (0..seeds)
-                    .map(|k| out.images.i(j * seeds + k))
-                    .collect::<candle_core::Result<_>>()?;
-                strips.push(Tensor::cat(&strip, 1)?);
-            }
+    let mut images: Vec<Tensor> = Vec::new();
+    let judged = |caption: &Caption, seed: u64, image: Tensor| -> Result<()> {
+        let verdict = judge(&to_image(&image)?, caption);
+        report.record(
+            PromptKind::of(caption),
+            caption.text(),
+            seed,
+            verdict.fault,
+            verdict.reason,
+        );
+        if grid.is_some() {
+            images.push(image);
         }
-        progress((first + chunk.len()).min(prompts.len()), prompts.len());
-    }
-    if let Some(path) = grid {
-        if !strips.is_empty() {
-            let per_row =
-                ((strips.len() as f64 / seeds.max(1) as f64).sqrt().ceil() as usize).max(1);
-            let text: Vec<String> = prompts.iter().map(Caption::text).collect();
-            save_png(
-                path,
-                &tile(&strips, per_row)?,
-                &format!(
-                    "shapes evaluation grid, {per_row} prompts per row, {seeds} seeds each, prompts in reading order:\n{}",
-                    text.join("\n")
-                ),
-            )?;
-        }
+        Ok(())
+    };
+    for_each_sample(
+        pipeline,
+        prompts,
+        Caption::text,
+        (seeds, base_seed),
+        template,
+        progress,
+        judged,
+    )?;
+    if let (Some(path), false) = (grid, images.is_empty()) {
+        // each prompt's (seeds, H, W, 3) → one strip (H, seeds·W, 3)
+        let strips = images
+            .chunks(seeds.max(1))
+            .map(|strip| Tensor::cat(strip, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let per_row = ((strips.len() as f64 / seeds.max(1) as f64).sqrt().ceil() as usize).max(1);
+        let text: Vec<String> = prompts.iter().map(Caption::text).collect();
+        save_png(
+            path,
+            &tile(&strips, per_row)?,
+            &format!(
+                "shapes evaluation grid, {per_row} prompts per row, {seeds} seeds each, prompts in reading order:\n{}",
+                text.join("\n")
+            ),
+        )?;
     }
     Ok(report)
 }
@@ -184,46 +215,43 @@ pub fn evaluate_clips(
     base_seed: u64,
     template: &Request,
     grid: Option<&Path>,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Report<ClipKind, ClipFault>> {
     let mut report = Report::default();
     // per clip, its frames (F, H, W, 3)
     let mut clips: Vec<Tensor> = Vec::new();
-    for (chunk_index, chunk) in prompts.chunks(PROMPTS_PER_CALL).enumerate() {
-        let first = chunk_index * PROMPTS_PER_CALL;
-        let mut r = template.clone();
-        r.prompts = chunk.iter().map(ClipCaption::text).collect();
-        r.negative_prompts = None;
-        r.images_per_prompt = seeds;
-        r.latents = Latents::Seed(base_seed + (first * seeds) as u64);
-        let out = pipeline.generate(&r, |_| {})?;
-        if out.images.rank() != 5 {
+    let judged = |caption: &ClipCaption, seed: u64, clip: Tensor| -> Result<()> {
+        if clip.rank() != 4 {
             return Err(crate::error::Error::Eval(format!(
                 "clip prompts need a clip model; this one made images of shape {:?}",
-                out.images.dims()
+                clip.dims()
             )));
         }
-        for (j, caption) in chunk.iter().enumerate() {
-            for k in 0..seeds {
-                let clip = out.images.i(j * seeds + k)?; // (F, H, W, 3)
-                let frames = (0..clip.dim(0)?)
-                    .map(|f| to_image(&clip.i(f)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let verdict = judge_clip(&frames, caption);
-                let failure = verdict.fault.map(|fault| Failure {
-                    caption: caption.text(),
-                    seed: base_seed + ((first + j) * seeds + k) as u64,
-                    fault,
-                    reason: verdict.reason,
-                });
-                report.record(ClipKind::of(caption), failure);
-                if grid.is_some() {
-                    clips.push(clip);
-                }
-            }
+        let frames = (0..clip.dim(0)?)
+            .map(|f| to_image(&clip.i(f)?))
+            .collect::<Result<Vec<_>>>()?;
+        let verdict = judge_clip(&frames, caption);
+        report.record(
+            ClipKind::of(caption),
+            caption.text(),
+            seed,
+            verdict.fault,
+            verdict.reason,
+        );
+        if grid.is_some() {
+            clips.push(clip);
         }
-        progress((first + chunk.len()).min(prompts.len()), prompts.len());
-    }
+        Ok(())
+    };
+    for_each_sample(
+        pipeline,
+        prompts,
+        ClipCaption::text,
+        (seeds, base_seed),
+        template,
+        progress,
+        judged,
+    )?;
     if let (Some(path), Some(first)) = (grid, clips.first()) {
         let per_row = ((clips.len() as f64).sqrt().ceil() as usize / seeds.max(1)).max(1) * seeds;
         let sheets = (0..first.dim(0)?)
