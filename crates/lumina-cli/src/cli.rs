@@ -491,10 +491,6 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0)]
     pub scaling_watershed: f64,
 
-    /// Lumina-Next: plain 1/sqrt(d) attention instead of proportional attention.
-    #[arg(long)]
-    pub no_proportional_attn: bool,
-
     /// Longest prompt in tokens; longer prompts are truncated with a warning.
     #[arg(long, default_value_t = 256)]
     pub max_sequence_length: usize,
@@ -569,6 +565,11 @@ pub struct SamplingArgs {
     /// `watershed[:τ]` or `none` (default: the model's, `pi`).
     #[arg(long)]
     pub frame_rope: Option<String>,
+
+    /// Plain 1/sqrt(d) attention instead of proportional attention, where a model would scale
+    /// it: Lumina-Next beyond its training size, a video model past its training length.
+    #[arg(long)]
+    pub no_proportional_attn: bool,
 }
 
 /// Going past the model's training size (resolution extrapolation). Without any of these

@@ -841,11 +841,15 @@ impl Pipeline {
                 guidance,
                 frame_rope: self.frame_rope(r)?,
                 rope: plan.rope_schedule((r.width, r.height), native, native_side, head_dim)?,
-                base_sequence_length: plan.proportional_attn.then_some(native_tokens),
+                base_sequence_length: plan
+                    .proportional_attn
+                    .then(|| self.trained_tokens(native_tokens)),
                 text_tiles,
             });
         }
         let (rope, base_sequence_length) = self.model.native_rope(r, native, native_tokens)?;
+        let base_sequence_length =
+            base_sequence_length.or_else(|| self.longer_clip_base(r, native_tokens));
         Ok(Rules {
             guidance,
             rope,
@@ -853,6 +857,24 @@ impl Pipeline {
             base_sequence_length,
             text_tiles: None,
         })
+    }
+
+    /// Tokens of a training sample: the canvas's `native_tokens` times the training clip's
+    /// frame tokens (one for an image model): the base of proportional attention.
+    fn trained_tokens(&self, native_tokens: usize) -> usize {
+        let (pf, trained, _) = self.frame_axis();
+        native_tokens * (trained / pf).max(1)
+    }
+
+    /// Proportional attention for a clip longer than the training clips (unless the request
+    /// turns it off): Lumina-Next's rule for larger canvases, sqrt(log N / log N_train), where
+    /// the longer clip's N grows through its frames. Each token then attends over twice as
+    /// many tokens at 2× length, and the sharper softmax keeps its attention as peaked as in
+    /// training.
+    fn longer_clip_base(&self, r: &Request, native_tokens: usize) -> Option<usize> {
+        let (_, trained, _) = self.frame_axis();
+        (self.makes_clips() && r.proportional_attn && r.frames > trained)
+            .then(|| self.trained_tokens(native_tokens))
     }
 
     /// The frame axis's rule for a clip longer than the model's training clips.

@@ -87,6 +87,28 @@ fn a_clip_model_generates_clips_of_any_length_and_is_judged() -> Result<()> {
         max_abs_diff(&long, &pipeline.generate(&r, |_| {})?.images)?,
         0.0
     );
+    // past the training length attention is proportional unless the request turns it off;
+    // at the training length the flag changes nothing
+    let params = pipeline.family_parameters(&r);
+    assert!(
+        params.contains(&"Proportional attention: on".to_string()),
+        "{params:?}"
+    );
+    let mut plain = r.clone();
+    plain.proportional_attn = false;
+    assert!(max_abs_diff(&long, &pipeline.generate(&plain, |_| {})?.images)? > 0.0);
+    assert!(pipeline
+        .family_parameters(&plain)
+        .contains(&"Proportional attention: off".to_string()));
+    plain.frames = 4;
+    assert_eq!(
+        max_abs_diff(&clip, &pipeline.generate(&plain, |_| {})?.images)?,
+        0.0
+    );
+    assert!(!pipeline
+        .family_parameters(&plain)
+        .iter()
+        .any(|p| p.starts_with("Proportional")));
 
     for (frames, what) in [(3, "frames"), (0, "frames")] {
         r.frames = frames;

@@ -151,7 +151,6 @@ fn request(args: &GenerateArgs, pipeline: &Pipeline, seed: u64) -> Result<Reques
     r.max_sequence_length = args.max_sequence_length;
     r.system_prompt = args.system_prompt.clone();
     r.scaling_watershed = args.scaling_watershed;
-    r.proportional_attn = !args.no_proportional_attn;
     Ok(r)
 }
 

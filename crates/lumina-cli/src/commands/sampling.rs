@@ -1,5 +1,5 @@
 //! The sampling flags of `generate` and `eval` (schedule, guidance window, Context Drop, step
-//! caching, clip length), applied to a request.
+//! caching, clip length, proportional attention), applied to a request.
 
 use anyhow::{Context, Result};
 use lumina::nn::ContextDrop;
@@ -39,6 +39,9 @@ pub fn apply(args: &SamplingArgs, r: &mut Request) -> Result<()> {
     }
     if let Some(name) = &args.frame_rope {
         r.frame_extrapolation = Some(name.parse::<RopeMethod>().context("--frame-rope")?);
+    }
+    if args.no_proportional_attn {
+        r.proportional_attn = false;
     }
     Ok(())
 }

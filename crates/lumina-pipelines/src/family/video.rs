@@ -95,6 +95,11 @@ impl FamilyModel for VideoFamily {
         if let Some(m) = r.frame_extrapolation {
             p.push(format!("Frame RoPE: {}", m.name()));
         }
+        if r.frames > self.rules.frames {
+            // past the training length the pipeline scales attention unless told not to
+            let on = if r.proportional_attn { "on" } else { "off" };
+            p.push(format!("Proportional attention: {on}"));
+        }
         p
     }
 }

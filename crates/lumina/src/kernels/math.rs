@@ -69,6 +69,42 @@ pub(crate) mod avx512 {
     }
 }
 
+/// AVX2 + FMA forms of the functions above.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::EXP2_POLY;
+
+    /// [`super::exp2`] on 8 lanes: `vroundps` for n, the polynomial on FMAs and 2ⁿ from n's
+    /// integer bits, 13 instructions. The scalar form auto-vectorised takes about 20, as
+    /// Rust never fuses its multiplies and adds. Same clamping as the scalar form (a large
+    /// input gives 2¹²⁷·p instead of +∞; the softmax never has one, its scores are ≤ 0).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp2(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(-126.0)),
+            _mm256_set1_ps(127.0),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+        let f = _mm256_sub_ps(x, n);
+        let mut p = _mm256_set1_ps(EXP2_POLY[5]);
+        for &c in EXP2_POLY[..5].iter().rev() {
+            p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
+        }
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+    }
+}
+
 /// `1 / sqrt(mean(x²) + eps)`: the RMSNorm factor of one row.
 pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
@@ -92,6 +128,41 @@ mod tests {
         assert!(exp2(f32::NEG_INFINITY) < 1.2e-38);
         assert_eq!(exp2(0.0), 1.0);
         assert_eq!(exp2(-3.0), 0.125);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_exp2_matches_the_scalar_form() {
+        use std::arch::x86_64::*;
+        if !crate::kernels::Isa::of_cpu().avx2 {
+            assert!(
+                std::env::var_os("CI").is_none() || !cfg!(target_arch = "x86_64"),
+                "under CI an x86-64 machine without AVX2 skipped the AVX2 exp2"
+            );
+            eprintln!("skipped: no AVX2 on this CPU");
+            return;
+        }
+        let xs: Vec<f32> = (0..=40_000)
+            .map(|i| -130.0 + 130.0 * i as f32 / 40_000.0)
+            .chain([f32::NEG_INFINITY, -1e30, 0.5, 3.0, 126.5])
+            .collect();
+        for chunk in xs.chunks(8) {
+            let mut lanes = [0f32; 8];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0f32; 8];
+            // SAFETY: AVX2 and FMA checked above; both arrays hold 8 values.
+            unsafe {
+                let v = avx2::exp2(_mm256_loadu_ps(lanes.as_ptr()));
+                _mm256_storeu_ps(got.as_mut_ptr(), v);
+            }
+            for (&x, &g) in lanes.iter().zip(&got) {
+                let want = exp2(x);
+                assert!(
+                    (g - want).abs() <= 4e-7 * want,
+                    "exp2({x}): {g} against {want}"
+                );
+            }
+        }
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -2,9 +2,9 @@
 //! timed together. What a kernel reaches is reported as a fraction of these.
 //!
 //! Counting: one 512-bit f32 FMA = 16 lanes × 2 = 32 FLOP (a 256-bit AVX2 one 16 FLOP); one `vdpbf16ps` = 16 lanes × 2
-//! pairs × 2 = 64 FLOP; one `vpdpbusd` = 16 lanes × 4 pairs × 2 = 128 OP; on AVX2 one
-//! `vpmaddubsw` (with the int16 add the ternary kernel pairs it with) = 16 lanes × 2 pairs × 2
-//! = 64 OP.
+//! pairs × 2 = 64 FLOP; one `vpdpbusd` = 16 lanes × 4 pairs × 2 = 128 OP (64 for AVX-VNNI's
+//! 256-bit one); on AVX2 one `vpmaddubsw` (with the int16 add the ternary kernel pairs it
+//! with) = 16 lanes × 2 pairs × 2 = 64 OP.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -87,6 +87,12 @@ fn run(arith: Arith, iters: u64, isa: Isa) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
+    if isa.avx_vnni && arith == Arith::Int8 {
+        // SAFETY: AVX-VNNI detected.
+        unsafe { avx_vnni_dpbusd(iters) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa.avx2 && arith == Arith::Int8 {
         // SAFETY: AVX2 detected.
         unsafe { avx2_maddubs(iters) };
@@ -140,6 +146,22 @@ unsafe fn avx2_maddubs(iters: u64) {
         // the accumulator is an operand of the product, so nothing is loop-invariant
         for x in acc.iter_mut() {
             *x = _mm256_add_epi16(_mm256_maddubs_epi16(*x, b), c);
+        }
+    }
+    black_box(acc);
+}
+
+/// The AVX-VNNI ternary kernel's arithmetic: the VEX `vpdpbusd` on 8 int32 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn avx_vnni_dpbusd(iters: u64) {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_epi8(black_box(1));
+    let b = _mm256_set1_epi8(black_box(1));
+    let mut acc = [_mm256_setzero_si256(); CHAINS];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_dpbusd_avx_epi32(*x, a, b);
         }
     }
     black_box(acc);
