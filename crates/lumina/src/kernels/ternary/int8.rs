@@ -23,8 +23,8 @@ use crate::kernels::storage::{contiguous_f32, SharedOut};
 use crate::kernels::Isa;
 
 /// Tokens per register tile: 6 × 4 accumulators of 16 int32 lanes (24 chains), four weight
-/// vectors and a broadcast: 29 of the 32 vector registers. The AVX2 kernel walks the same
-/// tile as three pairs of tokens.
+/// vectors and a broadcast: 29 of the 32 vector registers. The 256-bit kernels (`tile_256!`)
+/// take all six tokens against two of the four weight vectors at a time.
 const MR: usize = 6;
 /// Tokens per task.
 const TASK_ROWS: usize = 8 * MR;
