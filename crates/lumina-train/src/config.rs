@@ -4,6 +4,7 @@ use std::path::Path;
 
 use lumina::config::Validate;
 use lumina::models::NextDitConfig;
+use lumina::nn::TernaryScale;
 use lumina::pixel_model::SamplerDefaults;
 use lumina::word_encoder::WordEncoderConfig;
 use lumina_shapes::Canvas;
@@ -11,6 +12,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// Leaves a field at its default out of a written run config.
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
 
 /// How training times t (0 = noise, 1 = data) are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -232,6 +238,10 @@ pub struct TrainConfig {
     /// weights with a learnable α and a straight-through gradient; the model exports 2-bit.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ternary: bool,
+    /// With `ternary`: one α per layer (`tensor`, TerDiT's) or one per output channel
+    /// (`channel`, each row ternarised by its own mean |W|; see `lumina::nn::TernaryScale`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ternary_scale: TernaryScale,
     /// Start from an exported model folder (`<run>/model`) or a run's checkpoint folder
     /// (`<run>/checkpoint`, whose EMA is taken — for a QAT run the latents and α the packed export
     /// lacks) instead of the upstream initialisation: a later stage of a recipe, as Lumina
@@ -347,6 +357,7 @@ impl TrainConfig {
             checkpoint_every: 500,
             seed: 0,
             ternary: false,
+            ternary_scale: TernaryScale::Tensor,
             init: None,
             distill: None,
         }
@@ -451,6 +462,12 @@ impl TrainConfig {
         self.text_encoder
             .validate(Path::new("text_encoder"))
             .map_err(|e| Error::Config(e.to_string()))?;
+        if !self.ternary && self.ternary_scale != TernaryScale::Tensor {
+            return bad(
+                "ternary_scale",
+                "per-channel α needs `ternary = true` (a dense run has no α)",
+            );
+        }
         if let Some(d) = &self.distill {
             if !(0.0..=1.0).contains(&d.weight) {
                 return bad("distill.weight", "must be in [0, 1]");

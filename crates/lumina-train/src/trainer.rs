@@ -146,7 +146,11 @@ impl Trainer {
         cfg.validate()?;
         let device = Device::Cpu;
         let tw = Weights::init(cfg.seed, DType::F32, &device);
-        let tw = if cfg.ternary { tw.with_ternary() } else { tw };
+        let tw = if cfg.ternary {
+            tw.with_ternary_scale(cfg.ternary_scale)
+        } else {
+            tw
+        };
         let ew = Weights::init(cfg.seed.wrapping_add(1), DType::F32, &device);
         let model = NextDit::load(&cfg.transformer, &tw)?;
         let ternary_layers = tw.ternary_layers();
@@ -380,7 +384,7 @@ impl Trainer {
         let tw = Weights::from_tensors(component(&self.ema, TRANSFORMER), DType::F32, &self.device);
         // a QAT state (latent + α) samples as the ternary model it exports to
         let tw = if self.cfg.ternary {
-            tw.with_ternary()
+            tw.with_ternary_scale(self.cfg.ternary_scale)
         } else {
             tw
         };
@@ -586,8 +590,13 @@ fn init_from_model(
             .iter()
             .find(|(n, _)| *n == latent)
             .ok_or_else(|| fail(format!("no latent `{latent}` for its α")))?;
-        let start = lumina::nn::initial_alpha(w.1.as_tensor())?;
-        alpha.set(&Tensor::new(&[start], device)?)?;
+        // one α, or one per output channel: each row's own mean |W|
+        let start = if alpha.elem_count() == 1 {
+            vec![lumina::nn::initial_alpha(w.1.as_tensor())?]
+        } else {
+            lumina::nn::initial_row_alphas(w.1.as_tensor())?
+        };
+        alpha.set(&Tensor::from_vec(start, alpha.dims(), device)?)?;
     }
     Ok(())
 }

@@ -240,14 +240,7 @@ fn an_exported_model_loads_generates_and_is_judged() -> Result<()> {
     assert_eq!(report.per_kind.values().map(|(_, t)| t).sum::<usize>(), 8);
     assert!(grid.is_file());
     // the in-memory EMA pipeline sees the same model
-    let (model, encoder) = trainer.ema_parts()?;
-    let live = Pipeline::pixel(
-        model,
-        trainer.tokenizer().clone(),
-        encoder,
-        trainer.cfg.sampler.clone(),
-        &Device::Cpu,
-    )?;
+    let live = live_pipeline(&trainer)?;
     let again = evaluate(&live, &prompts, 2, 0, &template, None, |_, _| {})?;
     assert_eq!(again.faults(), report.faults());
     assert_eq!(
@@ -312,18 +305,78 @@ fn ternary_qat_trains_and_exports_a_packed_model() -> Result<()> {
         .any(|k| k.ends_with("norm1.norm_modulation.weight")));
 
     let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)?;
-    let (model, encoder) = trainer.ema_parts()?;
-    let live = Pipeline::pixel(
-        model,
-        trainer.tokenizer().clone(),
-        encoder,
-        trainer.cfg.sampler.clone(),
-        &Device::Cpu,
-    )?;
+    let live = live_pipeline(&trainer)?;
     let prompts = evaluation_prompts(1, &mut StdRng::seed_from_u64(0));
     let template = pipeline.default_request(vec![]);
     let a = evaluate(&pipeline, &prompts, 1, 0, &template, None, |_, _| {})?;
     let b = evaluate(&live, &prompts, 1, 0, &template, None, |_, _| {})?;
     assert_eq!(a, b);
     Ok(())
+}
+
+/// QAT with one α per output channel (`ternary_scale = "channel"`): every ternary layer learns
+/// one α per row, the export stores them as `weight_scale` `(out,)` with each row's codes from
+/// its own mean |W|, and the exported model draws the same image as the trainer's EMA state.
+#[test]
+fn per_channel_qat_exports_one_alpha_per_row_and_samples_as_trained() -> Result<()> {
+    use lumina::kernels::ternary::{set_activations, Activations};
+    use lumina::nn::TernaryScale;
+    set_activations(Activations::Exact);
+    let mut cfg = TrainConfig::preset("tiny-ternary")?;
+    cfg.ternary_scale = TernaryScale::Channel;
+    let mut trainer = Trainer::new(cfg.clone())?;
+    for _ in 0..3 {
+        trainer.step()?;
+    }
+    let weights = trainer.weights()?;
+    let mut scales = 0;
+    for (name, alpha) in weights.iter().filter(|(k, _)| k.ends_with(".weight_scale")) {
+        let latent = &weights[&name.replace(".weight_scale", ".weight")];
+        assert_eq!(alpha.dims(), [latent.dim(0)?], "{name}");
+        scales += 1;
+    }
+    assert_eq!(scales, 11 * cfg.transformer.num_layers);
+
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("model");
+    trainer.export(&dir, DType::F32)?;
+    let files = lumina::weights::WeightFiles::open_dir(&dir.join("transformer"))?;
+    let per_row = files
+        .keys()
+        .filter(|k| k.ends_with(".weight_scale"))
+        .filter(|k| {
+            files
+                .info(k)
+                .is_some_and(|i| i.shape.len() == 1 && i.shape[0] > 1)
+        })
+        .count();
+    assert_eq!(per_row, scales, "every exported α one per row");
+
+    let pipeline = Pipeline::load(&dir, DType::F32, &Device::Cpu)?;
+    let live = live_pipeline(&trainer)?;
+    let request = pipeline.default_request(vec!["a red circle".into()]);
+    let exported = pipeline.generate(&request, |_| {})?.images;
+    let trained = live.generate(&request, |_| {})?.images;
+    assert_eq!(max_abs_diff(&exported, &trained)?, 0.0);
+
+    let mut dense = TrainConfig::tiny();
+    dense.ternary_scale = TernaryScale::Channel;
+    let e = Trainer::new(dense)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("ternary_scale"), "{e}");
+    Ok(())
+}
+
+/// The trainer's EMA state as a pipeline, without exporting it.
+fn live_pipeline(trainer: &Trainer) -> Result<Pipeline> {
+    let (model, encoder) = trainer.ema_parts()?;
+    Ok(Pipeline::pixel(
+        model,
+        trainer.tokenizer().clone(),
+        encoder,
+        trainer.cfg.sampler.clone(),
+        &Device::Cpu,
+    )?)
 }

@@ -96,6 +96,10 @@ pub use flash::flash_attention;
 pub enum Level {
     /// Plain Rust, whatever the build target vectorises.
     Portable,
+    /// aarch64 Advanced SIMD (128-bit), with `sdot` (dotprod) and BF16 where present: every
+    /// aarch64 CPU. Below the x86 rungs only so that one cap serves both architectures
+    /// (`LUMINA_ISA=avx2` leaves an ARM CPU its NEON).
+    Neon,
     /// x86-64 AVX2 + FMA (256-bit): Haswell and later, every AMD Zen.
     Avx2,
     /// AVX-512F (512-bit), with BF16 and VNNI where present.
@@ -107,6 +111,7 @@ impl Level {
     pub fn name(self) -> &'static str {
         match self {
             Level::Portable => "portable",
+            Level::Neon => "neon",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
         }
@@ -116,14 +121,18 @@ impl Level {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "portable" => Ok(Level::Portable),
+            "neon" => Ok(Level::Neon),
             "avx2" => Ok(Level::Avx2),
             "avx512" => Ok(Level::Avx512),
             other => Err(format!(
-                "LUMINA_ISA={other:?} is not a level: expected portable, avx2 or avx512"
+                "LUMINA_ISA={other:?} is not a level: expected portable, neon, avx2 or avx512"
             )),
         }
     }
 }
+
+/// Every rung, lowest first.
+const ALL_LEVELS: [Level; 4] = [Level::Portable, Level::Neon, Level::Avx2, Level::Avx512];
 
 /// The environment variable that caps the detected level.
 pub const ISA_ENV: &str = "LUMINA_ISA";
@@ -141,10 +150,13 @@ pub struct Isa {
     pub avx512_bf16: bool,
     /// `vpdpbusd`: u8×i8 quad dot products into i32.
     pub avx512_vnni: bool,
-    /// aarch64 Advanced SIMD (always present on aarch64; reported, the kernels use candle's).
+    /// aarch64 Advanced SIMD (always present on aarch64): the ternary GEMM's `sdot` tile
+    /// where dotprod is present; elsewhere candle's own NEON kernels.
     pub neon: bool,
-    /// aarch64 `sdot`/`udot`.
+    /// aarch64 `sdot`/`udot` (Armv8.4, optional from 8.2: Apple M1+, Graviton 2+, Snapdragon X).
     pub neon_dotprod: bool,
+    /// aarch64 `bfdot`/`bfmmla` (Armv8.6 BF16: Apple M2+, Graviton 3+); reported.
+    pub neon_bf16: bool,
 }
 
 impl Isa {
@@ -157,6 +169,7 @@ impl Isa {
         avx512_vnni: false,
         neon: false,
         neon_dotprod: false,
+        neon_bf16: false,
     };
 
     /// The CPU's features, capped by `LUMINA_ISA` (`portable`, `avx2` or `avx512`) so that
@@ -210,7 +223,8 @@ impl Isa {
             use std::arch::is_aarch64_feature_detected as has;
             Isa {
                 neon: has!("neon"),
-                neon_dotprod: has!("dotprod"),
+                neon_dotprod: has!("neon") && has!("dotprod"),
+                neon_bf16: has!("neon") && has!("bf16"),
                 ..Isa::PORTABLE
             }
         }
@@ -224,6 +238,12 @@ impl Isa {
     pub fn capped(self, level: Level) -> Self {
         match level {
             Level::Portable => Isa::PORTABLE,
+            Level::Neon => Isa {
+                neon: self.neon,
+                neon_dotprod: self.neon_dotprod,
+                neon_bf16: self.neon_bf16,
+                ..Isa::PORTABLE
+            },
             Level::Avx2 => Isa {
                 avx512f: false,
                 avx512_bf16: false,
@@ -240,16 +260,19 @@ impl Isa {
             Level::Avx512
         } else if self.avx2 {
             Level::Avx2
+        } else if self.neon {
+            Level::Neon
         } else {
             Level::Portable
         }
     }
 
-    /// Every level these features can run, lowest first: what the kernel tests walk.
+    /// Every level these features can run, lowest first: what the kernel tests walk (only
+    /// this architecture's rungs: an x86 CPU has no NEON level).
     pub fn levels(&self) -> Vec<Level> {
-        [Level::Portable, Level::Avx2, Level::Avx512]
+        ALL_LEVELS
             .into_iter()
-            .filter(|l| *l <= self.level())
+            .filter(|l| *l <= self.level() && self.capped(*l).level() == *l)
             .collect()
     }
 
@@ -265,11 +288,11 @@ impl Isa {
         if self.avx_vnni && !self.avx512_vnni {
             extras.push("avx-vnni");
         }
-        if self.neon {
-            extras.push("neon");
-        }
         if self.neon_dotprod {
             extras.push("dotprod");
+        }
+        if self.neon_bf16 {
+            extras.push("bf16");
         }
         let level = self.level().name();
         if extras.is_empty() {
@@ -285,7 +308,12 @@ impl Isa {
 #[cfg(test)]
 pub(crate) fn test_levels() -> Vec<Level> {
     let isa = Isa::detect();
-    for level in [Level::Avx2, Level::Avx512] {
+    let own: &[Level] = if cfg!(target_arch = "aarch64") {
+        &[Level::Neon]
+    } else {
+        &[Level::Avx2, Level::Avx512]
+    };
+    for &level in own {
         if level > isa.level() {
             eprintln!(
                 "skipped: the {} path ({} here)",
@@ -309,7 +337,7 @@ mod tests {
             Ok(level) => panic!("sse4 parsed as {level:?}"),
         };
         assert!(
-            err.contains("sse4") && err.contains("portable, avx2 or avx512"),
+            err.contains("sse4") && err.contains("portable, neon, avx2 or avx512"),
             "{err}"
         );
         let full = Isa {
@@ -329,5 +357,18 @@ mod tests {
         assert_eq!(avx2.levels(), vec![Level::Portable, Level::Avx2]);
         assert_eq!(full.capped(Level::Portable), Isa::PORTABLE);
         assert_eq!(Isa::PORTABLE.describe(), "portable");
+        // an ARM CPU: its own rung, kept under an x86 cap, dropped by `portable`
+        let arm = Isa {
+            neon: true,
+            neon_dotprod: true,
+            neon_bf16: true,
+            ..Isa::PORTABLE
+        };
+        assert_eq!(arm.describe(), "neon (dotprod, bf16)");
+        assert_eq!(arm.levels(), vec![Level::Portable, Level::Neon]);
+        assert_eq!(arm.capped(Level::Avx2), arm);
+        assert_eq!(arm.capped(Level::Portable), Isa::PORTABLE);
+        assert_eq!(full.capped(Level::Neon).level(), Level::Portable);
+        assert_eq!(Level::parse("neon"), Ok(Level::Neon));
     }
 }

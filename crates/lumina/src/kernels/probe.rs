@@ -4,7 +4,8 @@
 //! Counting: one 512-bit f32 FMA = 16 lanes × 2 = 32 FLOP (a 256-bit AVX2 one 16 FLOP); one `vdpbf16ps` = 16 lanes × 2
 //! pairs × 2 = 64 FLOP; one `vpdpbusd` = 16 lanes × 4 pairs × 2 = 128 OP (64 for AVX-VNNI's
 //! 256-bit one); on AVX2 one `vpmaddubsw` (with the int16 add the ternary kernel pairs it
-//! with) = 16 lanes × 2 pairs × 2 = 64 OP.
+//! with) = 16 lanes × 2 pairs × 2 = 64 OP. On aarch64 one 128-bit `fmla` = 4 lanes × 2 = 8
+//! FLOP and one `sdot` = 4 lanes × 4 pairs × 2 = 32 OP.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -29,7 +30,7 @@ pub fn peak_gflops(arith: Arith, threads: usize, seconds: f64) -> Option<f64> {
     let supported = match arith {
         Arith::F32 => true,
         Arith::Bf16 => isa.avx512_bf16,
-        Arith::Int8 => isa.avx512_vnni || isa.avx2,
+        Arith::Int8 => isa.avx512_vnni || isa.avx2 || isa.neon_dotprod,
     };
     if !supported {
         return None;
@@ -58,9 +59,11 @@ fn ops_per_iter(arith: Arith, isa: Isa) -> f64 {
     let per_instr = match (arith, isa.level()) {
         (Arith::F32, Level::Avx512) => 32.0,
         (Arith::F32, Level::Avx2) => 16.0,
+        (Arith::F32, Level::Neon) => 8.0,
         (Arith::F32, Level::Portable) => 2.0 * PORTABLE_LANES as f64,
         (Arith::Bf16, _) => 64.0,
         (Arith::Int8, _) if isa.avx512_vnni => 128.0,
+        (Arith::Int8, _) if isa.neon_dotprod => 32.0,
         (Arith::Int8, _) => 64.0,
     };
     per_instr * CHAINS as f64
@@ -98,8 +101,54 @@ fn run(arith: Arith, iters: u64, isa: Isa) {
         unsafe { avx2_maddubs(iters) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa.neon_dotprod && arith == Arith::Int8 {
+        // SAFETY: NEON and dotprod detected.
+        unsafe { neon::sdot(iters) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa.neon && arith == Arith::F32 {
+        // SAFETY: NEON detected.
+        unsafe { neon::fma_f32(iters) };
+        return;
+    }
     let _ = isa;
     portable_fma(iters);
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+    use std::hint::black_box;
+
+    use super::CHAINS;
+
+    #[target_feature(enable = "neon")]
+    pub unsafe fn fma_f32(iters: u64) {
+        let a = vdupq_n_f32(black_box(0.999_999));
+        let b = vdupq_n_f32(black_box(1e-7));
+        let mut acc = [vdupq_n_f32(1.0); CHAINS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = vfmaq_f32(b, *x, a);
+            }
+        }
+        black_box(acc);
+    }
+
+    /// The ternary kernel's `sdot` (see `ternary::int8::neon::sdot`).
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn sdot(iters: u64) {
+        let a = vdupq_n_s8(black_box(1));
+        let mut acc = [vdupq_n_s32(0); CHAINS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = crate::kernels::ternary::int8::sdot(*x, a, a);
+            }
+        }
+        black_box(acc);
+    }
 }
 
 const PORTABLE_LANES: usize = 8;

@@ -31,6 +31,19 @@ pub const PACKED_KEY: &str = "weight_packed";
 /// Key of a ternary layer's α.
 pub const SCALE_KEY: &str = "weight_scale";
 
+/// How many α a ternary layer has: one for the matrix (TerDiT, BitNet b1.58), or one per
+/// output channel, each row then ternarised by its own mean |W|. Rows of a trained matrix
+/// differ in scale (an adaLN row that drives a gate against one that drives a shift), and a
+/// single α rounds the small ones to zero; the file format and the kernels take either
+/// (`weight_scale` `(1,)` or `(out,)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TernaryScale {
+    #[default]
+    Tensor,
+    Channel,
+}
+
 #[derive(Clone, Debug)]
 enum Weight {
     Dense(Tensor),
@@ -101,16 +114,20 @@ impl Linear {
         }
         let latent = w.get("weight", &[out_dim, in_dim], init)?;
         let weight = if w.trainable() {
+            // from scratch every row starts at the matrix's mean |W| (random rows are alike);
+            // a run seeded from a model sets each row's own (lumina-train `init_from_model`)
             let start = initial_alpha(&latent)?;
-            let alpha = w.get(SCALE_KEY, &[1], Init::Constant(start as f64))?;
+            let count = match w.ternary_scale() {
+                TernaryScale::Tensor => 1,
+                TernaryScale::Channel => out_dim,
+            };
+            let alpha = w.get(SCALE_KEY, &[count], Init::Constant(start as f64))?;
             Weight::Qat { latent, alpha }
         } else {
-            // A QAT state (latent + trained α) or a dense checkpoint (post-training: α fitted)
+            // A QAT state (latent + trained α, one or one per row) or a dense checkpoint
+            // (post-training: α fitted)
             let alpha = if w.stores(SCALE_KEY) {
-                Some(
-                    w.get_stored(SCALE_KEY, &[1], DType::F32)?
-                        .to_vec1::<f32>()?,
-                )
+                Some(stored_scale(w, out_dim)?)
             } else {
                 None
             };
@@ -118,6 +135,12 @@ impl Linear {
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
+            let alpha = match (alpha, w.ternary_scale()) {
+                (None, TernaryScale::Channel) => {
+                    Some(TernaryMatrix::fitted_row_scales(&values, out_dim, in_dim))
+                }
+                (alpha, _) => alpha,
+            };
             Weight::Ternary(Arc::new(TernaryMatrix::absmean(
                 &values, out_dim, in_dim, alpha,
             )?))
@@ -309,21 +332,23 @@ fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 fn load_packed(w: &Weights, in_dim: usize, out_dim: usize) -> Result<TernaryMatrix> {
     let stride = in_dim.div_ceil(4);
     let packed = w.get_stored(PACKED_KEY, &[out_dim, stride], DType::U8)?;
-    let scale = w.get_stored_any_shape(SCALE_KEY, DType::F32)?;
-    let key = w.full_key(PACKED_KEY);
-    let scale = match scale.dims() {
-        [1] => scale.to_vec1::<f32>()?,
-        [n] if *n == out_dim => scale.to_vec1::<f32>()?,
-        got => {
-            return Err(Error::Ternary {
-                key: w.full_key(SCALE_KEY),
-                expected: format!("shape [1] or [{out_dim}]"),
-                got: format!("{got:?}"),
-            })
-        }
-    };
+    let scale = stored_scale(w, out_dim)?;
     let rows = packed.flatten_all()?.to_vec1::<u8>()?;
-    TernaryMatrix::from_rows(&rows, out_dim, in_dim, scale, &key)
+    TernaryMatrix::from_rows(&rows, out_dim, in_dim, scale, &w.full_key(PACKED_KEY))
+}
+
+/// A ternary layer's stored α: `(1,)` or one per output channel `(out,)`.
+fn stored_scale(w: &Weights, out_dim: usize) -> Result<Vec<f32>> {
+    let scale = w.get_stored_any_shape(SCALE_KEY, DType::F32)?;
+    match scale.dims() {
+        [1] => Ok(scale.to_vec1::<f32>()?),
+        [n] if *n == out_dim => Ok(scale.to_vec1::<f32>()?),
+        got => Err(Error::Ternary {
+            key: w.full_key(SCALE_KEY),
+            expected: format!("shape [1] or [{out_dim}]"),
+            got: format!("{got:?}"),
+        }),
+    }
 }
 
 /// Where a QAT layer's α starts for its latent `W`: mean |W| (TerDiT's released code draws it
@@ -337,19 +362,40 @@ pub fn initial_alpha(latent: &Tensor) -> Result<f32> {
     Ok(if gamma > 0.0 { gamma } else { 1.0 })
 }
 
+/// [`initial_alpha`] of every row of `latent` `(out, in)`: where per-channel α start.
+pub fn initial_row_alphas(latent: &Tensor) -> Result<Vec<f32>> {
+    let gamma = latent
+        .abs()?
+        .mean(1)?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    Ok(gamma
+        .into_iter()
+        .map(|g| if g > 0.0 { g } else { 1.0 })
+        .collect())
+}
+
 /// QAT's effective weight `α · ternarize(W)`: the forward value is exactly the ternary matrix,
 /// the gradient reaches the latent W unchanged (straight-through estimator) and α as
-/// Σ (∂L/∂W_eff) ⊙ w. Composed from differentiable ops only (see the training notes in
-/// ARCHITECTURE.md: candle's fused ops carry no gradient).
+/// Σ (∂L/∂W_eff) ⊙ w. With one α the codes take γ = mean |W| of the matrix (TerDiT); with one
+/// α per output channel (`alpha` of `out` values) each row its own γ, as
+/// [`TernaryMatrix::absmean`] packs it. Composed from differentiable ops only (see the training
+/// notes in ARCHITECTURE.md: candle's fused ops carry no gradient).
 pub fn qat_weight(latent: &Tensor, alpha: &Tensor) -> Result<Tensor> {
-    let gamma = latent.abs()?.mean_all()?.detach(); // γ = mean |W|, per tensor
+    let rows = latent.dim(0)?;
+    let (gamma, alpha) = if alpha.elem_count() > 1 {
+        let gamma = latent.abs()?.mean_keepdim(1)?.detach(); // (out, 1), per row
+        (gamma, alpha.reshape((rows, 1))?)
+    } else {
+        (latent.abs()?.mean_all()?.detach(), alpha.clone()) // per tensor
+    };
     let codes = latent
         .broadcast_div(&(gamma + 1e-6)?)?
         .round()?
         .clamp(-1f32, 1f32)?
         .detach(); // (out, in) ∈ {−1, 0, 1}
     let ste = (latent + (codes - latent)?.detach())?; // value: codes; gradient: identity
-    Ok(ste.broadcast_mul(alpha)?)
+    Ok(ste.broadcast_mul(&alpha)?)
 }
 
 /// Both operands stored in `dtype` on the CPU, neither tracking a gradient: an inference
@@ -460,5 +506,35 @@ mod tests {
             .to_vec1::<f32>()?;
         assert_eq!(ga, [1.0 + 3.0 - 4.0 + 6.0]);
         Ok(())
+    }
+
+    /// One α per output channel: each row ternarised by its own mean |W| (a row of small
+    /// weights keeps its codes, which the matrix's γ would round to zero), the latent gets the
+    /// upstream gradient times its row's α, each α the sum over its own row.
+    #[test]
+    fn per_channel_qat_weight_uses_row_scales() -> Result<()> {
+        let dev = Device::Cpu;
+        let latent = Var::new(&[[0.09f32, -0.005, 0.03], [-1.2, 0.0, 0.45]], &dev)?;
+        let alpha = Var::new(&[0.07f32, 0.6], &dev)?;
+        let g = Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &dev)?;
+        let w = qat_weight(latent.as_tensor(), alpha.as_tensor())?;
+        assert_eq!(w.to_vec2::<f32>()?, [[0.07, 0.0, 0.07], [-0.6, 0.0, 0.6]]);
+        let per_tensor = qat_weight(latent.as_tensor(), &Tensor::new(&[1f32], &dev)?)?;
+        assert_eq!(per_tensor.to_vec2::<f32>()?[0], [0.0, 0.0, 0.0]);
+        let grads = (w * &g)?.sum_all()?.backward()?;
+        let gl = grads.get(latent.as_tensor()).expect("latent gradient");
+        let want = Tensor::new(&[[0.07f32, 0.14, 0.21], [2.4, 3.0, 3.6]], &dev)?;
+        assert!(max_abs(&(gl - want)?)? < 1e-6);
+        let ga = grads
+            .get(alpha.as_tensor())
+            .expect("α gradient")
+            .to_vec1::<f32>()?;
+        assert_eq!(ga, [1.0 + 3.0, -4.0 + 6.0]);
+        assert_eq!(initial_row_alphas(latent.as_tensor())?.len(), 2);
+        Ok(())
+    }
+
+    fn max_abs(t: &Tensor) -> Result<f32> {
+        Ok(t.abs()?.max_all()?.to_scalar::<f32>()?)
     }
 }

@@ -19,8 +19,8 @@ pub use embedding::{
 };
 pub use feed_forward::{swiglu_hidden, FeedForward};
 pub use linear::{
-    initial_alpha, qat_weight, quantized_path, set_quantized_path, Linear, QuantizedPath,
-    PACKED_KEY, SCALE_KEY,
+    initial_alpha, initial_row_alphas, qat_weight, quantized_path, set_quantized_path, Linear,
+    QuantizedPath, TernaryScale, PACKED_KEY, SCALE_KEY,
 };
 pub use modulation::{gated_residual, scale, Modulation, NormOut, RmsNormZero};
 pub use norm::{LayerNorm, RmsNorm};

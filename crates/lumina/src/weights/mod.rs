@@ -25,6 +25,7 @@ pub use key_map::{FusedRows, KeyMap, Renamed, Stored};
 
 use crate::error::{Error, Result};
 use crate::nn::lora::Adapters;
+use crate::nn::TernaryScale;
 
 /// How upstream initialises a parameter when training from scratch
 /// (Lumina-T2X `lumina_next_t2i/models/model.py` `initialize_weights`, reference §2.9).
@@ -102,8 +103,8 @@ pub struct Weights {
     /// Applied to every full key before lookup: one model, several checkpoint layouts.
     key_map: Option<Arc<dyn KeyMap>>,
     /// Whether the layers TerDiT ternarises should be ternary even where the weights are
-    /// dense (see `Linear::load_ternarizable`).
-    ternary: bool,
+    /// dense (see `Linear::load_ternarizable`), and with how many α each.
+    ternary: Option<TernaryScale>,
     /// Where linear layers register to take LoRA updates after loading, if they should.
     adapters: Option<Arc<Adapters>>,
     /// Block-quantise dense linear weights as they load (see [`Weights::with_quantization`]).
@@ -175,7 +176,7 @@ impl Weights {
             store: Arc::new(store),
             prefix: String::new(),
             key_map: None,
-            ternary: false,
+            ternary: None,
             adapters: None,
             quantize: None,
             check_finite: false,
@@ -185,16 +186,31 @@ impl Weights {
     /// Asks for ternary layers where TerDiT has them: QAT layers under upstream
     /// initialisation, dense weights ternarised by absmean as they load otherwise. Layers
     /// stored ternary load as ternary with or without it.
+    /// One α per layer, as TerDiT has it; [`Weights::with_ternary_scale`] for one per output
+    /// channel.
     pub fn with_ternary(self) -> Self {
+        self.with_ternary_scale(TernaryScale::Tensor)
+    }
+
+    /// [`Weights::with_ternary`] with `scale` α per layer: QAT layers built under this view
+    /// learn that many, and dense weights ternarised as they load get per-row codes and α
+    /// for [`TernaryScale::Channel`].
+    pub fn with_ternary_scale(self, scale: TernaryScale) -> Self {
         Self {
-            ternary: true,
+            ternary: Some(scale),
             ..self
         }
     }
 
     /// See [`Weights::with_ternary`].
     pub fn ternary(&self) -> bool {
-        self.ternary
+        self.ternary.is_some()
+    }
+
+    /// How many α the ternary layers under this view take (see
+    /// [`Weights::with_ternary_scale`]); per tensor when not asked for ternary.
+    pub fn ternary_scale(&self) -> TernaryScale {
+        self.ternary.unwrap_or_default()
     }
 
     /// For seeded random weights ([`Weights::random`]): a random ternary matrix `name` of

@@ -1,8 +1,8 @@
 //! The fast ternary path: per-token int8 activations × 2-bit weights, int32 accumulation,
-//! fused scale/bias epilogue (reference: ternary_imax.md §B.1, §B.6). Three register-tile
-//! kernels: `vpdpbusd` on AVX-512 VNNI, the 256-bit `vpdpbusd` on AVX-VNNI, and `vpmaddubsw`
-//! on AVX2 (any x86-64 since Haswell); plain loops over the same tile elsewhere. All give the
-//! bits of the integer reference.
+//! fused scale/bias epilogue (reference: ternary_imax.md §B.1, §B.6). Four register-tile
+//! kernels: `vpdpbusd` on AVX-512 VNNI, the 256-bit `vpdpbusd` on AVX-VNNI, `vpmaddubsw` on
+//! AVX2 (any x86-64 since Haswell) and `sdot` on aarch64 with dotprod; plain loops over the
+//! same tile elsewhere. All give the bits of the integer reference.
 //!
 //! Activations: per token n, `a_n = max_k |x[n, k]|`, `q = clamp(round(x · 127 / a_n), ±127)`
 //! (ties to even) and `S_n = Σ_k q`. Weights enter `vpdpbusd` as their unsigned codes
@@ -47,6 +47,9 @@ enum Kernel {
     /// AVX2: `vpmaddubsw` into int16, widened to int32 every [`avx2::CHUNK`] quads.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// aarch64 dotprod: `sdot` on 4 int32 lanes.
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
     /// Plain loops over the same tile ([`portable_tile`]).
     Portable,
 }
@@ -66,12 +69,16 @@ impl Kernel {
                 return Kernel::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if isa.neon_dotprod {
+            return Kernel::NeonDot;
+        }
         let _ = isa;
         Kernel::Portable
     }
 }
 
-/// Whether [`int8_linear`] runs a SIMD kernel on this CPU (AVX2 or AVX-512 VNNI); without
+/// Whether [`int8_linear`] runs a SIMD kernel on this CPU (AVX2, AVX-512 VNNI or dotprod); without
 /// one the int8 path is slower than the exact one, which `Activations::Auto` then takes.
 pub fn available() -> bool {
     Kernel::of(Isa::detect()) != Kernel::Portable
@@ -316,7 +323,7 @@ fn tiled_gemm<T: Output>(
             for r0 in (n0..(n0 + TASK_ROWS).min(q.rows)).step_by(MR) {
                 let tokens = &q.q[r0 * q.stride..(r0 + MR) * q.stride];
                 match kernel {
-                    // SAFETY (all four): the kernel's features were detected (`Kernel::of`,
+                    // SAFETY (all five): the kernel's features were detected (`Kernel::of`,
                     // or the test that names the EVEX one);
                     // `tokens` holds MR rows of `stride` = 4·quads bytes (rows are padded to
                     // whole tiles) and `panel` quads × 64 bytes.
@@ -341,6 +348,10 @@ fn tiled_gemm<T: Output>(
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => unsafe {
                         avx2::kernel(tokens.as_ptr(), q.stride, panel.as_ptr(), quads, &mut acc)
+                    },
+                    #[cfg(target_arch = "aarch64")]
+                    Kernel::NeonDot => unsafe {
+                        neon::kernel(tokens.as_ptr(), q.stride, panel.as_ptr(), quads, &mut acc)
                     },
                     Kernel::Portable => portable_tile(tokens, q.stride, panel, quads, &mut acc),
                 }
@@ -579,6 +590,91 @@ mod vnni256 {
     );
 }
 
+/// `sdot`: each int32 lane of `acc` plus the dot product of its four signed bytes of `w` and
+/// of `a`. Its intrinsic (`vdotq_s32`) is not stable Rust yet (rust-lang/rust#117224), so the
+/// one instruction is written out; the peak probe times the same function.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+pub(crate) fn sdot(
+    acc: std::arch::aarch64::int32x4_t,
+    w: std::arch::aarch64::int8x16_t,
+    a: std::arch::aarch64::int8x16_t,
+) -> std::arch::aarch64::int32x4_t {
+    let mut acc = acc;
+    // SAFETY: `sdot` reads and writes these three registers only (no memory, no flags), and
+    // this function runs only where dotprod is enabled.
+    unsafe {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{sdot, MR, PANEL};
+
+    /// The AVX-512 kernel's contract on 128-bit registers: `out[r][c] = Σ_k code[c, k] · q[r,
+    /// k]` for the MR token rows at `q` (stride `lda`) and one panel.
+    ///
+    /// A 64-byte block is four quarters of 16 bytes; quarter p holds lanes 4p … 4p + 3 (four
+    /// inputs each), and bits 2c of its bytes channel 16c + lane. A pass takes one quarter over
+    /// all quads: its four channel vectors (per-byte shifts need no mask for the top pair)
+    /// against the six tokens, 24 accumulators + 4 weight vectors + the broadcast + the mask in
+    /// the 32 registers. The codes (0, 1, 2) are valid signed bytes, so `sdot` (signed × signed)
+    /// takes them as they are.
+    ///
+    /// # Safety
+    /// NEON and dotprod present; `q` holds MR rows of `lda` ≥ 4·quads bytes; `panel` holds
+    /// quads × 64 bytes.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn kernel(
+        q: *const i8,
+        lda: usize,
+        panel: *const u8,
+        quads: usize,
+        out: &mut [i32; MR * PANEL],
+    ) {
+        // SAFETY: every read is inside the ranges the caller guarantees; every write inside
+        // `out` (row < MR, channel 16c + 4p + 4 lanes ≤ 64).
+        unsafe {
+            let three = vdupq_n_u8(3);
+            for part in 0..4 {
+                let mut acc = [[vdupq_n_s32(0); 4]; MR];
+                for qd in 0..quads {
+                    let v = vld1q_u8(panel.add(qd * 64 + 16 * part));
+                    let w = [
+                        vreinterpretq_s8_u8(vandq_u8(v, three)),
+                        vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8::<2>(v), three)),
+                        vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8::<4>(v), three)),
+                        vreinterpretq_s8_u8(vshrq_n_u8::<6>(v)),
+                    ];
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let quad = q.add(r * lda + 4 * qd).cast::<i32>().read_unaligned();
+                        let a = vreinterpretq_s8_s32(vdupq_n_s32(quad));
+                        for (c, w) in w.iter().enumerate() {
+                            row[c] = sdot(row[c], *w, a);
+                        }
+                    }
+                }
+                for (r, row) in acc.iter().enumerate() {
+                    for (c, v) in row.iter().enumerate() {
+                        vst1q_s32(out.as_mut_ptr().add(r * PANEL + 16 * c + 4 * part), *v);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::reference_linear;
@@ -624,6 +720,10 @@ mod tests {
             if !isa.avx_vnni && !evex {
                 eprintln!("skipped: the AVX-VNNI int8 tile ({} here)", isa.describe());
             }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if !isa.neon_dotprod {
+            eprintln!("skipped: the sdot int8 tile ({} here)", isa.describe());
         }
         kernels
     }
@@ -672,7 +772,9 @@ mod tests {
             ran.push(kernel);
         }
         eprintln!("int8 tile kernels checked: {ran:?}");
-        if cfg!(target_arch = "x86_64") && std::env::var_os("CI").is_some() {
+        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+            && std::env::var_os("CI").is_some()
+        {
             assert!(
                 ran.len() > 1,
                 "under CI only the portable int8 tile ran: {ran:?}"

@@ -167,6 +167,8 @@ impl TernaryMatrix {
     /// γ = mean |W|, w = RoundClip(W / (γ + ε), −1, 1), round half to even. The scale is
     /// `alpha` when given (a QAT layer's trained α), else the least-squares α for those codes
     /// (mean |W| over the non-zero ones), the best single α for a matrix not trained ternary.
+    /// An `alpha` of one value per output channel (`out` > 1 of them) is per-channel
+    /// ternarisation: each row takes its own γ, as QAT trained it (`nn::qat_weight`).
     pub fn absmean(
         w: &[f32],
         out_dim: usize,
@@ -180,21 +182,28 @@ impl TernaryMatrix {
                 w.len().to_string(),
             ));
         }
-        let gamma = absmean_gamma(w);
-        let code = |m: usize, k: usize| ternary_code(w[m * in_dim + k], gamma);
-        let (sum, count) = w.iter().fold((0f64, 0usize), |(s, n), &v| {
-            if ternary_code(v, gamma) != ZERO_CODE {
-                (s + v.abs() as f64, n + 1)
-            } else {
-                (s, n)
-            }
-        });
-        let fitted = if count == 0 {
-            0.0
+        let per_row = out_dim > 1 && alpha.as_ref().is_some_and(|a| a.len() == out_dim);
+        let gammas: Vec<f32> = if per_row {
+            w.chunks(in_dim.max(1)).map(absmean_gamma).collect()
         } else {
-            (sum / count as f64) as f32
+            vec![absmean_gamma(w)]
         };
-        Self::from_codes(out_dim, in_dim, alpha.unwrap_or_else(|| vec![fitted]), code)
+        let gamma = |m: usize| gammas[if per_row { m } else { 0 }];
+        let code = |m: usize, k: usize| ternary_code(w[m * in_dim + k], gamma(m));
+        let alpha = match alpha {
+            Some(alpha) => alpha,
+            None => vec![fitted_alpha(w, gammas[0])],
+        };
+        Self::from_codes(out_dim, in_dim, alpha, code)
+    }
+
+    /// Per-channel post-training ternarisation's α: each row's least-squares α for the codes
+    /// of its own γ (see [`Self::absmean`]).
+    pub fn fitted_row_scales(w: &[f32], out_dim: usize, in_dim: usize) -> Vec<f32> {
+        w.chunks(in_dim.max(1))
+            .take(out_dim)
+            .map(|row| fitted_alpha(row, absmean_gamma(row)))
+            .collect()
     }
 
     pub fn out_dim(&self) -> usize {
@@ -329,7 +338,24 @@ fn check_scale(scale: &[f32], out_dim: usize) -> Result<()> {
     Ok(())
 }
 
-/// γ = mean |W| (TerDiT `layers.py`, per tensor).
+/// The least-squares α of the codes `ternary_code(·, gamma)`: mean |W| over the weights whose
+/// code is not zero (0 when all are).
+fn fitted_alpha(w: &[f32], gamma: f32) -> f32 {
+    let (sum, count) = w.iter().fold((0f64, 0usize), |(s, n), &v| {
+        if ternary_code(v, gamma) != ZERO_CODE {
+            (s + v.abs() as f64, n + 1)
+        } else {
+            (s, n)
+        }
+    });
+    if count == 0 {
+        0.0
+    } else {
+        (sum / count as f64) as f32
+    }
+}
+
+/// γ = mean |W| (TerDiT `layers.py`, per tensor; per row for per-channel α).
 pub fn absmean_gamma(w: &[f32]) -> f32 {
     if w.is_empty() {
         return 0.0;
@@ -453,6 +479,32 @@ mod tests {
         assert_eq!(values, [1, 0, 1, -1, 0, 1]);
         let alpha = (0.9 + 0.3 + 1.2 + 0.45) / 4.0;
         assert!((t.alpha(0) - alpha).abs() < 1e-6 && gamma > 0.48 && gamma < 0.49);
+        Ok(())
+    }
+
+    /// Per-channel α: each row's codes from its own mean |W| (the small first row keeps its
+    /// codes; the matrix's γ = 0.296 would zero it), the given α per row, and the fitted α per
+    /// row the mean |W| of that row's non-zero codes.
+    #[test]
+    fn per_channel_absmean_takes_each_rows_gamma() -> Result<()> {
+        let w = [0.09f32, -0.005, 0.03, -1.2, 0.0, 0.45];
+        let values = |t: &TernaryMatrix| -> Vec<i8> {
+            (0..2)
+                .flat_map(|m| (0..3).map(move |k| (m, k)))
+                .map(|(m, k)| t.value(m, k))
+                .collect()
+        };
+        let t = TernaryMatrix::absmean(&w, 2, 3, Some(vec![0.07, 0.6]))?;
+        assert_eq!(values(&t), [1, 0, 1, -1, 0, 1]);
+        assert_eq!(t.scale(), [0.07, 0.6]);
+        let per_tensor = TernaryMatrix::absmean(&w, 2, 3, Some(vec![0.5]))?;
+        assert_eq!(values(&per_tensor), [0, 0, 0, -1, 0, 1]);
+        let fitted = TernaryMatrix::fitted_row_scales(&w, 2, 3);
+        let want = [(0.09 + 0.03) / 2.0, (1.2 + 0.45) / 2.0];
+        assert!(
+            fitted.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{fitted:?}"
+        );
         Ok(())
     }
 
