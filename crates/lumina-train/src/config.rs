@@ -1,5 +1,6 @@
 //! What a training run does, as one serializable value: a TOML file or a named preset.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use lumina::config::Validate;
@@ -250,6 +251,11 @@ pub struct TrainConfig {
     /// path is taken from the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<std::path::PathBuf>,
+    /// With `init` from an image model into a clip run: the words the clip vocabulary appends
+    /// (`moving`, `up`, `down`) start from the trained embedding of the image word named here
+    /// (`up = "top"`) instead of a fresh one. Words left out start fresh.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub init_words: BTreeMap<String, String>,
     /// Distillation: mix a trained model's velocity into the target (TerDiT trained on the
     /// flow-matching target alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,6 +365,7 @@ impl TrainConfig {
             ternary: false,
             ternary_scale: TernaryScale::Tensor,
             init: None,
+            init_words: BTreeMap::new(),
             distill: None,
         }
     }
@@ -441,6 +448,46 @@ impl TrainConfig {
         }
     }
 
+    /// `init_words` maps appended words to image words, and only when an image model seeds the
+    /// run: any other pairing would take a row the stored embedding does not have.
+    fn validate_init_words(&self) -> Result<()> {
+        let Some((word, kin)) = self.init_words.iter().next() else {
+            return Ok(());
+        };
+        if self.init.is_none() {
+            return Err(Error::Config(format!(
+                "init_words: `{word}` = `{kin}` needs `init` (a model whose embeddings seed the words)"
+            )));
+        }
+        let image = crate::data::image_vocabulary();
+        let run = crate::data::vocabulary(&self.data);
+        let appended = &run.vocabulary()[image.vocabulary().len()..];
+        for (word, kin) in &self.init_words {
+            if !appended.iter().any(|w| w == word) {
+                return Err(Error::Config(format!(
+                    "init_words: `{word}` is not a word this run appends to the image vocabulary \
+                     (appended: {appended:?})"
+                )));
+            }
+            if !image.vocabulary().iter().any(|w| w == kin) {
+                return Err(Error::Config(format!(
+                    "init_words: `{word}` = `{kin}`, but `{kin}` is not an image word"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Per `init_words`, the id of each appended word and of the image word it starts from.
+    pub fn init_word_ids(&self) -> Vec<(usize, usize)> {
+        let run = crate::data::vocabulary(&self.data);
+        let id = |w: &str| run.words.iter().position(|v| v == w);
+        self.init_words
+            .iter()
+            .filter_map(|(word, kin)| Some((id(word)?, id(kin)?)))
+            .collect()
+    }
+
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
@@ -468,6 +515,7 @@ impl TrainConfig {
                 "per-channel α needs `ternary = true` (a dense run has no α)",
             );
         }
+        self.validate_init_words()?;
         if let Some(d) = &self.distill {
             if !(0.0..=1.0).contains(&d.weight) {
                 return bad("distill.weight", "must be in [0, 1]");
@@ -495,7 +543,8 @@ impl TrainConfig {
             let pf = self.transformer.frame_patch_size;
             if clips.frames < 2 || !clips.frames.is_multiple_of(pf) {
                 return Err(Error::Config(format!(
-                    "data.clips.frames: {} must be >= 2 and a multiple of                      transformer.frame_patch_size {pf}",
+                    "data.clips.frames: {} must be >= 2 and a multiple of \
+                     transformer.frame_patch_size {pf}",
                     clips.frames
                 )));
             }
@@ -503,7 +552,8 @@ impl TrainConfig {
                 || (clips.image_fraction > 0.0 && pf != 1)
             {
                 return Err(Error::Config(format!(
-                    "data.clips.image_fraction: {} must be in [0, 1], and 0 unless                      transformer.frame_patch_size is 1 (an image is one frame)",
+                    "data.clips.image_fraction: {} must be in [0, 1], and 0 unless \
+                     transformer.frame_patch_size is 1 (an image is one frame)",
                     clips.image_fraction
                 )));
             }

@@ -158,7 +158,7 @@ impl Trainer {
         let mut vars = with_prefix(TRANSFORMER, tw.vars());
         vars.extend(with_prefix(TEXT_ENCODER, ew.vars()));
         if let Some(dir) = &cfg.init {
-            init_from_model(dir, &vars, &cfg.transformer, &device)?;
+            init_from_model(dir, &vars, &cfg, &device)?;
         }
         let teacher = cfg
             .distill
@@ -534,7 +534,7 @@ impl Trainer {
 fn init_from_model(
     dir: &Path,
     vars: &[(String, Var)],
-    cfg: &NextDitConfig,
+    cfg: &TrainConfig,
     device: &Device,
 ) -> Result<()> {
     let fail = |reason: String| Error::Checkpoint {
@@ -580,8 +580,8 @@ fn init_from_model(
             )))
             }
         };
-        let t = grown_vocabulary(name, var, t)?;
-        let t = inflated_frames(name, var, t, cfg)?;
+        let t = grown_vocabulary(name, var, t, &cfg.init_word_ids())?;
+        let t = inflated_frames(name, var, t, &cfg.transformer)?;
         set_param(dir, "the model", name, var, &t)?;
     }
     no_other_params(dir, &stored)?;
@@ -602,9 +602,15 @@ fn init_from_model(
 }
 
 /// A caption encoder seeding a run whose vocabulary has words appended (an image model seeding a
-/// clip model): its token embeddings fill the first rows, the new words keep their
-/// initialisation. Any other shape is left to `set_param` to refuse.
-fn grown_vocabulary(name: &str, var: &Var, stored: Tensor) -> Result<Tensor> {
+/// clip model): its token embeddings fill the first rows; each new word in `kin` (new id, image
+/// id; `TrainConfig::init_words`) starts as a copy of its image word's trained row, the others
+/// keep their initialisation. Any other shape is left to `set_param` to refuse.
+fn grown_vocabulary(
+    name: &str,
+    var: &Var,
+    stored: Tensor,
+    kin: &[(usize, usize)],
+) -> Result<Tensor> {
     let current = var.as_tensor();
     let (rows, width) = (current.dim(0)?, current.dims().get(1).copied());
     let grows = name == format!("{TEXT_ENCODER}embed_tokens.weight")
@@ -615,8 +621,17 @@ fn grown_vocabulary(name: &str, var: &Var, stored: Tensor) -> Result<Tensor> {
         return Ok(stored);
     }
     let old = stored.dim(0)?;
-    let added = current.narrow(0, old, rows - old)?.detach();
-    Ok(Tensor::cat(&[&stored.to_dtype(DType::F32)?, &added], 0)?)
+    let stored = stored.to_dtype(DType::F32)?;
+    let added = (old..rows)
+        .map(|id| match kin.iter().find(|(new, _)| *new == id) {
+            Some(&(_, image)) if image < old => Ok(stored.narrow(0, image, 1)?),
+            Some(&(_, image)) => Err(Error::Config(format!(
+                "init_words: the image word of id {image} is outside the {old} stored embeddings"
+            ))),
+            None => Ok(current.narrow(0, id, 1)?.detach()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&[&[stored], added.as_slice()].concat(), 0)?)
 }
 
 /// An image model seeding a clip model with temporal patches (`frame_patch_size` pf > 1), as

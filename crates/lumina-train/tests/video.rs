@@ -20,8 +20,8 @@ fn an_image_model_seeds_a_clip_model() -> Result<()> {
     let dir = tmp.path().join("model");
     image.export(&dir, DType::F32)?;
     let mut cfg = TrainConfig::tiny_video();
-    cfg.init = Some(dir);
-    let mut video = Trainer::new(cfg)?;
+    cfg.init = Some(dir.clone());
+    let mut video = Trainer::new(cfg.clone())?;
     let (from, to) = (image.ema(), video.weights()?);
 
     // the image words keep their embeddings; the clip words are appended
@@ -29,6 +29,30 @@ fn an_image_model_seeds_a_clip_model() -> Result<()> {
     let rows = from[key].dim(0)?;
     assert!(to[key].dim(0)? > rows);
     assert_eq!(max_abs_diff(&from[key], &to[key].narrow(0, 0, rows)?)?, 0.0);
+
+    // `init_words`: a named clip word starts as its image word's row, the others as before
+    let words = &lumina_train::data::vocabulary(&cfg.data).words;
+    let id = |w: &str| words.iter().position(|v| v == w).expect(w);
+    let mut seeded = cfg.clone();
+    seeded.init_words = [("up", "top"), ("down", "bottom")]
+        .map(|(w, k)| (w.to_string(), k.to_string()))
+        .into();
+    let kin = Trainer::new(seeded)?.weights()?;
+    for (word, image_word) in [("up", "top"), ("down", "bottom")] {
+        let row = kin[key].narrow(0, id(word), 1)?;
+        let image_row = from[key].narrow(0, id(image_word), 1)?;
+        assert_eq!(
+            max_abs_diff(&row, &image_row)?,
+            0.0,
+            "{word} from {image_word}"
+        );
+        assert!(
+            max_abs_diff(&row, &to[key].narrow(0, id(word), 1)?)? > 0.0,
+            "{word}"
+        );
+    }
+    let moving = |w: &candle_core::Tensor| w.narrow(0, id("moving"), 1);
+    assert_eq!(max_abs_diff(&moving(&kin[key])?, &moving(&to[key])?)?, 0.0);
 
     // each frame of a temporal patch embeds as the image patch / pf: a still clip of two
     // frames embeds exactly as its image
@@ -55,6 +79,29 @@ fn an_image_model_seeds_a_clip_model() -> Result<()> {
     }
     assert!(video.step()?.loss.is_finite());
     Ok(())
+}
+
+#[test]
+fn init_words_must_pair_an_appended_word_with_an_image_word() {
+    let mut cfg = TrainConfig::tiny_video();
+    let pair = |w: &str, k: &str| [(w.to_string(), k.to_string())].into();
+    cfg.init_words = pair("up", "top");
+    let e = cfg.validate().expect_err("no init").to_string();
+    assert!(
+        e.contains("init_words") && e.contains("needs `init`"),
+        "{e}"
+    );
+    cfg.init = Some("models/shapes".into());
+    assert!(cfg.validate().is_ok());
+    for (word, kin, says) in [
+        ("top", "bottom", "not a word this run appends"),
+        ("up", "upward", "not an image word"),
+        ("up", "down", "not an image word"),
+    ] {
+        cfg.init_words = pair(word, kin);
+        let e = cfg.validate().expect_err(word).to_string();
+        assert!(e.contains(says) && e.contains(word), "{word} = {kin}: {e}");
+    }
 }
 
 #[test]
