@@ -151,9 +151,10 @@ fn inspect_without_a_folder_shows_the_built_in_model_complete() {
 /// (portable kernels) may flip an image or two, hence the margin. Raise it with the model.
 const ACCURACY_FLOOR: f64 = 0.85;
 
-/// The ternary model's floor: it measured 0.969 on this test's 64 images and 0.947 over the
-/// README's 1000 (0.032 under the full-precision model); the margin is the full model's.
-const TERNARY_ACCURACY_FLOOR: f64 = 0.85;
+/// The ternary model's floor: it measured 0.984 on this test's 64 images and 0.965 over the
+/// README's 2000 (0.014 under the full-precision model); the margin, under three standard
+/// deviations of a 64-image figure, leaves room for other CPUs' kernels.
+const TERNARY_ACCURACY_FLOOR: f64 = 0.9;
 
 /// Floor of the judge at 64 × 64 with the default extrapolation (see the README's study).
 const EXTRAPOLATED_FLOOR: f64 = 0.8;
