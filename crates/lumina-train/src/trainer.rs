@@ -564,6 +564,7 @@ fn init_from_model(
     // restarts at mean |W| of them and TerDiT's modulation norm at its initialisation
     let scale_suffix = format!(".{}", lumina::nn::SCALE_KEY);
     let qat_only = |name: &str| name.ends_with(&scale_suffix) || name.contains(".norm_modulation.");
+    let kin = cfg.init_word_ids();
     let mut alphas = Vec::new();
     for (name, var) in vars {
         let t = match stored.remove(name) {
@@ -580,7 +581,7 @@ fn init_from_model(
             )))
             }
         };
-        let t = grown_vocabulary(name, var, t, &cfg.init_word_ids())?;
+        let t = grown_vocabulary(name, var, t, &kin)?;
         let t = inflated_frames(name, var, t, &cfg.transformer)?;
         set_param(dir, "the model", name, var, &t)?;
     }
