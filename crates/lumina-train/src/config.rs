@@ -100,9 +100,10 @@ pub struct DataConfig {
     pub clips: Option<ClipData>,
 }
 
-/// Clip training, as Lumina-Video trains a video model: clips of a fixed length, optionally
-/// mixed with images (one-frame clips) to keep what the picture model knows.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// Clip training, as Lumina-Video trains a video model: clips of the model's length, optionally
+/// mixed with clips of other lengths and with images (one-frame clips) to keep what the
+/// picture model knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClipData {
     /// Frames per training clip (the model's default length).
@@ -111,6 +112,24 @@ pub struct ClipData {
     /// instead of clips.
     #[serde(default)]
     pub image_fraction: f64,
+    /// Other clip lengths, as Lumina-Video trains at several durations: a clip step draws one
+    /// of these by its `share`, and `frames` with the share left over. Every length lies
+    /// within `transformer.sample_frames`, the frame positions the model is trained on, so a
+    /// generation at any trained length needs no extrapolation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lengths: Vec<ClipLength>,
+}
+
+/// A clip length `frames` drawn by a clip step with probability `share`, in batches of
+/// `batch_size` clips (default `optim.batch_size`: a longer clip's step can then be made to
+/// cost about what a default one does).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipLength {
+    pub frames: usize,
+    pub share: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
 }
 
 /// A canvas shape `ratio = [width, height]` drawn with relative probability `weight`.
@@ -420,6 +439,7 @@ impl TrainConfig {
         c.data.clips = Some(ClipData {
             frames: 4,
             image_fraction: 0.0,
+            lengths: Vec::new(),
         });
         c.transformer.frame_dim = 4;
         c.transformer.frame_patch_size = 2;
@@ -501,6 +521,49 @@ impl TrainConfig {
         toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
     }
 
+    /// Every training clip length fits the frame axis the model is trained on and the patch;
+    /// the other lengths' shares leave `frames` a share of its own (or none) and their
+    /// batches can be split into the run's shards.
+    fn validate_clip_lengths(&self, clips: &ClipData) -> Result<()> {
+        let (pf, trained) = (
+            self.transformer.frame_patch_size,
+            self.transformer.sample_frames,
+        );
+        if clips.frames > trained {
+            return Err(Error::Config(format!(
+                "data.clips.frames: {} is longer than transformer.sample_frames {trained}, the \
+                 frame positions the model trains on",
+                clips.frames
+            )));
+        }
+        let shards = self.optim.shards;
+        for (i, l) in clips.lengths.iter().enumerate() {
+            let batch_fits = l.batch_size.is_none_or(|b| b >= shards);
+            if l.frames < 2 || !l.frames.is_multiple_of(pf) || l.frames > trained {
+                return Err(Error::Config(format!(
+                    "data.clips.lengths[{i}]: frames {} must be >= 2, a multiple of \
+                     transformer.frame_patch_size {pf} and at most transformer.sample_frames \
+                     {trained}",
+                    l.frames
+                )));
+            }
+            if !(l.share > 0.0 && l.share <= 1.0) || !batch_fits {
+                return Err(Error::Config(format!(
+                    "data.clips.lengths[{i}]: share {} must be in (0, 1] and batch_size {:?} at \
+                     least optim.shards {shards}",
+                    l.share, l.batch_size
+                )));
+            }
+        }
+        let total: f64 = clips.lengths.iter().map(|l| l.share).sum();
+        if total > 1.0 + 1e-9 {
+            return Err(Error::Config(format!(
+                "data.clips.lengths: the shares add up to {total}, more than 1"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, reason: &str| Err(Error::Config(format!("{what}: {reason}")));
         self.transformer
@@ -563,6 +626,7 @@ impl TrainConfig {
                     "must be > 0 for clips: frames need their RoPE axis",
                 );
             }
+            self.validate_clip_lengths(clips)?;
         }
         if self.text_encoder.vocab_size < crate::data::vocabulary(&self.data).words.len() {
             return bad(

@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{TimeSampling, TrainConfig};
+use crate::config::{ClipData, TimeSampling, TrainConfig};
 use crate::data::{batch, clip_batch, vocabulary};
 use crate::error::{Error, Result};
 use crate::inplace;
@@ -44,6 +44,9 @@ pub struct StepStats {
     /// Gradient L2 norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
+    /// Samples in the step's batch, and the frames of each for a clip step (None: images).
+    pub batch: usize,
+    pub frames: Option<usize>,
 }
 
 /// Where the RNG stream stands.
@@ -232,14 +235,31 @@ impl Trainer {
         image_fraction > 0.0 && self.rng.gen_bool(image_fraction)
     }
 
+    /// A clip step's length and batch size: one of `lengths` by its share, else the model's
+    /// length (no draw when there are no other lengths, so such a run's random stream is the
+    /// one it always was).
+    fn clip_length(&mut self, clips: &ClipData) -> (usize, usize) {
+        let b = self.cfg.optim.batch_size;
+        if clips.lengths.is_empty() {
+            return (clips.frames, b);
+        }
+        let mut u: f64 = self.rng.gen();
+        for l in &clips.lengths {
+            if u < l.share {
+                return (l.frames, l.batch_size.unwrap_or(b));
+            }
+            u -= l.share;
+        }
+        (clips.frames, b)
+    }
+
     /// One optimisation step.
     pub fn step(&mut self) -> Result<StepStats> {
-        let b = self.cfg.optim.batch_size;
         let canvas = self.cfg.data.canvas_at(self.step, &mut self.rng);
-        let clips = self.cfg.data.clips;
+        let clips = self.cfg.data.clips.clone();
         let data = match clips {
             Some(clips) if !self.draws_images(clips.image_fraction) => {
-                let frames = clips.frames;
+                let (frames, b) = self.clip_length(&clips);
                 clip_batch(
                     &self.cfg.data,
                     frames,
@@ -249,8 +269,18 @@ impl Trainer {
                     &self.device,
                 )?
             }
-            _ => batch(&self.cfg.data, canvas, b, &mut self.rng, &self.device)?,
+            _ => batch(
+                &self.cfg.data,
+                canvas,
+                self.cfg.optim.batch_size,
+                &mut self.rng,
+                &self.device,
+            )?,
         };
+        let b = data.captions.len();
+        let frames = (data.images.rank() == 5)
+            .then(|| data.images.dim(2))
+            .transpose()?;
         let (ids, mask, _) = self.tokenizer.encode(&data.captions, &self.device)?;
         let x1 = data.images; // (B, 3, H, W) or (B, 3, F, H, W)
         let x0 = noise::gaussian(x1.dims(), DType::F32, &self.device, &mut self.rng)?;
@@ -285,6 +315,8 @@ impl Trainer {
             loss: loss_value,
             grad_norm,
             lr,
+            batch: b,
+            frames,
         })
     }
 
@@ -292,7 +324,7 @@ impl Trainer {
     /// (`optim.shards`, one single-thread pool each). Each shard's loss is weighted by its share
     /// of the batch, so the summed gradients are those of the batch mean.
     fn sharded_gradients(&self, whole: &Shard) -> Result<(f32, GradStore)> {
-        let b = self.cfg.optim.batch_size;
+        let b = whole.len()?;
         if self.cfg.optim.shards == 1 {
             return self.shard_gradients(whole, 1.0);
         }
@@ -434,7 +466,7 @@ impl Trainer {
                     .cfg
                     .sampler
                     .frames
-                    .or(self.cfg.data.clips.map(|c| c.frames)),
+                    .or(self.cfg.data.clips.as_ref().map(|c| c.frames)),
                 ..self.cfg.sampler.clone()
             },
         }

@@ -105,6 +105,64 @@ fn init_words_must_pair_an_appended_word_with_an_image_word() {
 }
 
 #[test]
+fn clip_steps_draw_their_lengths_by_share() -> Result<()> {
+    use lumina_train::config::ClipLength;
+    let mut cfg = TrainConfig::tiny_video();
+    cfg.transformer.sample_frames = 8;
+    let clips = cfg.data.clips.as_mut().expect("clips");
+    clips.lengths = vec![ClipLength {
+        frames: 8,
+        share: 0.5,
+        batch_size: Some(2),
+    }];
+    let mut trainer = Trainer::new(cfg.clone())?;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..12 {
+        let s = trainer.step()?;
+        assert!(s.loss.is_finite());
+        *seen.entry((s.frames, s.batch)).or_insert(0) += 1;
+    }
+    let keys: Vec<_> = seen.keys().copied().collect();
+    assert_eq!(keys, vec![(Some(4), 4), (Some(8), 2)], "{seen:?}");
+
+    // every length must lie within the frame positions the model trains on, and the shares
+    // leave room for the model's own length
+    let bad = |edit: &dyn Fn(&mut TrainConfig), says: &str| {
+        let mut c = cfg.clone();
+        edit(&mut c);
+        let e = c.validate().expect_err(says).to_string();
+        assert!(e.contains(says), "{says}: {e}");
+    };
+    fn lengths(c: &mut TrainConfig) -> &mut Vec<ClipLength> {
+        &mut c.data.clips.as_mut().expect("clips").lengths
+    }
+    bad(
+        &|c| c.transformer.sample_frames = 6,
+        "data.clips.lengths[0]: frames 8",
+    );
+    bad(
+        &|c| lengths(c)[0].frames = 5,
+        "multiple of transformer.frame_patch_size 2",
+    );
+    bad(&|c| lengths(c)[0].share = 0.0, "share 0 must be in (0, 1]");
+    bad(
+        &|c| {
+            lengths(c).push(ClipLength {
+                frames: 6,
+                share: 0.75,
+                batch_size: None,
+            })
+        },
+        "add up to 1.25",
+    );
+    bad(
+        &|c| c.transformer.sample_frames = 2,
+        "data.clips.frames: 4 is longer than transformer.sample_frames 2",
+    );
+    Ok(())
+}
+
+#[test]
 fn a_clip_model_generates_clips_of_any_length_and_is_judged() -> Result<()> {
     let mut trainer = Trainer::new(TrainConfig::tiny_video())?;
     for _ in 0..2 {

@@ -122,7 +122,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let template = pipeline.default_request(vec![]);
         let sheet = args.out.join("samples").join(name);
         let (seeds, none) = (cfg.eval.seeds, |_, _| {});
-        Ok(match cfg.data.clips {
+        Ok(match &cfg.data.clips {
             Some(_) => {
                 let r = evaluate_clips(
                     pipeline,
