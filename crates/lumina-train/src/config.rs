@@ -529,24 +529,23 @@ impl TrainConfig {
             self.transformer.frame_patch_size,
             self.transformer.sample_frames,
         );
-        if clips.frames > trained {
-            return Err(Error::Config(format!(
-                "data.clips.frames: {} is longer than transformer.sample_frames {trained}, the \
-                 frame positions the model trains on",
-                clips.frames
-            )));
-        }
+        // One rule for every length a step can draw: a clip (two frames or more), whole
+        // temporal patches, and frame positions the model is trained on.
+        let length_fits = |what: &str, frames: usize| {
+            if frames < 2 || !frames.is_multiple_of(pf) || frames > trained {
+                return Err(Error::Config(format!(
+                    "{what}: frames {frames} must be >= 2, a multiple of \
+                     transformer.frame_patch_size {pf} and at most transformer.sample_frames \
+                     {trained}"
+                )));
+            }
+            Ok(())
+        };
+        length_fits("data.clips.frames", clips.frames)?;
         let shards = self.optim.shards;
         for (i, l) in clips.lengths.iter().enumerate() {
             let batch_fits = l.batch_size.is_none_or(|b| b >= shards);
-            if l.frames < 2 || !l.frames.is_multiple_of(pf) || l.frames > trained {
-                return Err(Error::Config(format!(
-                    "data.clips.lengths[{i}]: frames {} must be >= 2, a multiple of \
-                     transformer.frame_patch_size {pf} and at most transformer.sample_frames \
-                     {trained}",
-                    l.frames
-                )));
-            }
+            length_fits(&format!("data.clips.lengths[{i}]"), l.frames)?;
             if !(l.share > 0.0 && l.share <= 1.0) || !batch_fits {
                 return Err(Error::Config(format!(
                     "data.clips.lengths[{i}]: share {} must be in (0, 1] and batch_size {:?} at \
@@ -604,13 +603,6 @@ impl TrainConfig {
         }
         if let Some(clips) = &self.data.clips {
             let pf = self.transformer.frame_patch_size;
-            if clips.frames < 2 || !clips.frames.is_multiple_of(pf) {
-                return Err(Error::Config(format!(
-                    "data.clips.frames: {} must be >= 2 and a multiple of \
-                     transformer.frame_patch_size {pf}",
-                    clips.frames
-                )));
-            }
             if !(0.0..=1.0).contains(&clips.image_fraction)
                 || (clips.image_fraction > 0.0 && pf != 1)
             {

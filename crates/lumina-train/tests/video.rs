@@ -157,7 +157,12 @@ fn clip_steps_draw_their_lengths_by_share() -> Result<()> {
     );
     bad(
         &|c| c.transformer.sample_frames = 2,
-        "data.clips.frames: 4 is longer than transformer.sample_frames 2",
+        "data.clips.frames: frames 4 must be >= 2, a multiple of transformer.frame_patch_size 2 \
+         and at most transformer.sample_frames 2",
+    );
+    bad(
+        &|c| c.data.clips.as_mut().expect("clips").frames = 3,
+        "data.clips.frames: frames 3",
     );
     Ok(())
 }
