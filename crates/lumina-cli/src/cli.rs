@@ -528,7 +528,8 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub schedule: Option<String>,
 
-    /// Guidance only for the first fraction of the steps (diffusers' `cfg_trunc_ratio`).
+    /// Guidance only for the first fraction of the steps (diffusers' `cfg_trunc_ratio`; 1:
+    /// every step). Default: the model's (`shapes-video`: 0.5), else 1.
     #[arg(long)]
     pub cfg_trunc_ratio: Option<f64>,
 

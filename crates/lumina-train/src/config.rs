@@ -360,6 +360,7 @@ impl TrainConfig {
             sampler: SamplerDefaults {
                 steps: 20,
                 guidance_scale: 3.0,
+                cfg_trunc_ratio: None,
                 solver: "midpoint".into(),
                 shift: 2.0,
                 schedule: None,
@@ -713,6 +714,9 @@ impl TrainConfig {
         self.sampler
             .schedule()
             .map_err(|e| Error::Config(format!("sampler.schedule: {e}")))?;
+        self.sampler
+            .cfg_trunc_ratio()
+            .map_err(|e| Error::Config(format!("sampler.{e}")))?;
         Ok(())
     }
 }

@@ -169,7 +169,16 @@ fn clip_steps_draw_their_lengths_by_share() -> Result<()> {
 
 #[test]
 fn a_clip_model_generates_clips_of_any_length_and_is_judged() -> Result<()> {
-    let mut trainer = Trainer::new(TrainConfig::tiny_video())?;
+    let mut cfg = TrainConfig::tiny_video();
+    // the run's sampler settings are the exported model's defaults, CFG truncation included
+    cfg.sampler.cfg_trunc_ratio = Some(2.0);
+    let e = cfg.validate().expect_err("a ratio above 1").to_string();
+    assert!(
+        e.contains("sampler.cfg_trunc_ratio must be in [0, 1], got 2"),
+        "{e}"
+    );
+    cfg.sampler.cfg_trunc_ratio = Some(0.5);
+    let mut trainer = Trainer::new(cfg)?;
     for _ in 0..2 {
         assert!(trainer.step()?.loss.is_finite());
     }
@@ -181,6 +190,7 @@ fn a_clip_model_generates_clips_of_any_length_and_is_judged() -> Result<()> {
     assert!(pipeline.makes_clips());
     let template = pipeline.default_request(vec![]);
     assert_eq!(template.frames, 4, "the training length is the default");
+    assert_eq!(template.cfg_trunc_ratio, 0.5);
 
     let mut r = pipeline.default_request(vec!["a red circle moving up".into()]);
     let clip = pipeline.generate(&r, |_| {})?.images;

@@ -38,6 +38,12 @@ pub struct SamplerDefaults {
     /// Steps and solver on canvases no entry of `canvas_steps` covers.
     pub steps: usize,
     pub guidance_scale: f64,
+    /// Guidance only over the first part of the steps, at step i of n iff (i + 1)/n ≤ ratio
+    /// (diffusers Lumina2's `cfg_trunc_ratio`); absent: every step. Guidance decides the
+    /// layout and, for clips, the motion near the noise end; near the data end it can
+    /// sharpen an object's outline into the wrong shape (README, Text to video).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfg_trunc_ratio: Option<f64>,
     /// `euler`, `midpoint`, `heun`, `rk4` or `ab2`.
     pub solver: String,
     /// Lumina's time shift of the uniform grid (used when `schedule` is absent).
@@ -126,6 +132,10 @@ impl SamplerDefaults {
             path: path.clone(),
             reason: format!("schedule: {e}"),
         })?;
+        defaults.cfg_trunc_ratio().map_err(|reason| Error::Config {
+            path: path.clone(),
+            reason,
+        })?;
         defaults.context_drop().map_err(|e| Error::Config {
             path: path.clone(),
             reason: format!("context_drop: {e}"),
@@ -202,6 +212,15 @@ impl SamplerDefaults {
     /// The extrapolation beyond the training canvases.
     pub fn extrapolation(&self) -> Result<crate::extrapolation::Extrapolation> {
         self.extrapolation.as_deref().unwrap_or("none").parse()
+    }
+
+    /// The default CFG truncation ratio in [0, 1] (1: guidance at every step).
+    pub fn cfg_trunc_ratio(&self) -> std::result::Result<f64, String> {
+        match self.cfg_trunc_ratio {
+            None => Ok(1.0),
+            Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            Some(r) => Err(format!("cfg_trunc_ratio must be in [0, 1], got {r}")),
+        }
     }
 
     /// The default Context Drop, if any.
@@ -395,6 +414,24 @@ mod tests {
         let (_tmp, read) = write_defaults(json!({ "steps": 0 }))?;
         let e = read.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("steps must be at least 1"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn cfg_truncation_defaults_to_every_step_and_is_checked() -> anyhow::Result<()> {
+        let (_tmp, plain) = write_defaults(json!({}))?;
+        assert_eq!(plain?.cfg_trunc_ratio(), Ok(1.0));
+        let (_tmp, half) = write_defaults(json!({ "cfg_trunc_ratio": 0.5 }))?;
+        assert_eq!(half?.cfg_trunc_ratio(), Ok(0.5));
+        for bad in [json!(1.5), json!(-0.1)] {
+            let (_tmp, read) = write_defaults(json!({ "cfg_trunc_ratio": bad }))?;
+            let e = read.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                e.contains("scheduler_config.json")
+                    && e.contains(&format!("cfg_trunc_ratio must be in [0, 1], got {bad}")),
+                "{e}"
+            );
+        }
         Ok(())
     }
 }

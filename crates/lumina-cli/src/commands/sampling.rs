@@ -46,12 +46,16 @@ pub fn apply(args: &SamplingArgs, r: &mut Request) -> Result<()> {
     Ok(())
 }
 
-/// What the request's schedule, Context Drop and step cache are, for the metadata and the
-/// user: e.g. `shift:2`, `sigmoid:0.6,6,20, context drop 2:0.5, cache 0.3`.
+/// What the request's schedule, CFG truncation, Context Drop and step cache are, for the
+/// metadata and the user: e.g. `shift:2, guidance over 0.5 of the steps`,
+/// `sigmoid:0.6,6,20, context drop 2:0.5, cache 0.3`.
 pub fn describe(pipeline: &Pipeline, r: &Request) -> String {
     let mut parts = vec![r
         .schedule
         .map_or("the scheduler's grid".into(), |s| s.to_string())];
+    if r.guided() && r.cfg_trunc_ratio < 1.0 {
+        parts.push(format!("guidance over {} of the steps", r.cfg_trunc_ratio));
+    }
     if let Some(c) = pipeline.context_drop(r) {
         parts.push(format!("context drop {c}"));
     }

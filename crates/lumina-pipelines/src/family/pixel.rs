@@ -105,6 +105,7 @@ impl FamilyModel for PixelFamily {
             .steps_for(r.width, r.height)
             .unwrap_or((d.steps, Solver::Euler));
         r.guidance_scale = d.guidance_scale;
+        r.cfg_trunc_ratio = d.cfg_trunc_ratio().unwrap_or(1.0);
         r.schedule = d.schedule().ok();
     }
 
