@@ -566,7 +566,7 @@ impl Pipeline {
                 return Err(Error::request("cache threshold", "finite and >= 0", t));
             }
         }
-        if !(0.0..=1.0).contains(&r.cfg_trunc_ratio) {
+        if !Truncation::step_ratio_in_range(r.cfg_trunc_ratio) {
             return Err(Error::request(
                 "cfg truncation ratio",
                 "in [0, 1]",

@@ -218,7 +218,7 @@ impl SamplerDefaults {
     pub fn cfg_trunc_ratio(&self) -> std::result::Result<f64, String> {
         match self.cfg_trunc_ratio {
             None => Ok(1.0),
-            Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            Some(r) if crate::sample::Truncation::step_ratio_in_range(r) => Ok(r),
             Some(r) => Err(format!("cfg_trunc_ratio must be in [0, 1], got {r}")),
         }
     }

@@ -19,6 +19,14 @@ pub enum Truncation {
     Time(f64),
 }
 
+impl Truncation {
+    /// Whether a `StepRatio` is in its range, [0, 1] (0: no step guided, 1: every step); the
+    /// one rule for a request's ratio and a model's default.
+    pub fn step_ratio_in_range(ratio: f64) -> bool {
+        (0.0..=1.0).contains(&ratio)
+    }
+}
+
 /// Rescaling of the guided velocity.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Renorm {
