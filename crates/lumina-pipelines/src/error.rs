@@ -51,6 +51,14 @@ impl From<candle_core::Error> for Error {
 }
 
 impl Error {
+    /// The error's words without candle's stack trace ([`lumina::Error::message`]).
+    pub fn message(&self) -> String {
+        match self {
+            Error::Core(e) => e.message(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn request(
         what: &'static str,
         expected: impl Into<String>,

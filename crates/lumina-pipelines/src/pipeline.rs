@@ -562,7 +562,7 @@ impl Pipeline {
             c.validate()?;
         }
         if let Some(t) = r.cache_threshold {
-            if !(t.is_finite() && t >= 0.0) {
+            if !CacheRule::threshold_in_range(t) {
                 return Err(Error::request("cache threshold", "finite and >= 0", t));
             }
         }

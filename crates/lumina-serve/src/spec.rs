@@ -152,7 +152,7 @@ impl Draft<'_> {
         let request = spec.request(pipeline);
         pipeline
             .validate(&request)
-            .map_err(|e| ApiError::bad(wf, e.to_string()))?;
+            .map_err(|e| ApiError::bad(wf, e.message()))?;
         Ok(spec)
     }
 }
@@ -200,7 +200,7 @@ fn check_prompt(
     }
     let dropped = pipeline
         .prompt_overflow(&text, limits.max_sequence_length)
-        .map_err(|e| ApiError::bad(field, e.to_string()))?;
+        .map_err(|e| ApiError::bad(field, e.message()))?;
     if !dropped.is_empty() {
         return Err(ApiError::bad(
             field,

@@ -47,16 +47,15 @@ fn run(app: &App, job: &Job) {
     });
     tracing::info!(job = %job.id, prompt = %job.spec.prompt, n = job.spec.n,
         width = job.spec.width, height = job.spec.height, "running");
-    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Vec<Image>, String> {
-        if app.panic_prompt.as_deref() == Some(job.spec.prompt.as_str()) {
-            panic!("the test fault of prompt {:?}", job.spec.prompt);
-        }
-        let out = app
-            .pipeline
-            .generate_with(&request, Progress { job })
-            .map_err(|e| e.to_string())?;
-        images(app, &request, job, &out.images, &out.truncated).map_err(|e| e.to_string())
-    }));
+    let outcome = catch_unwind(AssertUnwindSafe(
+        || -> lumina_pipelines::Result<Vec<Image>> {
+            if app.panic_prompt.as_deref() == Some(job.spec.prompt.as_str()) {
+                panic!("the test fault of prompt {:?}", job.spec.prompt);
+            }
+            let out = app.pipeline.generate_with(&request, Progress { job })?;
+            images(app, &request, job, &out.images, &out.truncated)
+        },
+    ));
     let seconds = started.elapsed().as_secs_f64();
     let next = match outcome {
         Ok(Ok(images)) => {
@@ -71,9 +70,13 @@ fn run(app: &App, job: &Job) {
                 reason: "cancelled while running".into(),
             }
         }
-        Ok(Err(message)) => {
-            tracing::warn!(job = %job.id, %message, "failed");
-            JobState::Failed { message }
+        Ok(Err(error)) => {
+            // the log keeps candle's stack trace (when RUST_BACKTRACE asks for one), the
+            // client gets the words
+            tracing::warn!(job = %job.id, %error, "failed");
+            JobState::Failed {
+                message: error.message(),
+            }
         }
         Err(panic) => {
             let message = panic_text(&*panic);

@@ -102,6 +102,16 @@ pub fn all_finite(t: &candle_core::Tensor) -> Result<bool> {
 }
 
 impl Error {
+    /// The error's words without a stack trace. candle appends one to its errors when
+    /// `RUST_BACKTRACE` is set (`candle_core::Error::bt`); a server's client or a summary line
+    /// gets what went wrong, and the full `Display` stays for the log.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Candle(e) => candle_message(e),
+            other => other.to_string(),
+        }
+    }
+
     /// A bad call argument; `expected` and `got` are shown verbatim.
     pub fn input(
         what: &'static str,
@@ -129,9 +139,47 @@ impl Error {
     }
 }
 
+/// A candle error as candle writes it, less every `WithBacktrace` layer's trace (candle
+/// 0.11 `error.rs`: the context, path and backtrace wrappers nest around the cause).
+fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as C;
+    match e {
+        C::WithBacktrace { inner, .. } => candle_message(inner),
+        C::Context { inner, context } => format!("{context}\n{}", candle_message(inner)),
+        C::WithPath { inner, path } => format!("path: {path:?} {}", candle_message(inner)),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn a_message_keeps_candles_words_and_drops_its_backtrace() {
+        let cause = candle_core::Error::Msg("narrow: 9 past the end of 4".into());
+        let traced = candle_core::Error::WithBacktrace {
+            inner: Box::new(cause),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let wrapped = super::Error::Candle(candle_core::Error::WithPath {
+            inner: Box::new(traced.context("loading layer 3")),
+            path: "w.safetensors".into(),
+        });
+        let full = wrapped.to_string();
+        let message = wrapped.message();
+        assert_eq!(
+            message,
+            "path: \"w.safetensors\" loading layer 3\nnarrow: 9 past the end of 4"
+        );
+        // the Display still carries the trace: the log keeps it
+        assert!(
+            full.starts_with(&message) && full.len() > message.len(),
+            "{full}"
+        );
+        let plain = super::Error::input("steps", ">= 1", 0);
+        assert_eq!(plain.message(), plain.to_string());
+    }
 
     #[test]
     fn finiteness_sees_nan_and_both_infinities() -> super::Result<()> {

@@ -62,9 +62,15 @@ impl CacheRule {
         })
     }
 
+    /// Whether a threshold is allowed: finite and ≥ 0 (0: every step computed). The one rule
+    /// for a model's default ([`Self::check_threshold`]) and a request's own value.
+    pub fn threshold_in_range(threshold: f64) -> bool {
+        threshold.is_finite() && threshold >= 0.0
+    }
+
     /// A threshold is finite and ≥ 0 (0: every step computed).
     pub fn check_threshold(threshold: f64) -> Result<()> {
-        if !(threshold.is_finite() && threshold >= 0.0) {
+        if !Self::threshold_in_range(threshold) {
             return Err(Error::input(
                 "step cache threshold",
                 "finite and >= 0",
