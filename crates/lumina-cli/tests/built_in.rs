@@ -360,6 +360,42 @@ fn a_size_past_memory_is_refused_with_the_estimate() {
     assert!(!out.exists(), "no image is written");
 }
 
+/// A bad output name is refused before the pipeline runs (no step is spent on an image that
+/// could not be written), naming the file and what is accepted.
+#[test]
+fn an_output_name_is_checked_before_generating() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let jpg = tmp.path().join("out.jpg");
+    let missing = tmp.path().join("missing").join("out.png");
+    for (out, want) in [
+        (&jpg, "expected a file name ending in .png"),
+        (&missing, "does not exist"),
+        (
+            &tmp.path().to_path_buf(),
+            "expected a file name ending in .png",
+        ),
+    ] {
+        let o = lumina(
+            tmp.path(),
+            &[
+                "generate",
+                "-p",
+                "a red circle",
+                "-o",
+                out.to_str().expect("utf-8"),
+            ],
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("cannot write {}", out.display())) && err.contains(want),
+            "{err}"
+        );
+        assert!(!err.contains("steps ("), "nothing was generated: {err}");
+    }
+    assert!(!jpg.exists());
+}
+
 /// img2img at the image's size, upscaling to a larger one, and the input errors.
 #[test]
 fn init_images_run_img2img_and_upscaling() {

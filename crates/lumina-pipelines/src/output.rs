@@ -172,6 +172,53 @@ fn latin1(s: &str) -> String {
         .collect()
 }
 
+/// Checks where `count` outputs named after `path` (see [`numbered`]) will go, before any
+/// step runs, so a finished image is never lost to the name: a `.png` file (a clip model's
+/// also `.apng` or `.gif`: [`save_clip`]), not a folder, in a folder that exists. PNG is what
+/// carries the `parameters` chunk, so another extension is refused rather than written as a
+/// PNG under a name that says otherwise.
+pub fn check_target(path: &Path, count: usize, clip: bool) -> Result<()> {
+    let fail = |path: &Path, reason: String| Error::Output {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let allowed: &[&str] = match clip {
+        true => &["png", "apng", "gif"],
+        false => &["png"],
+    };
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+    if !ext.as_deref().is_some_and(|e| allowed.contains(&e)) {
+        let what = match clip {
+            true => "a clip model writes an animated PNG (.png, .apng) or GIF (.gif)",
+            false => "images are written as PNG with their generation parameters",
+        };
+        return Err(fail(
+            path,
+            format!(
+                "expected a file name ending in .{} ({what})",
+                allowed.join(", .")
+            ),
+        ));
+    }
+    for i in 0..count {
+        let file = numbered(path, i, count);
+        if file.is_dir() {
+            return Err(fail(&file, "it is a folder; name a file in it".into()));
+        }
+        let folder = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !folder.is_dir() {
+            return Err(fail(
+                &file,
+                format!("the folder {} does not exist", folder.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `out.png` for one image; `out-0.png` … `out-{n-1}.png` for several.
 pub fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
     if count <= 1 {
@@ -232,6 +279,48 @@ mod tests {
             .next_frame(&mut buf)
             .map_err(|e| Error::request("png", "ok", e))?;
         assert_eq!(&buf[..6], &[0, 128, 255, 64, 191, 26]);
+        Ok(())
+    }
+
+    #[test]
+    fn an_output_is_a_png_in_a_folder_that_exists() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::request("tempdir", "ok", e))?;
+        let at = |name: &str| dir.path().join(name);
+        check_target(&at("out.png"), 1, false)?;
+        check_target(&at("OUT.PNG"), 3, false)?;
+        for name in ["clip.png", "clip.apng", "clip.GIF"] {
+            check_target(&at(name), 2, true)?;
+        }
+        check_target(Path::new("relative.png"), 1, false)?;
+        let refused = |path: &Path, count: usize, clip: bool| -> String {
+            match check_target(path, count, clip) {
+                Ok(()) => panic!("{} was taken", path.display()),
+                Err(e) => e.to_string(),
+            }
+        };
+        let e = refused(&at("out.jpg"), 1, false);
+        assert!(
+            e.contains("out.jpg") && e.contains("expected a file name ending in .png ("),
+            "{e}"
+        );
+        let e = refused(&at("clip.gif"), 1, false);
+        assert!(e.contains("ending in .png ("), "{e}");
+        let e = refused(&at("clip.mp4"), 1, true);
+        assert!(e.contains("ending in .png, .apng, .gif ("), "{e}");
+        assert!(refused(&at("noext"), 1, false).contains("ending in .png"));
+        // the folder must exist; a name that is a folder is refused, for any of the numbered
+        let e = refused(&at("missing/out.png"), 1, false);
+        assert!(
+            e.contains("the folder") && e.contains("does not exist"),
+            "{e}"
+        );
+        std::fs::create_dir(at("taken-1.png")).map_err(|e| Error::request("mkdir", "ok", e))?;
+        check_target(&at("taken.png"), 1, false)?;
+        let e = refused(&at("taken.png"), 2, false);
+        assert!(
+            e.contains("taken-1.png") && e.contains("it is a folder"),
+            "{e}"
+        );
         Ok(())
     }
 

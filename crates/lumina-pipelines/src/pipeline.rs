@@ -651,25 +651,68 @@ impl Pipeline {
         if need <= available {
             return Ok(());
         }
+        let gib = crate::memory::gib(available);
+        let peak = crate::memory::gib(need);
+        // a clip too long for its size: the longest that fits is the actionable number
+        if r.frames > 1 {
+            if let Some(frames) = self.longest_clip(r, available) {
+                return Err(Error::request(
+                    "clip length",
+                    format!(
+                        "a request that fits in the {gib:.1} GiB of memory available (at {}x{} \
+                         the longest clip with these settings is about {frames} frames)",
+                        r.width, r.height
+                    ),
+                    format!(
+                        "{} frames of {}x{} × {} clip(s), estimated peak {peak:.1} GiB",
+                        r.frames,
+                        r.width,
+                        r.height,
+                        r.batch()
+                    ),
+                ));
+            }
+        }
         // the estimate grows with the pixel count: the largest square of this request that fits
         let side = (r.width * r.height) as f64 * available as f64 / need as f64;
         let m = self.size_multiple();
         let fits = ((side.sqrt() as usize) / m * m).max(m);
+        let (frames, unit) = match (r.frames, self.makes_clips()) {
+            (1, false) => (String::new(), "image(s)"),
+            (n, _) => (format!(" × {n} frames"), "clip(s)"),
+        };
         Err(Error::request(
             "image size",
             format!(
-                "a request that fits in the {:.1} GiB of memory available (the largest square \
-                 with these settings is about {fits}x{fits})",
-                crate::memory::gib(available)
+                "a request that fits in the {gib:.1} GiB of memory available (the largest square \
+                 with these settings is about {fits}x{fits})"
             ),
             format!(
-                "{}x{} × {} image(s), estimated peak {:.1} GiB",
+                "{}x{}{frames} × {} {unit}, estimated peak {peak:.1} GiB",
                 r.width,
                 r.height,
                 r.batch(),
-                crate::memory::gib(need)
             ),
         ))
+    }
+
+    /// The most frames (whole temporal patches, fewer than the request's) that fit in
+    /// `available` bytes at the request's size; `None` when not even one patch does.
+    fn longest_clip(&self, r: &Request, available: u64) -> Option<usize> {
+        let (pf, _, _) = self.frame_axis();
+        let fits = |patches: usize| {
+            self.estimate_bytes_of(r, r.width, r.height, patches * pf) <= available
+        };
+        // the estimate grows with the frame count: the largest fitting patch count, by bisection
+        let (mut lo, mut hi) = (0, r.frames / pf);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match fits(mid) {
+                true => lo = mid,
+                false => hi = mid,
+            }
+        }
+        (lo > 0).then_some(lo * pf)
     }
 
     /// A rough upper estimate of the peak bytes of a request at `width × height`: the
@@ -677,8 +720,13 @@ impl Pipeline {
     /// SwiGLU temporaries, RoPE tables), the state and the solver's stage copies, and the VAE
     /// decoder's feature maps for one image. Weights are already resident.
     pub fn estimate_bytes(&self, r: &Request, width: usize, height: usize) -> u64 {
+        self.estimate_bytes_of(r, width, height, r.frames)
+    }
+
+    /// [`Self::estimate_bytes`] for a clip of `frames` frames.
+    fn estimate_bytes_of(&self, r: &Request, width: usize, height: usize, frames: usize) -> u64 {
         let m = self.size_multiple() as u64;
-        let frames = r.frames.max(1) as u64;
+        let frames = frames.max(1) as u64;
         let tokens = (width as u64 / m).max(1) * (height as u64 / m).max(1) * frames;
         let (hidden, head_dim) = match self.transformer.config() {
             TransformerConfig::NextDit(c) => (c.hidden_size, c.head_dim()),

@@ -235,6 +235,36 @@ fn a_clip_model_generates_clips_of_any_length_and_is_judged() -> Result<()> {
         let e = pipeline.validate(&r).expect_err("bad length").to_string();
         assert!(e.contains(what) && e.contains("temporal patch 2"), "{e}");
     }
+    // a clip too long for this machine's memory is refused with the longest that fits (a
+    // whole number of temporal patches), and that length passes; where not even one patch
+    // fits, the message names the size
+    if lumina_pipelines::memory::available_bytes().is_some() {
+        r.frames = 1 << 24;
+        let e = pipeline.validate(&r).expect_err("too long").to_string();
+        let longest: usize = e
+            .split("the longest clip with these settings is about ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no longest clip in: {e}"));
+        assert!(
+            e.starts_with("clip length:")
+                && e.contains("16777216 frames of 16x16 × 1 clip(s), estimated peak"),
+            "{e}"
+        );
+        assert!(longest > 0 && longest < r.frames && longest % 2 == 0, "{e}");
+        r.frames = longest;
+        pipeline.validate(&r)?;
+        (r.frames, r.images_per_prompt) = (4, 1 << 24);
+        let e = pipeline.validate(&r).expect_err("too many").to_string();
+        assert!(
+            e.starts_with("image size:")
+                && e.contains("16x16 × 4 frames × 16777216 clip(s)")
+                && e.contains("largest square"),
+            "{e}"
+        );
+        r.images_per_prompt = 1;
+    }
     r.frames = 4;
     r.context_drop = Some("2".parse()?);
     let e = pipeline

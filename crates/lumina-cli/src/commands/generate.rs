@@ -7,7 +7,7 @@ use candle_core::{DType, Device, IndexOp};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use lumina_pipelines::input::load_png;
-use lumina_pipelines::output::{numbered, save_clip, save_png};
+use lumina_pipelines::output::{check_target, numbered, save_clip, save_png};
 use lumina_pipelines::parameters::{parameters, Provenance};
 use lumina_pipelines::pipeline::size_multiple;
 use lumina_pipelines::pipeline::InitImage;
@@ -24,6 +24,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let loaded = Instant::now();
     let pipeline = load_pipeline(&args.load, &model)?;
     tracing::info!(seconds = loaded.elapsed().as_secs_f64(), "pipeline loaded");
+    check_target(&args.output, args.num_images, pipeline.makes_clips())?;
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut request = request(args, &pipeline, seed)?;
     let plan = super::extrapolate::apply(&args.extrapolation, &pipeline, &mut request)?;
