@@ -655,7 +655,7 @@ impl Pipeline {
         let peak = crate::memory::gib(need);
         // a clip too long for its size: the longest that fits is the actionable number
         if r.frames > 1 {
-            if let Some(frames) = self.longest_clip(r, available) {
+            if let Some(frames) = self.longest_clip(r, available, need) {
                 return Err(Error::request(
                     "clip length",
                     format!(
@@ -696,23 +696,15 @@ impl Pipeline {
         ))
     }
 
-    /// The most frames (whole temporal patches, fewer than the request's) that fit in
-    /// `available` bytes at the request's size; `None` when not even one patch does.
-    fn longest_clip(&self, r: &Request, available: u64) -> Option<usize> {
+    /// The most frames (whole temporal patches) that fit in `available` bytes at the request's
+    /// size, from the estimate `need` of the request's own length; `None` when not even one
+    /// patch does. The estimate is proportional to the frame count (every term counts
+    /// pixels or tokens of all frames), so the ratio gives it, as the ratio of pixel counts
+    /// gives the largest square.
+    fn longest_clip(&self, r: &Request, available: u64, need: u64) -> Option<usize> {
         let (pf, _, _) = self.frame_axis();
-        let fits = |patches: usize| {
-            self.estimate_bytes_of(r, r.width, r.height, patches * pf) <= available
-        };
-        // the estimate grows with the frame count: the largest fitting patch count, by bisection
-        let (mut lo, mut hi) = (0, r.frames / pf);
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            match fits(mid) {
-                true => lo = mid,
-                false => hi = mid,
-            }
-        }
-        (lo > 0).then_some(lo * pf)
+        let frames = (r.frames as f64 * available as f64 / need as f64) as usize / pf * pf;
+        (frames > 0).then_some(frames)
     }
 
     /// A rough upper estimate of the peak bytes of a request at `width × height`: the
@@ -720,13 +712,8 @@ impl Pipeline {
     /// SwiGLU temporaries, RoPE tables), the state and the solver's stage copies, and the VAE
     /// decoder's feature maps for one image. Weights are already resident.
     pub fn estimate_bytes(&self, r: &Request, width: usize, height: usize) -> u64 {
-        self.estimate_bytes_of(r, width, height, r.frames)
-    }
-
-    /// [`Self::estimate_bytes`] for a clip of `frames` frames.
-    fn estimate_bytes_of(&self, r: &Request, width: usize, height: usize, frames: usize) -> u64 {
         let m = self.size_multiple() as u64;
-        let frames = frames.max(1) as u64;
+        let frames = r.frames.max(1) as u64;
         let tokens = (width as u64 / m).max(1) * (height as u64 / m).max(1) * frames;
         let (hidden, head_dim) = match self.transformer.config() {
             TransformerConfig::NextDit(c) => (c.hidden_size, c.head_dim()),
